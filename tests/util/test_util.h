@@ -1,0 +1,28 @@
+/* Helpers shared by the tests: cmocka includes, fixture paths, file reading, tolerances. */
+#ifndef NI_TEST_UTIL_H
+#define NI_TEST_UTIL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "nanoinfer.h"
+
+/* Exit code that ctest reports as "skipped". */
+#define NI_TEST_SKIP 77
+
+/* fixture path: NI_FIXTURES_DIR "/" rel, in a static buffer per call site's buf. */
+void ni_test_path(char *buf, size_t cap, const char *rel);
+/* Reads a whole file; NULL if it cannot. *len gets the size. free() the result. */
+char *ni_test_read_file(const char *path, size_t *len);
+/* Writes a whole file; 0 on success. */
+int ni_test_write_file(const char *path, const void *data, size_t len);
+/* A fresh directory under /tmp for one test (mkdtemp); returns the path in buf. */
+void ni_test_tmpdir(char *buf, size_t cap);
+/* Runs a shell command and captures stdout (NULL on failure to start); *status gets the exit
+ * status. free() the result. */
+char *ni_test_run(const char *cmd, int *status);
+
+#endif
