@@ -157,6 +157,30 @@ ni_status ni_tokenizer_encode(ni_tokenizer *t, const char *text, size_t len, int
  * NUL-terminated; *len excludes the NUL. */
 ni_status ni_tokenizer_decode(const ni_tokenizer *t, const int32_t *ids, size_t n_ids,
                               char **text, size_t *len);
+/* The bytes of one token (pointing into the tokenizer; not NUL-terminated). */
+ni_status ni_tokenizer_token_bytes(const ni_tokenizer *t, int32_t id, const char **bytes,
+                                   size_t *len);
+/* The directory to load when the user names none, into buf: $NANOINFER_TOKENIZER if set; else
+ * the first of these that holds tokenizer files: NI_DEFAULT_TOKENIZER_DIR (a path fixed at build
+ * time, when defined), <the executable's directory>/../.cache/tokenizer; else ".cache/tokenizer"
+ * (relative to the current directory). */
+ni_status ni_tokenizer_default_dir(char *buf, size_t cap);
+/* Threads: one tokenizer encodes on one thread at a time (it keeps a cache of encoded words);
+ * the functions taking a const tokenizer may run concurrently with each other. */
+
+/* Streaming decode for printing tokens as they are generated: push one id at a time and print
+ * what comes back. A character split across tokens is held until it completes, and bytes that
+ * cannot form a character come out as U+FFFD, so the output is always valid UTF-8 (all of it
+ * together equals decoding all ids at once with errors="replace"). */
+typedef struct ni_tokenizer_stream ni_tokenizer_stream;
+
+ni_status ni_tokenizer_stream_new(const ni_tokenizer *t, ni_tokenizer_stream **out);
+/* *text (NUL-terminated, *len bytes, possibly 0) stays valid until the next call on s. */
+ni_status ni_tokenizer_stream_push(ni_tokenizer_stream *s, int32_t id, const char **text,
+                                   size_t *len);
+/* Ends the stream: a held incomplete character comes out as U+FFFD. s can then go on. */
+ni_status ni_tokenizer_stream_flush(ni_tokenizer_stream *s, const char **text, size_t *len);
+void ni_tokenizer_stream_free(ni_tokenizer_stream *s);
 
 #ifdef __cplusplus
 }

@@ -30,7 +30,13 @@ ni_status ni_fail_context(ni_status s, const char *fmt, ...) {
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, ni_error_message, NI_ERROR_CAP);
-    snprintf(ni_error_message, NI_ERROR_CAP, "%s: %s", prefix, old);
+    /* prefix, ": ", then as much of the old message as fits */
+    size_t n = strlen(prefix);
+    memcpy(ni_error_message, prefix, n + 1);
+    if (n + 2 < NI_ERROR_CAP) {
+        memcpy(ni_error_message + n, ": ", 3);
+        strncat(ni_error_message, old, NI_ERROR_CAP - n - 3);
+    }
     return s;
 }
 

@@ -1,0 +1,183 @@
+/* `nanoinfer generate`: continues a batch of prompts. Prompts are token ids (--tokens, one
+ * option per sequence); the result is printed per sequence as ids, or as one JSON object per
+ * sequence with --output json. */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/args.h"
+#include "cli/commands.h"
+
+static const char generate_help[] =
+    "usage: nanoinfer generate --model M --tokens 1,2,3 [--tokens 4,5 ...] [options]\n\n"
+    "Continues each prompt; several prompts make a batch (each its own length).\n\n"
+    "  --tokens IDS          a prompt as comma-separated token ids (repeat for a batch)\n"
+    "  --max-new-tokens N    tokens to generate per sequence (default 32)\n"
+    "  --greedy              argmax decoding (same as --temperature 0)\n"
+    "  --temperature T       softmax temperature (default 1.0; 0 is greedy)\n"
+    "  --top-k K             keep the K most likely tokens (default 0: off)\n"
+    "  --top-p P             nucleus sampling mass (default 1.0: off)\n"
+    "  --min-p P             drop tokens below P times the top probability (default 0: off)\n"
+    "  --seed N              sampling seed (default 1337); the same seed gives the same tokens\n"
+    "  --ignore-eos          keep going after <|endoftext|>\n"
+    "  --output F            text (default) or json: one object per sequence\n";
+
+typedef struct {
+    size_t n_seq, max_new;
+    int32_t *tokens; /* (n_seq, max_new) */
+    size_t *count;   /* (n_seq) */
+} collected;
+
+static int collect(void *user, size_t seq, size_t step, int32_t token) {
+    collected *c = user;
+    (void)step;
+    if (c->count[seq] < c->max_new) c->tokens[seq * c->max_new + c->count[seq]++] = token;
+    return 0;
+}
+
+typedef struct {
+    cli_model_args model;
+    int32_t **prompts;
+    size_t *lens;
+    size_t n_seq;
+    ni_sampling sampling;
+    int json;
+} generate_args;
+
+static int parse(generate_args *g, int argc, char **argv) {
+    const char *v;
+    for (int i = 0; i < argc; i++) {
+        int r = cli_model_arg(&g->model, argc, argv, &i);
+        if (r < 0) return 2;
+        if (r > 0) continue;
+        const char *a = argv[i];
+        if (cli_is(a, "--help") || cli_is(a, "-h")) {
+            printf("%s%s", generate_help, cli_model_help);
+            return -1;
+        } else if (cli_is(a, "--tokens")) {
+            if (!(v = cli_value(argc, argv, &i, "--tokens"))) return 2;
+            int32_t **np = realloc(g->prompts, (g->n_seq + 1) * sizeof *np);
+            size_t *nl = np ? realloc(g->lens, (g->n_seq + 1) * sizeof *nl) : NULL;
+            if (np) g->prompts = np;
+            if (nl) g->lens = nl;
+            if (!np || !nl) return cli_usage_error("out of memory");
+            if (cli_parse_ids(v, &g->prompts[g->n_seq], &g->lens[g->n_seq]))
+                return cli_usage_error("--tokens takes ids like 1,2,3, not '%s'", v);
+            g->n_seq++;
+        } else if (cli_is(a, "--max-new-tokens")) {
+            if (!(v = cli_value(argc, argv, &i, a)) ||
+                cli_parse_size(v, &g->sampling.max_new_tokens))
+                return cli_usage_error("--max-new-tokens takes a count");
+        } else if (cli_is(a, "--greedy")) {
+            g->sampling.temperature = 0.0f;
+        } else if (cli_is(a, "--temperature")) {
+            if (!(v = cli_value(argc, argv, &i, a)) || cli_parse_float(v, &g->sampling.temperature) ||
+                g->sampling.temperature < 0.0f)
+                return cli_usage_error("--temperature takes a number >= 0");
+        } else if (cli_is(a, "--top-k")) {
+            if (!(v = cli_value(argc, argv, &i, a)) || cli_parse_size(v, &g->sampling.top_k))
+                return cli_usage_error("--top-k takes a count");
+        } else if (cli_is(a, "--top-p")) {
+            if (!(v = cli_value(argc, argv, &i, a)) || cli_parse_float(v, &g->sampling.top_p) ||
+                !(g->sampling.top_p > 0.0f))
+                return cli_usage_error("--top-p takes a number in (0, 1]");
+        } else if (cli_is(a, "--min-p")) {
+            if (!(v = cli_value(argc, argv, &i, a)) || cli_parse_float(v, &g->sampling.min_p) ||
+                g->sampling.min_p < 0.0f || g->sampling.min_p > 1.0f)
+                return cli_usage_error("--min-p takes a number in [0, 1]");
+        } else if (cli_is(a, "--seed")) {
+            if (!(v = cli_value(argc, argv, &i, a)) || cli_parse_u64(v, &g->sampling.seed))
+                return cli_usage_error("--seed takes a number");
+        } else if (cli_is(a, "--ignore-eos")) {
+            g->sampling.ignore_eos = 1;
+        } else if (cli_is(a, "--output")) {
+            if (!(v = cli_value(argc, argv, &i, a))) return 2;
+            if (strcmp(v, "json") == 0)
+                g->json = 1;
+            else if (strcmp(v, "text") == 0)
+                g->json = 0;
+            else
+                return cli_usage_error("--output takes text or json, not '%s'", v);
+        } else {
+            return cli_usage_error("unknown option '%s'", a);
+        }
+    }
+    if (g->n_seq == 0) return cli_usage_error("give at least one prompt with --tokens");
+    return 0;
+}
+
+static void print_results(const generate_args *g, const collected *c, const ni_stats *st) {
+    double decode_tok_s = st->decode_ms > 0.0 && st->decode_steps > 0
+                              ? (double)(st->generated_tokens - g->n_seq) / (st->decode_ms / 1e3)
+                              : 0.0;
+    for (size_t s = 0; s < g->n_seq; s++) {
+        const int32_t *t = c->tokens + s * c->max_new;
+        if (g->json) {
+            json_t *o = json_object(), *pr = json_array(), *tk = json_array();
+            for (size_t i = 0; i < g->lens[s]; i++)
+                json_array_append_new(pr, json_integer(g->prompts[s][i]));
+            for (size_t i = 0; i < c->count[s]; i++) json_array_append_new(tk, json_integer(t[i]));
+            json_object_set_new(o, "seq", json_integer((json_int_t)s));
+            json_object_set_new(o, "prompt", pr);
+            json_object_set_new(o, "tokens", tk);
+            json_object_set_new(o, "ttft_ms", json_real(st->ttft_ms));
+            json_object_set_new(o, "decode_tok_s", json_real(decode_tok_s));
+            char *line = json_dumps(o, JSON_COMPACT);
+            if (line) puts(line);
+            free(line);
+            json_decref(o);
+        } else {
+            printf("[%zu]", s);
+            for (size_t i = 0; i < c->count[s]; i++) printf("%s%d", i ? "," : " ", (int)t[i]);
+            putchar('\n');
+        }
+    }
+    if (!g->json)
+        fprintf(stderr, "ttft %.2f ms, decode %.1f tokens/s (batch %zu)\n", st->ttft_ms,
+                decode_tok_s, g->n_seq);
+}
+
+int cmd_generate(int argc, char **argv) {
+    generate_args g;
+    memset(&g, 0, sizeof g);
+    cli_model_args_init(&g.model);
+    g.sampling = (ni_sampling){.temperature = 1.0f, .top_p = 1.0f, .seed = 1337,
+                               .max_new_tokens = 32};
+    int rc = parse(&g, argc, argv);
+    ni_model *m = NULL;
+    ni_engine *e = NULL;
+    collected c = {0};
+    if (rc == 0) {
+        size_t max_seq = 0;
+        for (size_t s = 0; s < g.n_seq; s++)
+            if (g.lens[s] + g.sampling.max_new_tokens > max_seq)
+                max_seq = g.lens[s] + g.sampling.max_new_tokens;
+        /* Sized to the request; a request beyond the model's context is refused here. */
+        rc = cli_open(&g.model, g.n_seq, max_seq, &m, &e);
+    }
+    if (rc == 0) {
+        c.n_seq = g.n_seq;
+        c.max_new = g.sampling.max_new_tokens;
+        c.tokens = calloc(g.n_seq * (c.max_new ? c.max_new : 1), sizeof *c.tokens);
+        c.count = calloc(g.n_seq, sizeof *c.count);
+        ni_batch b = {g.n_seq, (const int32_t *const *)g.prompts, g.lens};
+        ni_status s = (c.tokens && c.count) ? ni_generate(e, &b, &g.sampling, collect, &c)
+                                            : NI_ERR_NO_MEMORY;
+        if (s != NI_OK) {
+            rc = cli_runtime_error("generate", s);
+        } else {
+            ni_stats st;
+            ni_engine_stats(e, &st);
+            print_results(&g, &c, &st);
+        }
+    }
+    free(c.tokens);
+    free(c.count);
+    for (size_t s = 0; s < g.n_seq; s++) free(g.prompts[s]);
+    free(g.prompts);
+    free(g.lens);
+    ni_engine_destroy(e);
+    ni_model_close(m);
+    return rc < 0 ? 0 : rc;
+}

@@ -1,0 +1,42 @@
+/* The `nanoinfer` command: dispatches to one subcommand per file in this folder. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/commands.h"
+
+typedef struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+} command;
+
+static const command commands[] = {
+    {"generate", cmd_generate, "generate tokens from prompts (ids or text)"},
+    {"logits", cmd_logits, "write the logits of every position of a token sequence"},
+    {"info", cmd_info, "print a model's config, parameter count and weight bytes"},
+    {"bench", cmd_bench, "benchmark the engines across batch sizes (JSON, CSV, tables)"},
+    {"tokenize", cmd_tokenize, "print the GPT-2 token ids of a text"},
+    {"detokenize", cmd_detokenize, "print the text of GPT-2 token ids"},
+};
+
+static void usage(FILE *f) {
+    fputs("nanoinfer - a GPT-2 inference engine in C and CUDA C\n\n"
+          "usage: nanoinfer <command> [options]   (nanoinfer <command> --help for each)\n\n"
+          "commands:\n",
+          f);
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+        strcmp(argv[1], "help") == 0) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (strcmp(argv[1], commands[i].name) == 0) return commands[i].run(argc - 2, argv + 2);
+    fprintf(stderr, "nanoinfer: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,323 @@
+/* Decode attention on the GPU: one query per row, each attending to cache positions 0 .. pos[r]
+ * of its slot. The work is reading the keys and values once, so the kernel is shaped for
+ * bandwidth: the positions are split into chunks of AD_SPLIT, one block per (chunk, head, row),
+ * so that even a single long sequence spreads over many SMs. The grid covers max_pos, not the
+ * data: blocks past pos[r] return at once, which keeps the launch shape fixed for CUDA graphs.
+ * Inside a block, groups of L lanes read one cached row with W-element loads (16 bytes when
+ * HS % 8 == 0, so a warp reads consecutive rows as one coalesced run), reduce the q . k dot
+ * product over the group with shuffles and leave the scores in shared memory; after the chunk's
+ * max and sum, the same layout reads the value rows and accumulates p * v in registers, reduced
+ * over the groups and the warps at the end. A row whose positions fit in one chunk writes its
+ * output directly; longer rows write (max, sum, unnormalized acc[HS]) per chunk to `partial`
+ * and a small merge kernel combines them with the usual rescaling. Scores and softmax are f32
+ * (the probabilities are not rounded to bf16), in the log2 domain with the 1/sqrt(HS) scale
+ * folded in. Cache rows past pos[r] are never read. */
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdint.h>
+
+#include "cuda/kernels.h"
+
+#define AD_SPLIT 128 /* positions per chunk */
+#define AD_THREADS 128
+#define AD_WARPS (AD_THREADS / 32)
+#define AD_MAX_HS 128
+
+/* W bf16 elements as one load, and their conversion to f32 */
+template <int W> struct ad_vec;
+template <> struct ad_vec<8> {
+    typedef uint4 t;
+    static __device__ __forceinline__ void cvt(uint4 u, float *f) {
+        float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u.x));
+        float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u.y));
+        float2 c = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u.z));
+        float2 d = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u.w));
+        f[0] = a.x, f[1] = a.y, f[2] = b.x, f[3] = b.y, f[4] = c.x, f[5] = c.y, f[6] = d.x,
+        f[7] = d.y;
+    }
+    static __device__ __forceinline__ uint4 zero(void) { return make_uint4(0u, 0u, 0u, 0u); }
+};
+template <> struct ad_vec<2> {
+    typedef uint32_t t;
+    static __device__ __forceinline__ void cvt(uint32_t u, float *f) {
+        f[0] = __uint_as_float(u << 16);
+        f[1] = __uint_as_float(u & 0xffff0000u);
+    }
+    static __device__ __forceinline__ uint32_t zero(void) { return 0u; }
+};
+template <> struct ad_vec<1> {
+    typedef uint16_t t;
+    static __device__ __forceinline__ void cvt(uint16_t u, float *f) {
+        f[0] = __uint_as_float((uint32_t)u << 16);
+    }
+    static __device__ __forceinline__ uint16_t zero(void) { return 0; }
+};
+
+/* One block per (chunk c, head h, row r). W: elements per load; L: lanes per cached row (a power
+ * of two up to 32); CPL: loads per lane and row (L * CPL * W >= HS). */
+template <int W, int L, int CPL>
+__global__ void __launch_bounds__(AD_THREADS)
+    attention_decode_chunk_kernel(uint16_t *out,           // (B, C) bf16
+                                  float *partial,          // (B, NH, NCH, HS + 2)
+                                  const uint16_t *qkv,     // (B, 3C) bf16
+                                  const uint16_t *k_cache, // (S, NH, T, HS) bf16
+                                  const uint16_t *v_cache, // (S, NH, T, HS) bf16
+                                  const int32_t *slot,     // (B)
+                                  const int32_t *pos,      // (B)
+                                  int NH, int HS, int T, int NCH, float scale_log2) {
+    typedef ad_vec<W> V;
+    typedef typename V::t vec_t;
+    constexpr int KPS = AD_THREADS / L;      /* rows per step of the block */
+    constexpr int STEPS = AD_SPLIT / KPS;    /* steps per chunk */
+    constexpr int U = STEPS < 4 ? STEPS : 4; /* steps whose loads are in flight together */
+    __shared__ float s_score[AD_SPLIT];
+    __shared__ float s_red[AD_WARPS][AD_MAX_HS];
+
+    const int c = blockIdx.x, h = blockIdx.y, r = blockIdx.z;
+    const int p = pos[r];
+    const int t0 = c * AD_SPLIT;
+    if (t0 > p) return;
+    const int n_valid = min(AD_SPLIT, p - t0 + 1);
+    const size_t C = (size_t)NH * HS;
+    const size_t head = ((size_t)slot[r] * NH + h) * (size_t)T * HS + (size_t)t0 * HS;
+    const uint16_t *Kc = k_cache + head, *Vc = v_cache + head;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int gl = tid % L, grp = tid / L;
+
+    /* this lane's slice of q: elements (gl + i * L) * W .. + W */
+    float qv[CPL][W];
+    {
+        const uint16_t *q = qkv + (size_t)r * 3 * C + (size_t)h * HS;
+#pragma unroll
+        for (int i = 0; i < CPL; i++) {
+            int d = (gl + i * L) * W;
+            vec_t u = d < HS ? *reinterpret_cast<const vec_t *>(q + d) : V::zero();
+            V::cvt(u, qv[i]);
+        }
+    }
+
+    /* phase 1: scores of the chunk's rows */
+    for (int s0 = 0; s0 < STEPS; s0 += U) {
+        vec_t kv[U][CPL];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int t = (s0 + u) * KPS + grp;
+#pragma unroll
+            for (int i = 0; i < CPL; i++) {
+                int d = (gl + i * L) * W;
+                kv[u][i] = (t < n_valid && d < HS)
+                               ? *reinterpret_cast<const vec_t *>(Kc + (size_t)t * HS + d)
+                               : V::zero();
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            float dot = 0.0f;
+#pragma unroll
+            for (int i = 0; i < CPL; i++) {
+                float kf[W];
+                V::cvt(kv[u][i], kf);
+#pragma unroll
+                for (int e = 0; e < W; e++) dot += qv[i][e] * kf[e];
+            }
+#pragma unroll
+            for (int o = L / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+            int t = (s0 + u) * KPS + grp;
+            if (gl == 0 && t < n_valid) s_score[t] = dot * scale_log2;
+        }
+    }
+    __syncthreads();
+
+    /* the chunk's max and sum, computed by every warp alike */
+    float mx = -INFINITY;
+    for (int t = lane; t < n_valid; t += 32) mx = fmaxf(mx, s_score[t]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    float sum = 0.0f;
+    for (int t = lane; t < n_valid; t += 32) sum += exp2f(s_score[t] - mx);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+
+    /* phase 2: acc = sum_t p_t v_t over this thread's rows and elements */
+    float acc[CPL][W];
+#pragma unroll
+    for (int i = 0; i < CPL; i++)
+#pragma unroll
+        for (int e = 0; e < W; e++) acc[i][e] = 0.0f;
+    for (int s0 = 0; s0 < STEPS; s0 += U) {
+        vec_t vv[U][CPL];
+        float pw[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int t = (s0 + u) * KPS + grp;
+            bool ok = t < n_valid;
+            pw[u] = ok ? exp2f(s_score[t] - mx) : 0.0f;
+#pragma unroll
+            for (int i = 0; i < CPL; i++) {
+                int d = (gl + i * L) * W;
+                vv[u][i] = (ok && d < HS)
+                               ? *reinterpret_cast<const vec_t *>(Vc + (size_t)t * HS + d)
+                               : V::zero();
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+#pragma unroll
+            for (int i = 0; i < CPL; i++) {
+                float vf[W];
+                V::cvt(vv[u][i], vf);
+#pragma unroll
+                for (int e = 0; e < W; e++) acc[i][e] += pw[u] * vf[e];
+            }
+        }
+    }
+    /* reduce over the groups of a warp (lanes gl, gl + L, ...), then over the warps */
+#pragma unroll
+    for (int o = L; o < 32; o <<= 1)
+#pragma unroll
+        for (int i = 0; i < CPL; i++)
+#pragma unroll
+            for (int e = 0; e < W; e++) acc[i][e] += __shfl_xor_sync(0xffffffffu, acc[i][e], o);
+    if (lane < L) {
+#pragma unroll
+        for (int i = 0; i < CPL; i++)
+#pragma unroll
+            for (int e = 0; e < W; e++) {
+                int d = (gl + i * L) * W + e;
+                if (d < HS) s_red[warp][d] = acc[i][e];
+            }
+    }
+    __syncthreads();
+
+    if (p < AD_SPLIT) { /* the only chunk of this row: finish here */
+        uint16_t *o = out + (size_t)r * C + (size_t)h * HS;
+        float inv = 1.0f / sum;
+        for (int d = tid; d < HS; d += AD_THREADS) {
+            float a = 0.0f;
+#pragma unroll
+            for (int w = 0; w < AD_WARPS; w++) a += s_red[w][d];
+            __nv_bfloat16 b = __float2bfloat16_rn(a * inv);
+            o[d] = *reinterpret_cast<uint16_t *>(&b);
+        }
+    } else {
+        float *pp = partial + (((size_t)r * NH + h) * NCH + c) * (size_t)(HS + 2);
+        for (int d = tid; d < HS; d += AD_THREADS) {
+            float a = 0.0f;
+#pragma unroll
+            for (int w = 0; w < AD_WARPS; w++) a += s_red[w][d];
+            pp[2 + d] = a;
+        }
+        if (tid == 0) {
+            pp[0] = mx;
+            pp[1] = sum;
+        }
+    }
+}
+
+/* One block per (head, row) whose positions span several chunks: out = sum_c 2^(m_c - M) acc_c
+ * / sum_c 2^(m_c - M) l_c. */
+__global__ void attention_decode_merge_kernel(uint16_t *out,        // (B, C) bf16
+                                              const float *partial, // (B, NH, NCH, HS + 2)
+                                              const int32_t *pos,   // (B)
+                                              int NH, int HS, int NCH) {
+    const int h = blockIdx.x, r = blockIdx.y;
+    const int p = pos[r];
+    if (p < AD_SPLIT) return; /* written by its single chunk */
+    const int nc = p / AD_SPLIT + 1;
+    const size_t stride = (size_t)HS + 2;
+    const float *base = partial + ((size_t)r * NH + h) * NCH * stride;
+    float M = -INFINITY;
+    for (int c = 0; c < nc; c++) M = fmaxf(M, base[c * stride]);
+    float l = 0.0f;
+    for (int c = 0; c < nc; c++) l += base[c * stride + 1] * exp2f(base[c * stride] - M);
+    const float inv = 1.0f / l;
+    uint16_t *o = out + (size_t)r * NH * HS + (size_t)h * HS;
+    for (int d = threadIdx.x; d < HS; d += blockDim.x) {
+        float a = 0.0f;
+        for (int c = 0; c < nc; c++) a += base[c * stride + 2 + d] * exp2f(base[c * stride] - M);
+        __nv_bfloat16 b = __float2bfloat16_rn(a * inv);
+        o[d] = *reinterpret_cast<uint16_t *>(&b);
+    }
+}
+
+static size_t ad_n_chunks(size_t T) {
+    return (T + AD_SPLIT - 1) / AD_SPLIT;
+}
+
+extern "C" size_t ni_cuda_attention_decode_partial_floats(size_t B, size_t NH, size_t HS,
+                                                          size_t T) {
+    return B * NH * ad_n_chunks(T) * (HS + 2);
+}
+
+template <int W, int L, int CPL>
+static void ad_launch(dim3 grid, uint16_t *out, float *partial, const uint16_t *qkv,
+                      const uint16_t *k_cache, const uint16_t *v_cache, const int32_t *slot,
+                      const int32_t *pos, int NH, int HS, int T, int NCH, float scale_log2,
+                      cudaStream_t s) {
+    attention_decode_chunk_kernel<W, L, CPL><<<grid, AD_THREADS, 0, s>>>(
+        out, partial, qkv, k_cache, v_cache, slot, pos, NH, HS, T, NCH, scale_log2);
+}
+
+typedef void (*ad_launch_fn)(dim3, uint16_t *, float *, const uint16_t *, const uint16_t *,
+                             const uint16_t *, const int32_t *, const int32_t *, int, int, int, int,
+                             float, cudaStream_t);
+
+/* The instance for load width W and nck loads per row (nck <= 64, or <= 128 for W == 1). */
+static ad_launch_fn ad_pick(int W, size_t nck) {
+    int L = 1;
+    while ((size_t)L < nck && L < 32) L *= 2;
+    size_t cpl = (nck + (size_t)L - 1) / (size_t)L;
+#define AD_BY_L(w)                                                                                 \
+    switch (L) {                                                                                   \
+    case 1:                                                                                        \
+        return ad_launch<w, 1, 1>;                                                                 \
+    case 2:                                                                                        \
+        return ad_launch<w, 2, 1>;                                                                 \
+    case 4:                                                                                        \
+        return ad_launch<w, 4, 1>;                                                                 \
+    case 8:                                                                                        \
+        return ad_launch<w, 8, 1>;                                                                 \
+    case 16:                                                                                       \
+        return ad_launch<w, 16, 1>;                                                                \
+    default:                                                                                       \
+        break;                                                                                     \
+    }
+    if (W == 8) {
+        AD_BY_L(8)
+        return ad_launch<8, 32, 1>;
+    }
+    if (W == 2) {
+        AD_BY_L(2)
+        return cpl <= 1 ? ad_launch<2, 32, 1> : ad_launch<2, 32, 2>;
+    }
+    AD_BY_L(1)
+    return cpl <= 1 ? ad_launch<1, 32, 1> : cpl <= 2 ? ad_launch<1, 32, 2> : ad_launch<1, 32, 4>;
+#undef AD_BY_L
+}
+
+extern "C" int ni_cuda_attention_decode(ni_bf16 *out, float *partial, const ni_bf16 *qkv,
+                                        const ni_bf16 *k_cache, const ni_bf16 *v_cache,
+                                        const int32_t *slot, const int32_t *pos, size_t B,
+                                        size_t max_pos, size_t NH, size_t HS, size_t T,
+                                        ni_stream s) {
+    if (B == 0 || NH == 0 || T == 0) return (int)cudaGetLastError();
+    if (HS == 0 || HS > AD_MAX_HS || B > 65535 || NH > 65535) return (int)cudaErrorInvalidValue;
+    uintptr_t align = (uintptr_t)qkv | (uintptr_t)k_cache | (uintptr_t)v_cache;
+    int W = (HS % 8 == 0 && align % 16 == 0) ? 8 : (HS % 2 == 0 && align % 4 == 0) ? 2 : 1;
+    size_t nch = ad_n_chunks(T);
+    size_t grid_chunks = max_pos / AD_SPLIT + 1; /* positions 0 .. max_pos */
+    if (grid_chunks > nch) grid_chunks = nch;
+    float scale_log2 = 1.4426950408889634f / sqrtf((float)HS);
+    cudaStream_t st = (cudaStream_t)s;
+    ad_launch_fn fn = ad_pick(W, (HS + (size_t)W - 1) / (size_t)W);
+    fn(dim3((unsigned int)grid_chunks, (unsigned int)NH, (unsigned int)B), (uint16_t *)out, partial,
+       (const uint16_t *)qkv, (const uint16_t *)k_cache, (const uint16_t *)v_cache, slot, pos,
+       (int)NH, (int)HS, (int)T, (int)nch, scale_log2, st);
+    if (grid_chunks > 1) {
+        unsigned int threads = (unsigned int)((HS + 31) / 32 * 32);
+        attention_decode_merge_kernel<<<dim3((unsigned int)NH, (unsigned int)B), threads, 0, st>>>(
+            (uint16_t *)out, partial, pos, (int)NH, (int)HS, (int)nch);
+    }
+    return (int)cudaGetLastError();
+}

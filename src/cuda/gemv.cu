@@ -1,0 +1,274 @@
+/* Matrix-vector products for small batches (N <= 16 rows): out (N, OC) = inp (N, IC) @ w^T +
+ * bias [then GELU], the decode-step matmuls, where the weights are read once and the time is
+ * the time to stream them from HBM (cuBLASLt reaches about half the read bandwidth there).
+ * Each warp owns 16 output features (two tiles of 8 weight rows) and a slice of IC; per 32
+ * columns each lane loads one 16-byte vector from each of its two weight rows (streamed, no L1
+ * allocation) and the 16-byte vectors of the input rows it needs (__ldg: the inputs are small,
+ * read by every warp, and served by L1/L2, so no shared-memory staging, which could not hold
+ * 16 x 6400 inputs anyway), four such 32-column blocks in flight per round. The product runs
+ * on the tensor cores with mma.m16n8k16 (bf16 in, f32 accumulate): the batch rows (zero-padded
+ * to 16) are the A operand, 8 weight rows the B operand, and the k order inside each 32-column
+ * block is permuted so that a lane's 16-byte load is exactly its fragment (the sum over k does
+ * not depend on that order). Tensor cores keep N = 16 as cheap as N = 1: on the CUDA cores
+ * N = 16 costs 16 FMAs per weight, close to the FP32 peak at HBM speed. IC is split over up to
+ * 16 warps of a block (fixed order reduction in shared memory) so that small matrices still
+ * put enough loads in flight; the split depends on (IC, OC) only, so a row's result does not
+ * depend on the rest of the batch. IC % 8 != 0 or unaligned pointers take the same kernel with
+ * scalar loads. */
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "cuda/kernels.h"
+
+#define GEMV_RT 2              /* 8-row weight tiles per warp: 16 output features */
+#define GEMV_U 4               /* 32-column blocks loaded per round (loads in flight) */
+#define GEMV_MIN_WARPS 8       /* warps per block when the IC split is below 8 */
+#define GEMV_MAX_SPLIT 16      /* most warps sharing one tile's IC (one block) */
+#define GEMV_MAX_WARPS 4096    /* about what 132 SMs hold at once (32 warps of <= 64 registers) */
+
+/* Weights are read once: no L1 allocation, 256-byte L2 prefetch (the next loads of the row).
+ * Predicated inside the asm (zeros when !pred) so that the unrolled round has no branches and
+ * all of its loads issue before the first mma waits on them. */
+static __device__ __forceinline__ uint4 gemv_ld_stream(const ni_bf16 *p, bool pred) {
+    uint4 v;
+    asm volatile("{\n\t.reg .pred p;\n\t"
+                 "setp.ne.b32 p, %5, 0;\n\t"
+                 "mov.b32 %0, 0;\n\tmov.b32 %1, 0;\n\tmov.b32 %2, 0;\n\tmov.b32 %3, 0;\n\t"
+                 "@p ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];\n\t}"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p), "r"((int)pred));
+    return v;
+}
+
+/* The inputs are re-read by every warp: through L1 (ld.global.nc), same predication. */
+static __device__ __forceinline__ uint4 gemv_ld_cached(const ni_bf16 *p, bool pred) {
+    uint4 v;
+    asm volatile("{\n\t.reg .pred p;\n\t"
+                 "setp.ne.b32 p, %5, 0;\n\t"
+                 "mov.b32 %0, 0;\n\tmov.b32 %1, 0;\n\tmov.b32 %2, 0;\n\tmov.b32 %3, 0;\n\t"
+                 "@p ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];\n\t}"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p), "r"((int)pred));
+    return v;
+}
+
+/* Eight bf16 at row[col .. col + 8) with zeros past IC, without alignment requirements. */
+static __device__ __forceinline__ uint4 gemv_ld_scalar(const ni_bf16 *row, size_t col, size_t IC) {
+    uint32_t q[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        size_t c = col + 2 * (size_t)j;
+        uint32_t lo = c < IC ? (uint32_t)__ldg(row + c) : 0u;
+        uint32_t hi = c + 1 < IC ? (uint32_t)__ldg(row + c + 1) : 0u;
+        q[j] = lo | (hi << 16);
+    }
+    return make_uint4(q[0], q[1], q[2], q[3]);
+}
+
+template <bool VEC>
+static __device__ __forceinline__ uint4 gemv_ld_w(const ni_bf16 *row, size_t col, size_t IC,
+                                                  bool pred) {
+    if (VEC) return gemv_ld_stream(row + col, pred);
+    return pred ? gemv_ld_scalar(row, col, IC) : make_uint4(0u, 0u, 0u, 0u);
+}
+
+template <bool VEC>
+static __device__ __forceinline__ uint4 gemv_ld_x(const ni_bf16 *row, size_t col, size_t IC,
+                                                  bool pred) {
+    if (VEC) return gemv_ld_cached(row + col, pred);
+    return pred ? gemv_ld_scalar(row, col, IC) : make_uint4(0u, 0u, 0u, 0u);
+}
+
+/* Word i (two bf16) of a 16-byte vector; i is a compile-time constant after unrolling. */
+static __device__ __forceinline__ uint32_t gemv_word(const uint4 &v, int i) {
+    return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+/* d += a (16 x 16, row-major) * b (16 x 8, column-major), bf16 in, f32 accumulate. */
+static __device__ __forceinline__ void gemv_mma(float *d, uint32_t a0, uint32_t a1, uint32_t a2,
+                                                uint32_t a3, uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+static __device__ __forceinline__ float gemv_gelu(float x) {
+    const float k = 0.7978845608028654f; /* sqrt(2 / pi) */
+    return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+}
+
+/* Block: (blockDim.x / 32) warps = G tiles x S slices of IC; warp w works on tile
+ * blockIdx.x * G + w / S (16 output features) over slice w % S of the 32-column blocks.
+ * NT: batch-row halves loaded (1: N <= 8, rows 8..15 are zero; 2: N <= 16).
+ * Lane (g = lane / 4, t = lane % 4) loads, per 32-column block kb, columns kb*32 + 8t .. +8 of
+ * weight rows o_base + g and o_base + 8 + g and of input rows g and g + 8. For the two mma
+ * k-steps s of that block, logical k = 2t + j (j < 2) is column kb*32 + 8t + 4s + j and
+ * logical k = 2t + 8 + j is column kb*32 + 8t + 4s + 2 + j, the same map for A and B, so a
+ * lane's vector word 2s feeds the fragment registers of k 2t.., word 2s + 1 those of k 2t+8..:
+ * A = {x_g[2s], x_g+8[2s], x_g[2s+1], x_g+8[2s+1]}, B = {w_g[2s], w_g[2s+1]}. The accumulator
+ * of weight tile rt holds (batch row g, features o_base + 8rt + 2t, +1) in d0, d1 and batch
+ * row g + 8 in d2, d3. */
+template <int NT, bool VEC>
+__global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, VEC ? 2 : 1)
+    gemv_kernel(__nv_bfloat16 *out,        // (N, OC) or NULL
+                float *out_f32,            // (N, OC) or NULL
+                const ni_bf16 *inp,        // (N, IC)
+                const ni_bf16 *w,          // (OC, IC)
+                const ni_bf16 *bias,       // (OC) or NULL
+                int N, size_t IC, size_t OC, int S, int gelu) {
+    extern __shared__ float gemv_red[]; // (warps, GEMV_RT * 4, 32) partial sums when S > 1
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int s = warp % S;
+    const int G = (int)(blockDim.x >> 5) / S;
+    const size_t tile = (size_t)blockIdx.x * G + (size_t)(warp / S);
+    const size_t o_base = tile * 16;
+    const bool live = o_base < OC; // warp-uniform
+
+    float acc[GEMV_RT][4];
+#pragma unroll
+    for (int rt = 0; rt < GEMV_RT; rt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[rt][e] = 0.0f;
+
+    if (live) {
+        const ni_bf16 *wrow[GEMV_RT];
+        bool wok[GEMV_RT];
+#pragma unroll
+        for (int rt = 0; rt < GEMV_RT; rt++) {
+            size_t o = o_base + (size_t)(rt * 8 + g);
+            wok[rt] = o < OC;
+            wrow[rt] = w + (wok[rt] ? o : 0) * IC;
+        }
+        const ni_bf16 *xrow[NT];
+        bool xok[NT];
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            int n = g + 8 * nt;
+            xok[nt] = n < N;
+            xrow[nt] = inp + (size_t)(xok[nt] ? n : 0) * IC;
+        }
+        /* column indices in 32 bits (the launcher checks IC < 2^31) */
+        const uint32_t ic = (uint32_t)IC, nkb = (ic + 31) / 32;
+        const uint32_t kb0 = (uint32_t)((uint64_t)nkb * (uint32_t)s / (uint32_t)S);
+        const uint32_t kb1 = (uint32_t)((uint64_t)nkb * (uint32_t)(s + 1) / (uint32_t)S);
+
+        for (uint32_t kb = kb0; kb < kb1; kb += GEMV_U) {
+            uint4 wv[GEMV_U][GEMV_RT], xv[GEMV_U][NT];
+            /* all loads of the round first, then the math */
+#pragma unroll
+            for (int u = 0; u < GEMV_U; u++) {
+                const uint32_t col = (kb + (uint32_t)u) * 32 + (uint32_t)(8 * t);
+                const bool in = kb + (uint32_t)u < kb1 && col < ic;
+#pragma unroll
+                for (int rt = 0; rt < GEMV_RT; rt++)
+                    wv[u][rt] = gemv_ld_w<VEC>(wrow[rt], col, IC, in && wok[rt]);
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+                    xv[u][nt] = gemv_ld_x<VEC>(xrow[nt], col, IC, in && xok[nt]);
+            }
+#pragma unroll
+            for (int u = 0; u < GEMV_U; u++) {
+#pragma unroll
+                for (int ks = 0; ks < 2; ks++) {
+                    const uint32_t a0 = gemv_word(xv[u][0], 2 * ks);
+                    const uint32_t a2 = gemv_word(xv[u][0], 2 * ks + 1);
+                    const uint32_t a1 = NT > 1 ? gemv_word(xv[u][NT - 1], 2 * ks) : 0u;
+                    const uint32_t a3 = NT > 1 ? gemv_word(xv[u][NT - 1], 2 * ks + 1) : 0u;
+#pragma unroll
+                    for (int rt = 0; rt < GEMV_RT; rt++)
+                        gemv_mma(acc[rt], a0, a1, a2, a3, gemv_word(wv[u][rt], 2 * ks),
+                                 gemv_word(wv[u][rt], 2 * ks + 1));
+                }
+            }
+        }
+    }
+
+    if (S > 1) {
+        /* fixed-order reduction of the S slices: slice 0 + slice 1 + ... */
+#pragma unroll
+        for (int rt = 0; rt < GEMV_RT; rt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                gemv_red[((size_t)warp * (GEMV_RT * 4) + (size_t)(rt * 4 + e)) * 32 + lane] =
+                    acc[rt][e];
+        __syncthreads();
+        if (s != 0 || !live) return;
+        for (int s2 = 1; s2 < S; s2++) {
+#pragma unroll
+            for (int rt = 0; rt < GEMV_RT; rt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    acc[rt][e] +=
+                        gemv_red[((size_t)(warp + s2) * (GEMV_RT * 4) + (size_t)(rt * 4 + e)) *
+                                     32 +
+                                 lane];
+        }
+    }
+    if (!live) return;
+
+#pragma unroll
+    for (int rt = 0; rt < GEMV_RT; rt++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int n = g + 8 * (e >> 1);
+            const size_t o = o_base + (size_t)(rt * 8 + 2 * t + (e & 1));
+            if (n >= N || o >= OC) continue;
+            float v = acc[rt][e];
+            if (bias) v += __bfloat162float(__ushort_as_bfloat16(bias[o]));
+            if (gelu) v = gemv_gelu(v);
+            const size_t i = (size_t)n * OC + o;
+            if (out_f32)
+                out_f32[i] = v;
+            else
+                out[i] = __float2bfloat16_rn(v);
+        }
+    }
+}
+
+template <int NT>
+static void gemv_launch(int vec, dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+                        __nv_bfloat16 *out, float *out_f32, const ni_bf16 *inp, const ni_bf16 *w,
+                        const ni_bf16 *bias, int N, size_t IC, size_t OC, int S, int gelu) {
+    if (vec)
+        gemv_kernel<NT, true><<<grid, block, smem, s>>>(out, out_f32, inp, w, bias, N, IC, OC, S,
+                                                        gelu);
+    else
+        gemv_kernel<NT, false><<<grid, block, smem, s>>>(out, out_f32, inp, w, bias, N, IC, OC,
+                                                         S, gelu);
+}
+
+extern "C" int ni_cuda_gemv(ni_bf16 *out, float *out_f32, const ni_bf16 *inp, const ni_bf16 *w,
+                            const ni_bf16 *bias, size_t N, size_t IC, size_t OC, int gelu,
+                            ni_stream s) {
+    if (N > NI_CUDA_GEMV_MAX_ROWS || (!out && !out_f32)) return (int)cudaErrorInvalidValue;
+    if (N == 0 || OC == 0) return (int)cudaGetLastError();
+    if (IC > 0 && (!inp || !w)) return (int)cudaErrorInvalidValue;
+    if (IC > (size_t)0x7fffffe0) return (int)cudaErrorInvalidValue; /* 32-bit column math */
+
+    /* Split IC over S warps (a power of two): the most warps that still run in one wave
+     * (GEMV_MAX_WARPS), at least two 32-column blocks per warp. A function of (IC, OC) only. */
+    const size_t tiles = (OC + 15) / 16, nkb = (IC + 31) / 32;
+    int S = 1;
+    while (S < GEMV_MAX_SPLIT && tiles * (size_t)(2 * S) <= GEMV_MAX_WARPS &&
+           nkb >= 2 * (size_t)(2 * S))
+        S *= 2;
+    const int warps = S < GEMV_MIN_WARPS ? GEMV_MIN_WARPS : S;
+    const size_t G = (size_t)(warps / S);
+    const size_t blocks = (tiles + G - 1) / G;
+    const size_t smem = S > 1 ? (size_t)warps * GEMV_RT * 4 * 32 * sizeof(float) : 0;
+    const int vec = IC % 8 == 0 && ((uintptr_t)w & 15u) == 0 && ((uintptr_t)inp & 15u) == 0;
+
+    dim3 grid((unsigned)blocks), block((unsigned)warps * 32);
+    cudaStream_t st = (cudaStream_t)s;
+    __nv_bfloat16 *o = reinterpret_cast<__nv_bfloat16 *>(out);
+    if (N > 8)
+        gemv_launch<2>(vec, grid, block, smem, st, o, out_f32, inp, w, bias, (int)N, IC, OC, S,
+                       gelu);
+    else
+        gemv_launch<1>(vec, grid, block, smem, st, o, out_f32, inp, w, bias, (int)N, IC, OC, S,
+                       gelu);
+    return (int)cudaGetLastError();
+}

@@ -1,0 +1,71 @@
+/* Appending keys and values to the GPU KV cache, one layer at a time: token i's key and value
+ * heads, read from the [q | k | v] output of the QKV projection, go to (slot[i], head, pos[i])
+ * of caches laid out (slot, head, position, head dim), the layout in which attention reads one
+ * head's keys as one contiguous run. A pure copy: one thread per chunk of W elements of a
+ * token's key (and the same chunk of its value), consecutive threads on consecutive chunks of a
+ * head so that reads and writes coalesce. W = 8 (16-byte accesses) when HS % 8 == 0, W = 2 when
+ * HS is even, W = 1 otherwise; a chunk never straddles two heads because W divides HS. */
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "cuda/kernels.h"
+
+#define KV_THREADS 256
+
+template <int W> struct kv_vec;
+template <> struct kv_vec<8> { typedef uint4 t; };
+template <> struct kv_vec<2> { typedef uint32_t t; };
+template <> struct kv_vec<1> { typedef uint16_t t; };
+
+template <int W>
+__global__ void kv_append_kernel(__nv_bfloat16 *k_cache,   // (S, NH, T, HS)
+                                 __nv_bfloat16 *v_cache,   // (S, NH, T, HS)
+                                 const __nv_bfloat16 *qkv, // (N, 3C)
+                                 const int32_t *slot,      // (N)
+                                 const int32_t *pos,       // (N)
+                                 size_t N, size_t NH, size_t HS, size_t T) {
+    typedef typename kv_vec<W>::t vec_t;
+    size_t C = NH * HS;
+    size_t per_token = C / W;
+    size_t total = N * per_token;
+    size_t stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t g = (size_t)blockIdx.x * blockDim.x + threadIdx.x; g < total; g += stride) {
+        size_t i = g / per_token;
+        size_t e = (g - i * per_token) * W; /* element within the token's C */
+        size_t h = e / HS, d = e - h * HS;
+        size_t dst = (((size_t)slot[i] * NH + h) * T + (size_t)pos[i]) * HS + d;
+        const __nv_bfloat16 *src = qkv + i * 3 * C + C + e;
+        vec_t kv = *reinterpret_cast<const vec_t *>(src);
+        vec_t vv = *reinterpret_cast<const vec_t *>(src + C);
+        *reinterpret_cast<vec_t *>(k_cache + dst) = kv;
+        *reinterpret_cast<vec_t *>(v_cache + dst) = vv;
+    }
+}
+
+template <int W>
+static void kv_append_launch(ni_bf16 *k_cache, ni_bf16 *v_cache, const ni_bf16 *qkv,
+                             const int32_t *slot, const int32_t *pos, size_t N, size_t NH,
+                             size_t HS, size_t T, cudaStream_t s) {
+    size_t total = N * (NH * HS / W);
+    size_t blocks = (total + KV_THREADS - 1) / KV_THREADS;
+    if (blocks > 16384) blocks = 16384;
+    kv_append_kernel<W><<<(unsigned int)blocks, KV_THREADS, 0, s>>>(
+        (__nv_bfloat16 *)k_cache, (__nv_bfloat16 *)v_cache, (const __nv_bfloat16 *)qkv, slot, pos,
+        N, NH, HS, T);
+}
+
+extern "C" int ni_cuda_kv_append(ni_bf16 *k_cache, ni_bf16 *v_cache, const ni_bf16 *qkv,
+                                 const int32_t *slot, const int32_t *pos, size_t N, size_t NH,
+                                 size_t HS, size_t T, ni_stream s) {
+    if (N == 0 || NH == 0 || HS == 0) return (int)cudaGetLastError();
+    uintptr_t align = (uintptr_t)k_cache | (uintptr_t)v_cache | (uintptr_t)qkv;
+    cudaStream_t st = (cudaStream_t)s;
+    if (HS % 8 == 0 && align % 16 == 0)
+        kv_append_launch<8>(k_cache, v_cache, qkv, slot, pos, N, NH, HS, T, st);
+    else if (HS % 2 == 0 && align % 4 == 0)
+        kv_append_launch<2>(k_cache, v_cache, qkv, slot, pos, N, NH, HS, T, st);
+    else
+        kv_append_launch<1>(k_cache, v_cache, qkv, slot, pos, N, NH, HS, T, st);
+    return (int)cudaGetLastError();
+}

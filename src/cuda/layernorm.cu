@@ -1,0 +1,196 @@
+/* LayerNorm on the GPU, fused with the residual add that precedes it in GPT-2, and the plain
+ * residual add. One block per output row: the block adds the bf16 delta into the f32 residual
+ * row (writing it back), keeps the updated row in shared memory, and takes the mean and then the
+ * variance in two passes over that copy (the CPU twin's two-pass statistics, in f32), before
+ * writing the normalized row as bf16. Rows are short (C floats), so a block per row gives
+ * enough blocks for prefill and the smallest latency for decode; the optional row list lets the
+ * final LayerNorm gather only the rows that need logits. Threads take groups of 8 columns with
+ * 16-byte loads when C % 8 == 0 and the bases are aligned, single columns otherwise; a row
+ * wider than the shared-memory copy allows (C > 12288) is re-read from the residual stream
+ * itself, each thread reading back only what it wrote. */
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "cuda/kernels.h"
+
+#define LN_MAX_THREADS 256
+#define LN_SMEM_MAX_C 12288 /* 48 KB of f32: the default dynamic shared-memory limit */
+#define RA_THREADS 256
+
+static __device__ __forceinline__ float2 ln_bf2(uint32_t u) {
+    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u));
+}
+
+static __device__ __forceinline__ uint32_t ln_pack2(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&h);
+}
+
+static __device__ __forceinline__ void ln_unpack8(uint4 u, float *f) {
+    float2 a = ln_bf2(u.x), b = ln_bf2(u.y), c = ln_bf2(u.z), d = ln_bf2(u.w);
+    f[0] = a.x, f[1] = a.y, f[2] = b.x, f[3] = b.y, f[4] = c.x, f[5] = c.y, f[6] = d.x, f[7] = d.y;
+}
+
+/* Sum over the block; every thread gets the total. red: 32 floats of shared memory. */
+static __device__ float ln_block_sum(float v, float *red) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
+    __syncthreads(); /* red may still be read from the previous call */
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    v = lane < nwarps ? red[lane] : 0.0f;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* blockDim.x: a multiple of 32, at most 1024. Dynamic shared memory: C floats when cached. */
+__global__ void residual_layernorm_kernel(__nv_bfloat16 *out,         // (N, C)
+                                          float *x,                   // (*, C)
+                                          const __nv_bfloat16 *delta, // (*, C) or NULL
+                                          const __nv_bfloat16 *w,     // (C)
+                                          const __nv_bfloat16 *b,     // (C)
+                                          const int32_t *rows,        // (N) or NULL
+                                          size_t C, float eps, int vec, int cached) {
+    extern __shared__ float4 ln_smem[];
+    __shared__ float red[32];
+    size_t r = blockIdx.x;
+    size_t i = rows ? (size_t)rows[r] : r;
+    float *xr = x + i * C;
+    const __nv_bfloat16 *dr = delta ? delta + i * C : NULL;
+    __nv_bfloat16 *orow = out + r * C;
+    float *buf = cached ? reinterpret_cast<float *>(ln_smem) : xr;
+    size_t tid = threadIdx.x, nt = blockDim.x;
+
+    /* pass 1: residual add, copy, sum */
+    float sum = 0.0f;
+    if (vec) {
+        for (size_t c = tid * 8; c < C; c += nt * 8) {
+            float4 a = reinterpret_cast<const float4 *>(xr + c)[0];
+            float4 a2 = reinterpret_cast<const float4 *>(xr + c)[1];
+            if (dr) {
+                float d[8];
+                ln_unpack8(*reinterpret_cast<const uint4 *>(dr + c), d);
+                a.x += d[0], a.y += d[1], a.z += d[2], a.w += d[3];
+                a2.x += d[4], a2.y += d[5], a2.z += d[6], a2.w += d[7];
+                reinterpret_cast<float4 *>(xr + c)[0] = a;
+                reinterpret_cast<float4 *>(xr + c)[1] = a2;
+            }
+            if (cached) {
+                reinterpret_cast<float4 *>(buf + c)[0] = a;
+                reinterpret_cast<float4 *>(buf + c)[1] = a2;
+            }
+            sum += ((a.x + a.y) + (a.z + a.w)) + ((a2.x + a2.y) + (a2.z + a2.w));
+        }
+    } else {
+        for (size_t c = tid; c < C; c += nt) {
+            float v = xr[c];
+            if (dr) {
+                v += __bfloat162float(dr[c]);
+                xr[c] = v;
+            }
+            if (cached) buf[c] = v;
+            sum += v;
+        }
+    }
+    float mean = ln_block_sum(sum, red) / (float)C;
+
+    /* pass 2: variance around the mean */
+    float sq = 0.0f;
+    if (vec) {
+        for (size_t c = tid * 8; c < C; c += nt * 8) {
+            float4 a = reinterpret_cast<const float4 *>(buf + c)[0];
+            float4 a2 = reinterpret_cast<const float4 *>(buf + c)[1];
+            float d0 = a.x - mean, d1 = a.y - mean, d2 = a.z - mean, d3 = a.w - mean;
+            float d4 = a2.x - mean, d5 = a2.y - mean, d6 = a2.z - mean, d7 = a2.w - mean;
+            sq += ((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)) +
+                  ((d4 * d4 + d5 * d5) + (d6 * d6 + d7 * d7));
+        }
+    } else {
+        for (size_t c = tid; c < C; c += nt) {
+            float d = buf[c] - mean;
+            sq += d * d;
+        }
+    }
+    float var = ln_block_sum(sq, red) / (float)C;
+    float rstd = 1.0f / sqrtf(var + eps);
+
+    /* pass 3: normalize, scale, shift */
+    if (vec) {
+        for (size_t c = tid * 8; c < C; c += nt * 8) {
+            float4 a = reinterpret_cast<const float4 *>(buf + c)[0];
+            float4 a2 = reinterpret_cast<const float4 *>(buf + c)[1];
+            float v[8] = {a.x, a.y, a.z, a.w, a2.x, a2.y, a2.z, a2.w};
+            float wf[8], bf[8];
+            ln_unpack8(__ldg(reinterpret_cast<const uint4 *>(w + c)), wf);
+            ln_unpack8(__ldg(reinterpret_cast<const uint4 *>(b + c)), bf);
+            float o[8];
+#pragma unroll
+            for (int e = 0; e < 8; e++) o[e] = (v[e] - mean) * rstd * wf[e] + bf[e];
+            uint4 pk;
+            pk.x = ln_pack2(o[0], o[1]);
+            pk.y = ln_pack2(o[2], o[3]);
+            pk.z = ln_pack2(o[4], o[5]);
+            pk.w = ln_pack2(o[6], o[7]);
+            *reinterpret_cast<uint4 *>(orow + c) = pk;
+        }
+    } else {
+        for (size_t c = tid; c < C; c += nt) {
+            float o = (buf[c] - mean) * rstd * __bfloat162float(w[c]) + __bfloat162float(b[c]);
+            orow[c] = __float2bfloat16_rn(o);
+        }
+    }
+}
+
+__global__ void residual_add_kernel(float *x,                   // (n)
+                                    const __nv_bfloat16 *delta, // (n)
+                                    size_t n, int vec) {
+    size_t stride = (size_t)gridDim.x * blockDim.x;
+    size_t groups = (n + 7) / 8;
+    for (size_t g = (size_t)blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += stride) {
+        size_t c = g * 8;
+        if (vec && c + 8 <= n) {
+            float4 a = reinterpret_cast<const float4 *>(x + c)[0];
+            float4 a2 = reinterpret_cast<const float4 *>(x + c)[1];
+            float d[8];
+            ln_unpack8(*reinterpret_cast<const uint4 *>(delta + c), d);
+            a.x += d[0], a.y += d[1], a.z += d[2], a.w += d[3];
+            a2.x += d[4], a2.y += d[5], a2.z += d[6], a2.w += d[7];
+            reinterpret_cast<float4 *>(x + c)[0] = a;
+            reinterpret_cast<float4 *>(x + c)[1] = a2;
+        } else {
+            for (size_t k = c; k < c + 8 && k < n; k++) x[k] += __bfloat162float(delta[k]);
+        }
+    }
+}
+
+extern "C" int ni_cuda_residual_layernorm(ni_bf16 *out, float *x, const ni_bf16 *delta,
+                                          const ni_bf16 *w, const ni_bf16 *b, const int32_t *rows,
+                                          size_t N, size_t C, float eps, ni_stream s) {
+    if (N == 0 || C == 0) return (int)cudaGetLastError();
+    int vec = C % 8 == 0 && (uintptr_t)out % 16 == 0 && (uintptr_t)x % 16 == 0 &&
+              (uintptr_t)delta % 16 == 0 && (uintptr_t)w % 16 == 0 && (uintptr_t)b % 16 == 0;
+    int cached = C <= LN_SMEM_MAX_C;
+    size_t work = vec ? C / 8 : C; /* one thread per group of 8 columns, or per column */
+    size_t nt = (work + 31) / 32 * 32;
+    if (nt > LN_MAX_THREADS) nt = LN_MAX_THREADS;
+    size_t smem = cached ? C * sizeof(float) : 0;
+    residual_layernorm_kernel<<<(unsigned int)N, (unsigned int)nt, smem, (cudaStream_t)s>>>(
+        (__nv_bfloat16 *)out, x, (const __nv_bfloat16 *)delta, (const __nv_bfloat16 *)w,
+        (const __nv_bfloat16 *)b, rows, C, eps, vec, cached);
+    return (int)cudaGetLastError();
+}
+
+extern "C" int ni_cuda_residual_add(float *x, const ni_bf16 *delta, size_t N, size_t C,
+                                    ni_stream s) {
+    size_t n = N * C;
+    if (n == 0) return (int)cudaGetLastError();
+    int vec = (uintptr_t)x % 16 == 0 && (uintptr_t)delta % 16 == 0;
+    size_t blocks = ((n + 7) / 8 + RA_THREADS - 1) / RA_THREADS;
+    if (blocks > 16384) blocks = 16384;
+    residual_add_kernel<<<(unsigned int)blocks, RA_THREADS, 0, (cudaStream_t)s>>>(
+        x, (const __nv_bfloat16 *)delta, n, vec);
+    return (int)cudaGetLastError();
+}

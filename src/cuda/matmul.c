@@ -1,0 +1,142 @@
+/* The GPU matrix multiply: GEMV kernel for a few rows, cuBLASLt for the rest. cuBLASLt works in
+ * column-major terms: our row-major out (N, OC) is D = (OC, N) column-major, our w (OC, IC)
+ * row-major is A = (IC, OC) column-major used transposed, and inp (N, IC) is B = (IC, N). The
+ * bias then runs along D's rows, which is what cuBLASLt's bias epilogue broadcasts. Plans
+ * (descriptors, layouts and the heuristic's algorithm) are made once per shape and reused. */
+#include "cuda/matmul.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "common/error.h"
+
+ni_status ni_cuda_status(int err, const char *what) {
+    if (err >= 0 && err < 1000)
+        return ni_fail(NI_ERR_DEVICE, "%s: %s", what, cudaGetErrorString((cudaError_t)err));
+    return ni_fail(NI_ERR_DEVICE, "%s: error %d", what, err);
+}
+
+static ni_status lt_status(cublasStatus_t st, const char *what) {
+    return st == CUBLAS_STATUS_SUCCESS
+               ? NI_OK
+               : ni_fail(NI_ERR_DEVICE, "cuBLASLt %s: status %d", what, (int)st);
+}
+
+ni_status ni_matmul_init(ni_matmul_ctx *m, void *workspace, size_t workspace_bytes) {
+    memset(m, 0, sizeof *m);
+    m->workspace = workspace;
+    m->workspace_bytes = workspace_bytes;
+    m->gemv_max_rows = NI_CUDA_GEMV_MAX_ROWS;
+    return lt_status(cublasLtCreate(&m->handle), "create");
+}
+
+void ni_matmul_destroy(ni_matmul_ctx *m) {
+    for (size_t i = 0; i < m->n_plans; i++) {
+        ni_lt_plan *p = &m->plans[i];
+        cublasLtMatrixLayoutDestroy(p->a);
+        cublasLtMatrixLayoutDestroy(p->b);
+        cublasLtMatrixLayoutDestroy(p->d);
+        cublasLtMatmulDescDestroy(p->desc);
+    }
+    m->n_plans = 0;
+    if (m->handle) cublasLtDestroy(m->handle);
+    m->handle = NULL;
+}
+
+static ni_status make_plan(ni_matmul_ctx *m, ni_lt_plan *p) {
+    cudaDataType_t dt = p->out_f32 ? CUDA_R_32F : CUDA_R_16BF;
+    cublasOperation_t opT = CUBLAS_OP_T, opN = CUBLAS_OP_N;
+    NI_TRY(lt_status(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "desc"));
+    NI_TRY(lt_status(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opT,
+                                                    sizeof opT),
+                     "transa"));
+    NI_TRY(lt_status(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opN,
+                                                    sizeof opN),
+                     "transb"));
+    cublasLtEpilogue_t epi = p->epilogue == 2   ? CUBLASLT_EPILOGUE_GELU_BIAS
+                             : p->epilogue == 1 ? CUBLASLT_EPILOGUE_BIAS
+                                                : CUBLASLT_EPILOGUE_DEFAULT;
+    NI_TRY(lt_status(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi,
+                                                    sizeof epi),
+                     "epilogue"));
+    if (p->epilogue) {
+        cudaDataType_t bt = CUDA_R_16BF;
+        NI_TRY(lt_status(cublasLtMatmulDescSetAttribute(
+                             p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt),
+                         "bias type"));
+    }
+    NI_TRY(lt_status(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, p->ic, p->oc, p->ic), "A"));
+    NI_TRY(lt_status(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, p->ic, p->n, p->ic), "B"));
+    NI_TRY(lt_status(cublasLtMatrixLayoutCreate(&p->d, dt, p->oc, p->n, p->oc), "D"));
+    cublasLtMatmulPreference_t pref;
+    NI_TRY(lt_status(cublasLtMatmulPreferenceCreate(&pref), "preference"));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                         &m->workspace_bytes, sizeof m->workspace_bytes);
+    cublasLtMatmulHeuristicResult_t res;
+    int found = 0;
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(m->handle, p->desc, p->a, p->b, p->d, p->d,
+                                                       pref, 1, &res, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (st != CUBLAS_STATUS_SUCCESS || found == 0)
+        return ni_fail(NI_ERR_DEVICE, "cuBLASLt: no algorithm for (%zu x %zu) @ (%zu x %zu)^T",
+                       p->n, p->ic, p->oc, p->ic);
+    p->algo = res.algo;
+    return NI_OK;
+}
+
+static ni_status get_plan(ni_matmul_ctx *m, size_t N, size_t IC, size_t OC, int epilogue,
+                          int out_f32, ni_lt_plan **out) {
+    for (size_t i = 0; i < m->n_plans; i++) {
+        ni_lt_plan *p = &m->plans[i];
+        if (p->n == N && p->ic == IC && p->oc == OC && p->epilogue == epilogue &&
+            p->out_f32 == out_f32) {
+            *out = p;
+            return NI_OK;
+        }
+    }
+    if (m->n_plans == NI_LT_MAX_PLANS)
+        return ni_fail(NI_ERR_INTERNAL, "cuBLASLt plan cache full (%d shapes)", NI_LT_MAX_PLANS);
+    ni_lt_plan *p = &m->plans[m->n_plans];
+    memset(p, 0, sizeof *p);
+    p->n = N;
+    p->ic = IC;
+    p->oc = OC;
+    p->epilogue = epilogue;
+    p->out_f32 = out_f32;
+    ni_status s = make_plan(m, p);
+    if (s != NI_OK) {
+        if (p->a) cublasLtMatrixLayoutDestroy(p->a);
+        if (p->b) cublasLtMatrixLayoutDestroy(p->b);
+        if (p->d) cublasLtMatrixLayoutDestroy(p->d);
+        if (p->desc) cublasLtMatmulDescDestroy(p->desc);
+        return s;
+    }
+    m->n_plans++;
+    *out = p;
+    return NI_OK;
+}
+
+ni_status ni_matmul(ni_matmul_ctx *m, ni_bf16 *out_bf16, float *out_f32, const ni_bf16 *inp,
+                    const ni_bf16 *w, const ni_bf16 *bias, size_t N, size_t IC, size_t OC,
+                    int gelu, cudaStream_t stream) {
+    if (N == 0) return NI_OK;
+    if (N <= m->gemv_max_rows) {
+        NI_CUDA_TRY(ni_cuda_gemv(out_bf16, out_f32, inp, w, bias, N, IC, OC, gelu,
+                                 (ni_stream)stream),
+                    "gemv kernel");
+        return NI_OK;
+    }
+    if (gelu && !bias) return ni_fail(NI_ERR_INTERNAL, "matmul: GELU needs a bias here");
+    int epilogue = gelu ? 2 : bias ? 1 : 0;
+    ni_lt_plan *p = NULL;
+    NI_TRY(get_plan(m, N, IC, OC, epilogue, out_f32 != NULL, &p));
+    if (bias)
+        NI_TRY(lt_status(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                        &bias, sizeof bias),
+                         "bias pointer"));
+    const float alpha = 1.0f, beta = 0.0f;
+    void *d = out_f32 ? (void *)out_f32 : (void *)out_bf16;
+    return lt_status(cublasLtMatmul(m->handle, p->desc, &alpha, w, p->a, inp, p->b, &beta, d, p->d,
+                                    d, p->d, &p->algo, m->workspace, m->workspace_bytes, stream),
+                     "matmul");
+}

@@ -1,0 +1,49 @@
+/* The GPU matrix multiply used by the forward pass: out (N, OC) = inp (N, IC) @ w^T + bias
+ * [then GELU], w (OC, IC) bf16. Small N goes to our bandwidth-bound GEMV kernel, larger N to
+ * cuBLASLt with a cached plan per shape and the bias / bias+GELU epilogue fused. */
+#ifndef NI_CUDA_MATMUL_H
+#define NI_CUDA_MATMUL_H
+
+#include <cublasLt.h>
+#include <cuda_runtime_api.h>
+
+#include "cuda/kernels.h"
+#include "nanoinfer.h"
+
+#define NI_LT_MAX_PLANS 96
+
+typedef struct {
+    size_t n, ic, oc;
+    int epilogue; /* 0 none, 1 bias, 2 bias + GELU */
+    int out_f32;
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t a, b, d;
+    cublasLtMatmulAlgo_t algo;
+} ni_lt_plan;
+
+typedef struct {
+    cublasLtHandle_t handle;
+    void *workspace; /* device, from the engine's arena */
+    size_t workspace_bytes;
+    ni_lt_plan plans[NI_LT_MAX_PLANS];
+    size_t n_plans;
+    size_t gemv_max_rows; /* N up to this uses ni_cuda_gemv */
+} ni_matmul_ctx;
+
+ni_status ni_matmul_init(ni_matmul_ctx *m, void *workspace, size_t workspace_bytes);
+void ni_matmul_destroy(ni_matmul_ctx *m);
+
+/* out: bf16 (out_bf16) or f32 (out_f32), exactly one non-NULL. bias may be NULL. */
+ni_status ni_matmul(ni_matmul_ctx *m, ni_bf16 *out_bf16, float *out_f32, const ni_bf16 *inp,
+                    const ni_bf16 *w, const ni_bf16 *bias, size_t N, size_t IC, size_t OC,
+                    int gelu, cudaStream_t stream);
+
+/* Turns a CUDA error into an ni_status naming the call. */
+ni_status ni_cuda_status(int err, const char *what);
+#define NI_CUDA_TRY(call, what)                                                                    \
+    do {                                                                                           \
+        int ni_cuda_err_ = (int)(call);                                                            \
+        if (ni_cuda_err_ != 0) return ni_cuda_status(ni_cuda_err_, what);                          \
+    } while (0)
+
+#endif
