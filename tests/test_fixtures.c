@@ -230,11 +230,75 @@ static void test_cli_logits_and_generate(void **state) {
     free(f.logits);
 }
 
+/* score and text generation on the full-vocabulary fixture (GPT-2's tokenizer) */
+static void test_cli_score_and_text(void **state) {
+    (void)state;
+    char dir[512], path[700], cmd[2048];
+    ni_test_path(dir, sizeof dir, "models/gpt2-vocab");
+    snprintf(path, sizeof path, "%s/reference.json", dir);
+    json_error_t err;
+    json_t *root = json_load_file(path, 0, &err);
+    assert_non_null(root);
+    double want = json_real_value(json_object_get(json_object_get(root, "nll"), "mean_nll"));
+    json_decref(root);
+    snprintf(cmd, sizeof cmd, "%s score --model %s --text-file %s/score.txt --output json",
+             NI_CLI_PATH, dir, dir);
+    int st;
+    char *out = ni_test_run(cmd, &st);
+    assert_int_equal(st, 0);
+    json_t *o = json_loads(out, JSON_DISABLE_EOF_CHECK, &err);
+    assert_non_null(o);
+    double got = json_real_value(json_object_get(o, "mean_nll"));
+    /* the sliding-window NLL of transformers in float64, within 1e-4 relative */
+    if (fabs(got - want) > 1e-4 * fabs(want)) fail_msg("score %.8f, transformers %.8f", got, want);
+    assert_int_equal(json_integer_value(json_object_get(o, "tokens")), 319);
+    assert_true(json_integer_value(json_object_get(o, "windows")) > 1);
+    json_decref(o);
+    free(out);
+
+    /* three samples of one text prompt: three objects with text; the seed reproduces them */
+    snprintf(cmd, sizeof cmd,
+             "%s generate --model %s --prompt 'Hello, world' --num-samples 3 --max-new-tokens 8 "
+             "--top-k 40 --seed 5 --output json",
+             NI_CLI_PATH, dir);
+    char *a = ni_test_run(cmd, &st);
+    assert_int_equal(st, 0);
+    char *b = ni_test_run(cmd, &st);
+    size_t lines = 0;
+    char *lb = b;
+    for (char *line = a; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+        json_t *g = json_loads(line, JSON_DISABLE_EOF_CHECK, &err);
+        json_t *h = json_loads(lb, JSON_DISABLE_EOF_CHECK, &err);
+        assert_non_null(g);
+        assert_non_null(h);
+        assert_int_equal(json_array_size(json_object_get(g, "prompt")), 3); /* Hello , world */
+        assert_int_equal(json_array_size(json_object_get(g, "tokens")), 8);
+        assert_true(json_is_string(json_object_get(g, "text")));
+        assert_true(json_equal(json_object_get(g, "tokens"), json_object_get(h, "tokens")));
+        json_decref(g);
+        json_decref(h);
+        lb = strchr(lb, '\n') + 1;
+        lines++;
+    }
+    assert_int_equal(lines, 3);
+    free(a);
+    free(b);
+    /* streamed text mode prints the prompt and the continuation */
+    snprintf(cmd, sizeof cmd,
+             "%s generate --model %s --prompt 'Hello, world' --max-new-tokens 4 2>/dev/null",
+             NI_CLI_PATH, dir);
+    out = ni_test_run(cmd, &st);
+    assert_int_equal(st, 0);
+    assert_true(strncmp(out, "Hello, world", 12) == 0 && strlen(out) > 13);
+    free(out);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_logits_match_transformers),
         cmocka_unit_test(test_greedy_matches_transformers),
         cmocka_unit_test(test_cli_logits_and_generate),
+        cmocka_unit_test(test_cli_score_and_text),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,6 +1,7 @@
-/* `nanoinfer generate`: continues a batch of prompts. Prompts are token ids (--tokens, one
- * option per sequence); the result is printed per sequence as ids, or as one JSON object per
- * sequence with --output json. */
+/* `nanoinfer generate`: continues a batch of prompts, given as text (--prompt, --prompt-file,
+ * encoded with the GPT-2 tokenizer) or as token ids (--tokens). A single sequence streams to the
+ * terminal as it is generated (never half a UTF-8 character); a batch prints each sequence when
+ * done; --output json prints one object per sequence (prompt, ids, text, timings). */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,11 +9,18 @@
 
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/text.h"
 
 static const char generate_help[] =
-    "usage: nanoinfer generate --model M --tokens 1,2,3 [--tokens 4,5 ...] [options]\n\n"
+    "usage: nanoinfer generate --model M --prompt TEXT [--prompt TEXT ...] [options]\n"
+    "       nanoinfer generate --model M --tokens 1,2,3 [--tokens 4,5 ...] [options]\n\n"
     "Continues each prompt; several prompts make a batch (each its own length).\n\n"
+    "  --prompt TEXT         a text prompt (repeat for a batch)\n"
+    "  --prompt-file F       a text prompt read from a file ('-' for stdin)\n"
     "  --tokens IDS          a prompt as comma-separated token ids (repeat for a batch)\n"
+    "  --num-samples N       run each prompt N times as one batch (default 1)\n"
+    "  --tokenizer DIR       encoder.json + vocab.bpe or vocab.json + merges.txt (default: the\n"
+    "                        model directory's, else .cache/tokenizer from `make deps`)\n"
     "  --max-new-tokens N    tokens to generate per sequence (default 32)\n"
     "  --greedy              argmax decoding (same as --temperature 0)\n"
     "  --temperature T       softmax temperature (default 1.0; 0 is greedy)\n"
@@ -25,14 +33,23 @@ static const char generate_help[] =
 
 typedef struct {
     size_t n_seq, max_new;
-    int32_t *tokens; /* (n_seq, max_new) */
-    size_t *count;   /* (n_seq) */
+    int32_t *tokens;             /* (n_seq, max_new) */
+    size_t *count;               /* (n_seq) */
+    ni_tokenizer_stream *stream; /* streams sequence 0 to stdout when set */
 } collected;
 
 static int collect(void *user, size_t seq, size_t step, int32_t token) {
     collected *c = user;
     (void)step;
     if (c->count[seq] < c->max_new) c->tokens[seq * c->max_new + c->count[seq]++] = token;
+    if (c->stream && seq == 0) {
+        const char *text;
+        size_t len;
+        if (ni_tokenizer_stream_push(c->stream, token, &text, &len) == NI_OK && len) {
+            fwrite(text, 1, len, stdout);
+            fflush(stdout);
+        }
+    }
     return 0;
 }
 
@@ -41,9 +58,32 @@ typedef struct {
     int32_t **prompts;
     size_t *lens;
     size_t n_seq;
+    char **texts; /* text prompts, encoded once the tokenizer is open */
+    size_t n_texts;
+    size_t num_samples;
+    const char *tokenizer_dir;
     ni_sampling sampling;
     int json;
 } generate_args;
+
+static int add_prompt(generate_args *g, int32_t *ids, size_t n) {
+    int32_t **np = realloc(g->prompts, (g->n_seq + 1) * sizeof *np);
+    if (np) g->prompts = np;
+    size_t *nl = np ? realloc(g->lens, (g->n_seq + 1) * sizeof *nl) : NULL;
+    if (nl) g->lens = nl;
+    if (!np || !nl) return -1;
+    g->prompts[g->n_seq] = ids;
+    g->lens[g->n_seq++] = n;
+    return 0;
+}
+
+static int add_text(generate_args *g, char *text) {
+    char **nt = realloc(g->texts, (g->n_texts + 1) * sizeof *nt);
+    if (!nt) return -1;
+    g->texts = nt;
+    g->texts[g->n_texts++] = text;
+    return 0;
+}
 
 static int parse(generate_args *g, int argc, char **argv) {
     const char *v;
@@ -56,15 +96,31 @@ static int parse(generate_args *g, int argc, char **argv) {
             printf("%s%s", generate_help, cli_model_help);
             return -1;
         } else if (cli_is(a, "--tokens")) {
+            int32_t *ids;
+            size_t n;
             if (!(v = cli_value(argc, argv, &i, "--tokens"))) return 2;
-            int32_t **np = realloc(g->prompts, (g->n_seq + 1) * sizeof *np);
-            size_t *nl = np ? realloc(g->lens, (g->n_seq + 1) * sizeof *nl) : NULL;
-            if (np) g->prompts = np;
-            if (nl) g->lens = nl;
-            if (!np || !nl) return cli_usage_error("out of memory");
-            if (cli_parse_ids(v, &g->prompts[g->n_seq], &g->lens[g->n_seq]))
+            if (cli_parse_ids(v, &ids, &n))
                 return cli_usage_error("--tokens takes ids like 1,2,3, not '%s'", v);
-            g->n_seq++;
+            if (add_prompt(g, ids, n)) return cli_usage_error("out of memory");
+        } else if (cli_is(a, "--prompt")) {
+            if (!(v = cli_value(argc, argv, &i, a))) return 2;
+            char *t = strdup(v);
+            if (!t || add_text(g, t)) return cli_usage_error("out of memory");
+        } else if (cli_is(a, "--prompt-file")) {
+            if (!(v = cli_value(argc, argv, &i, a))) return 2;
+            size_t n;
+            char *t = cli_read_file(v, &n);
+            if (!t) {
+                fprintf(stderr, "nanoinfer: cannot read %s\n", v);
+                return 1;
+            }
+            if (add_text(g, t)) return cli_usage_error("out of memory");
+        } else if (cli_is(a, "--num-samples")) {
+            if (!(v = cli_value(argc, argv, &i, a)) || cli_parse_size(v, &g->num_samples) ||
+                g->num_samples == 0 || g->num_samples > 4096)
+                return cli_usage_error("--num-samples takes a count from 1 to 4096");
+        } else if (cli_is(a, "--tokenizer")) {
+            if (!(g->tokenizer_dir = cli_value(argc, argv, &i, a))) return 2;
         } else if (cli_is(a, "--max-new-tokens")) {
             if (!(v = cli_value(argc, argv, &i, a)) ||
                 cli_parse_size(v, &g->sampling.max_new_tokens))
@@ -103,11 +159,14 @@ static int parse(generate_args *g, int argc, char **argv) {
             return cli_usage_error("unknown option '%s'", a);
         }
     }
-    if (g->n_seq == 0) return cli_usage_error("give at least one prompt with --tokens");
+    if (g->n_seq + g->n_texts == 0)
+        return cli_usage_error("give at least one prompt with --prompt, --prompt-file or --tokens");
+    if (g->n_seq && g->n_texts) return cli_usage_error("give prompts as text or as ids, not both");
     return 0;
 }
 
-static void print_results(const generate_args *g, const collected *c, const ni_stats *st) {
+static void print_results(const generate_args *g, const collected *c, const ni_stats *st,
+                          const ni_tokenizer *tok) {
     double decode_tok_s = st->decode_ms > 0.0 && st->decode_steps > 0
                               ? (double)(st->generated_tokens - g->n_seq) / (st->decode_ms / 1e3)
                               : 0.0;
@@ -121,18 +180,32 @@ static void print_results(const generate_args *g, const collected *c, const ni_s
             json_object_set_new(o, "seq", json_integer((json_int_t)s));
             json_object_set_new(o, "prompt", pr);
             json_object_set_new(o, "tokens", tk);
+            if (tok) {
+                char *text = cli_decode_text(tok, t, c->count[s]);
+                if (text) json_object_set_new(o, "text", json_string(text));
+                free(text);
+            }
             json_object_set_new(o, "ttft_ms", json_real(st->ttft_ms));
             json_object_set_new(o, "decode_tok_s", json_real(decode_tok_s));
             char *line = json_dumps(o, JSON_COMPACT);
             if (line) puts(line);
             free(line);
             json_decref(o);
+        } else if (tok && c->stream) {
+            putchar('\n'); /* sequence 0 was streamed */
+        } else if (tok) {
+            char *prompt = cli_decode_text(tok, g->prompts[s], g->lens[s]);
+            char *text = cli_decode_text(tok, t, c->count[s]);
+            printf("--- sample %zu ---\n%s%s\n", s, prompt ? prompt : "", text ? text : "");
+            free(prompt);
+            free(text);
         } else {
             printf("[%zu]", s);
             for (size_t i = 0; i < c->count[s]; i++) printf("%s%d", i ? "," : " ", (int)t[i]);
             putchar('\n');
         }
     }
+    fflush(stdout);
     if (!g->json)
         fprintf(stderr, "ttft %.2f ms, decode %.1f tokens/s (batch %zu)\n", st->ttft_ms,
                 decode_tok_s, g->n_seq);
@@ -144,10 +217,37 @@ int cmd_generate(int argc, char **argv) {
     cli_model_args_init(&g.model);
     g.sampling = (ni_sampling){.temperature = 1.0f, .top_p = 1.0f, .seed = 1337,
                                .max_new_tokens = 32};
+    g.num_samples = 1;
     int rc = parse(&g, argc, argv);
     ni_model *m = NULL;
     ni_engine *e = NULL;
+    ni_tokenizer *tok = NULL;
     collected c = {0};
+    if (rc == 0 && g.n_texts) {
+        /* the model directory's own tokenizer first, then the default */
+        rc = cli_open_tokenizer(g.tokenizer_dir, g.model.model, &tok);
+        for (size_t i = 0; rc == 0 && i < g.n_texts; i++) {
+            int32_t *ids;
+            size_t n;
+            ni_status s = ni_tokenizer_encode(tok, g.texts[i], strlen(g.texts[i]), 1, &ids, &n);
+            if (s != NI_OK)
+                rc = cli_runtime_error("cannot encode the prompt", s);
+            else if (n == 0) {
+                free(ids);
+                rc = cli_usage_error("prompt %zu is empty", i);
+            } else if (add_prompt(&g, ids, n))
+                rc = cli_usage_error("out of memory");
+        }
+    }
+    for (size_t rep = 1, base = g.n_seq; rc == 0 && rep < g.num_samples; rep++)
+        for (size_t i = 0; rc == 0 && i < base; i++) {
+            int32_t *ids = malloc(g.lens[i] * sizeof *ids);
+            if (!ids || add_prompt(&g, ids, g.lens[i])) {
+                free(ids);
+                rc = cli_usage_error("out of memory");
+            } else
+                memcpy(ids, g.prompts[i], g.lens[i] * sizeof *ids);
+        }
     if (rc == 0) {
         size_t max_seq = 0;
         for (size_t s = 0; s < g.n_seq; s++)
@@ -162,6 +262,13 @@ int cmd_generate(int argc, char **argv) {
         c.tokens = calloc(g.n_seq * (c.max_new ? c.max_new : 1), sizeof *c.tokens);
         c.count = calloc(g.n_seq, sizeof *c.count);
         ni_batch b = {g.n_seq, (const int32_t *const *)g.prompts, g.lens};
+        /* one text sequence streams: its prompt first, then tokens as they come */
+        if (tok && g.n_seq == 1 && !g.json && ni_tokenizer_stream_new(tok, &c.stream) == NI_OK) {
+            char *prompt = cli_decode_text(tok, g.prompts[0], g.lens[0]);
+            fputs(prompt ? prompt : "", stdout);
+            fflush(stdout);
+            free(prompt);
+        }
         ni_status s = (c.tokens && c.count) ? ni_generate(e, &b, &g.sampling, collect, &c)
                                             : NI_ERR_NO_MEMORY;
         if (s != NI_OK) {
@@ -169,9 +276,19 @@ int cmd_generate(int argc, char **argv) {
         } else {
             ni_stats st;
             ni_engine_stats(e, &st);
-            print_results(&g, &c, &st);
+            if (c.stream) {
+                const char *text;
+                size_t len;
+                if (ni_tokenizer_stream_flush(c.stream, &text, &len) == NI_OK)
+                    fwrite(text, 1, len, stdout);
+            }
+            print_results(&g, &c, &st, tok);
         }
     }
+    ni_tokenizer_stream_free(c.stream);
+    ni_tokenizer_close(tok);
+    for (size_t i = 0; i < g.n_texts; i++) free(g.texts[i]);
+    free(g.texts);
     free(c.tokens);
     free(c.count);
     for (size_t s = 0; s < g.n_seq; s++) free(g.prompts[s]);

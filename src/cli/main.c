@@ -12,6 +12,7 @@ typedef struct {
 
 static const command commands[] = {
     {"generate", cmd_generate, "generate tokens from prompts (ids or text)"},
+    {"score", cmd_score, "mean negative log-likelihood and perplexity of a text"},
     {"logits", cmd_logits, "write the logits of every position of a token sequence"},
     {"info", cmd_info, "print a model's config, parameter count and weight bytes"},
     {"bench", cmd_bench, "benchmark the engines across batch sizes (JSON, CSV, tables)"},

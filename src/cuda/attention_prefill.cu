@@ -13,10 +13,10 @@
  * HS % 8 == 0, 4 bytes when HS is even and 2 bytes (synchronous) for odd HS. Causality: query j
  * of a sequence whose first listed token has position pos0 sees cache positions 0 .. pos0 + j;
  * the block stops at the last key its last query sees, a warp skips the key tiles that lie wholly
- * after its rows, and the mask is applied only to tiles that cross a row's limit. Keys past the
- * block's last position are never read (zeros take their place), so stale or poisoned cache
- * entries cannot leak in. P is rounded to bf16 for the P V product (as in FlashAttention); the
- * softmax sum uses the f32 values. */
+ * after its rows (and all of them when its rows are past the sequence's end), and the mask is
+ * applied only to tiles that cross a row's limit. Keys past the block's last position are never
+ * read (zeros take their place), so stale or poisoned cache entries cannot leak in. P is rounded to
+ * bf16 for the P V product (as in FlashAttention); the softmax sum uses the f32 values. */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <math.h>
@@ -200,7 +200,9 @@ __global__ void __launch_bounds__(AP_THREADS)
         }
         __syncthreads();
 
-        if (k0 <= warp_hi) { /* else every key of the tile is after this warp's rows */
+        /* skip the tile when every key of it is after this warp's rows, or when the warp has no
+         * row inside the sequence (short sequences leave whole warps idle) */
+        if (wr0 < len && k0 <= warp_hi) {
             /* S = Q K^T: 16 x BK per warp */
             float s[NKT][4];
 #pragma unroll

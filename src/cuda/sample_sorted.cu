@@ -350,8 +350,7 @@ extern "C" int ni_cuda_sample_sorted(int32_t *tokens, const float *logits,
         ss_fill_invalid_kernel<<<(unsigned)((B + 255) / 256), 256, 0, st>>>(tokens, B);
         return (int)cudaGetLastError();
     }
-    const float scale = ni_canon_scale(temperature);
-    if (top_k == 1 || scale == 0.0f) { /* rule 2: greedy, no workspace needed */
+    if (top_k == 1 || ni_canon_temp_greedy(temperature)) { /* rule 2: greedy, no workspace */
         ss_stats_kernel<<<(unsigned)B, SS_STATS_THREADS, 0, st>>>(tokens, NULL, logits, V, 1);
         return (int)cudaGetLastError();
     }
@@ -365,6 +364,7 @@ extern "C" int ni_cuda_sample_sorted(int32_t *tokens, const float *logits,
     int32_t *vals0 = (int32_t *)(ws + L.vals0), *vals1 = (int32_t *)(ws + L.vals1);
     ss_row *rows = (ss_row *)(ws + L.rows);
 
+    const float scale = ni_canon_scale(temperature);
     ss_stats_kernel<<<(unsigned)B, SS_STATS_THREADS, 0, st>>>(tokens, rows, logits, V, 0);
     dim3 kgrid((unsigned)B, (unsigned)((V + SS_KEYS_CHUNK - 1) / SS_KEYS_CHUNK));
     ss_keys_kernel<<<kgrid, SS_KEYS_THREADS, 0, st>>>(keys0, vals0, rows, logits, B, V, scale);

@@ -1,0 +1,677 @@
+/* GPU tests of the small-batch matmul (ni_cuda_gemv) and the sort-based sampler
+ * (ni_cuda_sample_sorted). The GEMV is compared with its CPU twin cpu_matmul (+ cpu_gelu) on the
+ * same bf16-rounded data for every batch size 1..16 and awkward IC / OC, with poisoned outputs
+ * (rows past N must stay untouched) and a bitwise batch-invariance check. The sampler must give
+ * exactly the token of the CPU's ni_sample_sorted for the same (seed, seq, step) (the canonical
+ * rule of sampling.h fixes it bit for bit), never a token outside the kept set of
+ * ni_sample_distribution, frequencies that pass a chi-square test against that distribution,
+ * the argmax when greedy, and -1 for invalid rows. A micro-benchmark prints GEMV bandwidth for
+ * the gpt2-xl shapes and the sampler's latency (printed, not asserted). Exits 77 without a GPU. */
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/numeric.h"
+#include "cpu/ops.h"
+#include "cuda/kernels.h"
+#include "sampling/sampling.h"
+#include "test_util.h"
+
+#define CK(call)                                                                                   \
+    do {                                                                                           \
+        cudaError_t e_ = (cudaError_t)(call);                                                      \
+        if (e_ != cudaSuccess) {                                                                   \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
+            fail();                                                                                \
+        }                                                                                          \
+    } while (0)
+
+/* ---- helpers ------------------------------------------------------------------------------ */
+
+static uint64_t rng_next(uint64_t *s) { /* splitmix64 */
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static float rng_uniform(uint64_t *s) { /* [-1, 1) */
+    return (float)(rng_next(s) >> 40) * (2.0f / 16777216.0f) - 1.0f;
+}
+
+static float rng_normal(uint64_t *s) {
+    float u1 = ((float)(rng_next(s) >> 40) + 1.0f) / 16777216.0f;
+    float u2 = (float)(rng_next(s) >> 40) / 16777216.0f;
+    return sqrtf(-2.0f * logf(u1)) * cosf(6.2831853f * u2);
+}
+
+static void *dmalloc(size_t bytes) {
+    void *p = NULL;
+    CK(cudaMalloc(&p, bytes ? bytes : 1));
+    return p;
+}
+
+static void *hmalloc(size_t bytes) {
+    void *p = malloc(bytes ? bytes : 1);
+    assert_non_null(p);
+    return p;
+}
+
+static int cmp_float(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+/* ---- GEMV against cpu_matmul --------------------------------------------------------------- */
+
+/* Tolerance, per element: |gpu - ref| <= atol + rtol * |ref| with
+ *   atol = 1e-5 * A + 1e-6, A = sum_k |x_k w_k| + |b| (the f32 summation error bound scale:
+ *          both sides add exact bf16 x bf16 products in f32, in different orders — the CPU in
+ *          16 lanes, the GPU in tensor-core k-steps and a split over warps — so they differ by
+ *          a few ulps of the partial sums, far below 1e-5 * A; a lost or doubled product
+ *          moves the result by |x_k w_k| ~ 0.25, about 16x atol even at IC = 6400);
+ *   GELU: atol * 1.13 (the slope of GELU is at most 1.13) plus 1e-6 for tanhf's last bits;
+ *   rtol = 1e-6 for f32 outputs and 2^-8 (half an ulp of bf16) for bf16 outputs. */
+typedef struct {
+    size_t IC, OC;
+    ni_bf16 *x, *w, *b; /* host bf16: (16, IC), (OC, IC), (OC) */
+    float *ref, *ref_gelu, *absum; /* (16, OC) */
+    ni_bf16 *dx, *dw, *db;
+    ni_bf16 *dout;   /* (16, OC) */
+    float *dout_f32; /* (16, OC) */
+} gemv_case;
+
+static void gemv_case_init(gemv_case *c, size_t IC, size_t OC, uint64_t seed) {
+    const size_t R = NI_CUDA_GEMV_MAX_ROWS;
+    c->IC = IC;
+    c->OC = OC;
+    c->x = hmalloc(R * IC * sizeof *c->x);
+    c->w = hmalloc(OC * IC * sizeof *c->w);
+    c->b = hmalloc(OC * sizeof *c->b);
+    float *xf = hmalloc(R * IC * sizeof *xf), *wf = hmalloc(OC * IC * sizeof *wf);
+    float *bf = hmalloc(OC * sizeof *bf);
+    uint64_t s = seed;
+    for (size_t i = 0; i < R * IC; i++) {
+        c->x[i] = ni_f32_to_bf16(rng_uniform(&s));
+        xf[i] = ni_bf16_to_f32(c->x[i]);
+    }
+    for (size_t i = 0; i < OC * IC; i++) {
+        c->w[i] = ni_f32_to_bf16(rng_uniform(&s));
+        wf[i] = ni_bf16_to_f32(c->w[i]);
+    }
+    for (size_t i = 0; i < OC; i++) {
+        c->b[i] = ni_f32_to_bf16(rng_uniform(&s));
+        bf[i] = ni_bf16_to_f32(c->b[i]);
+    }
+    c->ref = hmalloc(R * OC * sizeof *c->ref);
+    c->ref_gelu = hmalloc(R * OC * sizeof *c->ref_gelu);
+    c->absum = hmalloc(R * OC * sizeof *c->absum);
+    cpu_matmul(c->ref, xf, wf, bf, R, IC, OC, 0);
+    cpu_gelu(c->ref_gelu, c->ref, R * OC, 0);
+    for (size_t i = 0; i < R * IC; i++) xf[i] = fabsf(xf[i]);
+    for (size_t i = 0; i < OC * IC; i++) wf[i] = fabsf(wf[i]);
+    for (size_t i = 0; i < OC; i++) bf[i] = fabsf(bf[i]);
+    cpu_matmul(c->absum, xf, wf, bf, R, IC, OC, 0);
+    free(xf);
+    free(wf);
+    free(bf);
+
+    c->dx = dmalloc(R * IC * sizeof *c->dx);
+    c->dw = dmalloc(OC * IC * sizeof *c->dw);
+    c->db = dmalloc(OC * sizeof *c->db);
+    c->dout = dmalloc(R * OC * sizeof *c->dout);
+    c->dout_f32 = dmalloc(R * OC * sizeof *c->dout_f32);
+    CK(cudaMemcpy(c->dx, c->x, R * IC * sizeof *c->x, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(c->dw, c->w, OC * IC * sizeof *c->w, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(c->db, c->b, OC * sizeof *c->b, cudaMemcpyHostToDevice));
+}
+
+static void gemv_case_free(gemv_case *c) {
+    free(c->x);
+    free(c->w);
+    free(c->b);
+    free(c->ref);
+    free(c->ref_gelu);
+    free(c->absum);
+    cudaFree(c->dx);
+    cudaFree(c->dw);
+    cudaFree(c->db);
+    cudaFree(c->dout);
+    cudaFree(c->dout_f32);
+}
+
+/* Runs the GEMV for N rows into poisoned outputs; out_f32 / gelu select the variant. Returns the
+ * result as f32 in res (16, OC) and the raw bits in bits (16 * OC * 4 bytes). */
+static void gemv_run(const gemv_case *c, size_t N, int f32, int gelu, float *res, void *bits) {
+    const size_t R = NI_CUDA_GEMV_MAX_ROWS, OC = c->OC;
+    CK(cudaMemset(c->dout, 0xFF, R * OC * sizeof *c->dout)); /* bf16 0xFFFF, f32 0xFFFFFFFF: NaN */
+    CK(cudaMemset(c->dout_f32, 0xFF, R * OC * sizeof *c->dout_f32));
+    CK(ni_cuda_gemv(f32 ? NULL : c->dout, f32 ? c->dout_f32 : NULL, c->dx, c->dw, c->db, N, c->IC,
+                    OC, gelu, NULL));
+    CK(cudaDeviceSynchronize());
+    if (f32) {
+        CK(cudaMemcpy(bits, c->dout_f32, R * OC * 4, cudaMemcpyDeviceToHost));
+        memcpy(res, bits, R * OC * 4);
+    } else {
+        CK(cudaMemcpy(bits, c->dout, R * OC * 2, cudaMemcpyDeviceToHost));
+        const ni_bf16 *h = bits;
+        for (size_t i = 0; i < R * OC; i++) res[i] = ni_bf16_to_f32(h[i]);
+    }
+}
+
+/* Checks rows < N against the reference and rows >= N still poisoned; returns the worst
+ * err / tol seen (fails the test past 1). */
+static double gemv_check(const gemv_case *c, size_t N, int f32, int gelu, const float *res,
+                         const void *bits) {
+    const size_t R = NI_CUDA_GEMV_MAX_ROWS, OC = c->OC;
+    const float *ref = gelu ? c->ref_gelu : c->ref;
+    const double rtol = f32 ? 1e-6 : 1.0 / 256.0;
+    double worst = 0;
+    for (size_t n = 0; n < R; n++) {
+        for (size_t o = 0; o < OC; o++) {
+            const size_t i = n * OC + o;
+            if (n >= N) {
+                int poisoned = f32 ? ((const uint32_t *)bits)[i] == 0xFFFFFFFFu
+                                   : ((const uint16_t *)bits)[i] == 0xFFFFu;
+                if (!poisoned) {
+                    fprintf(stderr, "gemv IC=%zu OC=%zu N=%zu f32=%d: row %zu written\n", c->IC,
+                            OC, N, f32, n);
+                    fail();
+                }
+                continue;
+            }
+            double atol = 1e-5 * (double)c->absum[i] + 1e-6;
+            if (gelu) atol = 1.13 * atol + 1e-6;
+            const double tol = atol + rtol * fabs((double)ref[i]);
+            const double err = fabs((double)res[i] - (double)ref[i]);
+            const double q = err / tol;
+            if (!(q <= 1.0)) { /* NaN fails too */
+                fprintf(stderr,
+                        "gemv IC=%zu OC=%zu N=%zu f32=%d gelu=%d: out[%zu][%zu] = %.9g, ref %.9g, "
+                        "tol %.3g\n",
+                        c->IC, OC, N, f32, gelu, n, o, (double)res[i], (double)ref[i], tol);
+                fail();
+            }
+            if (q > worst) worst = q;
+        }
+    }
+    return worst;
+}
+
+static void gemv_case_all_n(size_t IC, size_t OC, uint64_t seed) {
+    gemv_case c;
+    gemv_case_init(&c, IC, OC, seed);
+    const size_t R = NI_CUDA_GEMV_MAX_ROWS;
+    float *res = hmalloc(R * OC * sizeof *res);
+    void *bits = hmalloc(R * OC * 4);
+    double worst = 0;
+    for (int variant = 0; variant < 4; variant++) {
+        const int f32 = variant & 1, gelu = variant >> 1;
+        for (size_t N = 1; N <= R; N++) {
+            gemv_run(&c, N, f32, gelu, res, bits);
+            double q = gemv_check(&c, N, f32, gelu, res, bits);
+            if (q > worst) worst = q;
+        }
+    }
+    printf("  gemv IC=%-5zu OC=%-6zu N=1..16 bf16/f32 x plain/gelu: worst err/tol %.3f\n", IC, OC,
+           worst);
+    free(res);
+    free(bits);
+    gemv_case_free(&c);
+}
+
+static void test_gemv_shapes(void **state) {
+    (void)state;
+    static const size_t ics[] = {1, 7, 8, 9, 24, 129, 768, 1600, 6400};
+    static const size_t ocs[] = {1, 7, 8, 9, 24, 129, 768, 1600};
+    uint64_t seed = 1;
+    for (size_t i = 0; i < sizeof ics / sizeof *ics; i++)
+        for (size_t j = 0; j < sizeof ocs / sizeof *ocs; j++)
+            gemv_case_all_n(ics[i], ocs[j], seed++);
+    /* the gpt2-xl shapes not above and the vocabulary (odd OC, also with odd IC) */
+    gemv_case_all_n(1600, 4800, seed++);
+    gemv_case_all_n(1600, 6400, seed++);
+    gemv_case_all_n(9, 50257, seed++);
+    gemv_case_all_n(1600, 50257, seed++);
+}
+
+/* A row's result must not depend on the other rows of the batch: the same bits for N = 1..16. */
+static void test_gemv_batch_invariance(void **state) {
+    (void)state;
+    static const size_t shapes[][2] = {{768, 2304}, {6400, 1600}, {129, 129}, {1600, 50257}};
+    const size_t R = NI_CUDA_GEMV_MAX_ROWS;
+    for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
+        gemv_case c;
+        gemv_case_init(&c, shapes[k][0], shapes[k][1], 100 + k);
+        const size_t OC = c.OC;
+        float *res = hmalloc(R * OC * sizeof *res);
+        uint32_t *full = hmalloc(R * OC * 4), *bits = hmalloc(R * OC * 4);
+        gemv_run(&c, R, 1, 0, res, full);
+        for (size_t N = 1; N < R; N++) {
+            gemv_run(&c, N, 1, 0, res, bits);
+            if (memcmp(bits, full, N * OC * 4) != 0) {
+                fprintf(stderr, "gemv IC=%zu OC=%zu: rows of N=%zu differ from N=16\n", c.IC, OC,
+                        N);
+                fail();
+            }
+        }
+        free(res);
+        free(full);
+        free(bits);
+        gemv_case_free(&c);
+    }
+}
+
+static void test_gemv_args(void **state) {
+    (void)state;
+    /* N > 16 is refused without a launch; N = 0 is a no-op */
+    assert_int_not_equal(ni_cuda_gemv(NULL, (float *)8, (const ni_bf16 *)8, (const ni_bf16 *)8,
+                                      NULL, 17, 8, 8, 0, NULL),
+                         0);
+    assert_int_equal(ni_cuda_gemv(NULL, (float *)8, (const ni_bf16 *)8, (const ni_bf16 *)8, NULL,
+                                  0, 8, 8, 0, NULL),
+                     0);
+    /* IC = 0: the output is the bias (through GELU) */
+    const size_t OC = 37;
+    ni_bf16 hb[37];
+    uint64_t s = 9;
+    for (size_t i = 0; i < OC; i++) hb[i] = ni_f32_to_bf16(rng_uniform(&s));
+    ni_bf16 *db = dmalloc(OC * 2);
+    float *dout = dmalloc(3 * OC * 4);
+    CK(cudaMemcpy(db, hb, OC * 2, cudaMemcpyHostToDevice));
+    CK(ni_cuda_gemv(NULL, dout, NULL, NULL, db, 3, 0, OC, 0, NULL));
+    float out[3 * 37];
+    CK(cudaMemcpy(out, dout, sizeof out, cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < 3 * OC; i++) assert_true(out[i] == ni_bf16_to_f32(hb[i % OC]));
+    cudaFree(db);
+    cudaFree(dout);
+}
+
+/* ---- sampler ------------------------------------------------------------------------------- */
+
+typedef struct {
+    size_t B, V;
+    float *logits; /* host (B, V) */
+    float *dlogits;
+    uint64_t *seq, *dseq;
+    int32_t *dtok;
+    void *ws;
+    size_t ws_bytes;
+} samp_ctx;
+
+static void samp_init(samp_ctx *c, size_t B, size_t V) {
+    c->B = B;
+    c->V = V;
+    c->logits = hmalloc(B * V * sizeof *c->logits);
+    c->seq = hmalloc(B * sizeof *c->seq);
+    c->dlogits = dmalloc(B * V * sizeof *c->dlogits);
+    c->dseq = dmalloc(B * sizeof *c->dseq);
+    c->dtok = dmalloc(B * sizeof *c->dtok);
+    c->ws_bytes = ni_cuda_sample_sorted_workspace(B, V);
+    assert_true(c->ws_bytes > 0);
+    c->ws = dmalloc(c->ws_bytes);
+}
+
+static void samp_free(samp_ctx *c) {
+    free(c->logits);
+    free(c->seq);
+    cudaFree(c->dlogits);
+    cudaFree(c->dseq);
+    cudaFree(c->dtok);
+    cudaFree(c->ws);
+}
+
+static void samp_upload(samp_ctx *c) {
+    CK(cudaMemcpy(c->dlogits, c->logits, c->B * c->V * sizeof *c->logits,
+                  cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(c->dseq, c->seq, c->B * sizeof *c->seq, cudaMemcpyHostToDevice));
+}
+
+static void samp_run(samp_ctx *c, const ni_filter *f, uint64_t seed, uint32_t step, int32_t *tok) {
+    CK(cudaMemset(c->dtok, 0x7F, c->B * sizeof *c->dtok)); /* poison: 0x7F7F7F7F */
+    CK(ni_cuda_sample_sorted(c->dtok, c->dlogits, c->dseq, c->B, c->V, f->temperature, f->top_k,
+                             f->top_p, f->min_p, seed, step, c->ws, c->ws_bytes, NULL));
+    CK(cudaDeviceSynchronize());
+    CK(cudaMemcpy(tok, c->dtok, c->B * sizeof *tok, cudaMemcpyDeviceToHost));
+}
+
+/* Logit rows of several kinds: 0 normal * 3; 1 quantized to 0.5 (many exact ties, top-k and
+ * top-p cuts inside tie groups); 2 normal with a third of the tokens at -inf; 3 one dominant
+ * token; 4 all equal. */
+static void fill_row(float *l, size_t V, int kind, uint64_t *s) {
+    for (size_t i = 0; i < V; i++) {
+        float x = 3.0f * rng_normal(s);
+        if (kind == 1) x = roundf(x * 2.0f) * 0.5f;
+        if (kind == 2 && rng_next(s) % 3 == 0) x = -INFINITY;
+        if (kind == 4) x = 0.25f;
+        l[i] = x;
+    }
+    if (kind == 3) l[rng_next(s) % V] = 40.0f;
+}
+
+static void test_sample_greedy_and_invalid(void **state) {
+    (void)state;
+    const size_t B = 40;
+    static const size_t Vs[] = {1, 7, 50257};
+    for (size_t vi = 0; vi < 3; vi++) {
+        const size_t V = Vs[vi];
+        samp_ctx c;
+        samp_init(&c, B, V);
+        uint64_t s = 77 + V;
+        for (size_t r = 0; r < B; r++) {
+            float *l = c.logits + r * V;
+            fill_row(l, V, (int)(r % 5), &s);
+            c.seq[r] = rng_next(&s);
+            if (r % 7 == 3 && V > 2) { /* a tie at the max: the lower index wins */
+                size_t a = rng_next(&s) % V, b = rng_next(&s) % V;
+                l[a] = l[b] = 1e4f;
+            }
+        }
+        /* invalid rows: NaN, +inf, all -inf; and a row with one finite logit */
+        for (size_t i = 0; i < V; i++) c.logits[1 * V + i] = -INFINITY;
+        c.logits[2 * V + V / 2] = NAN;
+        c.logits[5 * V + V - 1] = INFINITY;
+        for (size_t i = 0; i < V; i++) c.logits[6 * V + i] = -INFINITY;
+        c.logits[6 * V + V / 3] = -1e30f;
+        samp_upload(&c);
+        int32_t *tok = hmalloc(B * sizeof *tok);
+        double *probs = hmalloc(V * sizeof *probs);
+        static const ni_filter greedy[] = {{0.0f, 20, 0.9f, 0.0f},
+                                           {-1.0f, 0, 1.0f, 0.0f},
+                                           {1.0f, 1, 0.9f, 0.1f},
+                                           {1e-39f, 50, 0.5f, 0.0f}};
+        for (size_t fi = 0; fi < 4; fi++) {
+            samp_run(&c, &greedy[fi], 5, 3, tok);
+            for (size_t r = 0; r < B; r++) {
+                const float *l = c.logits + r * V;
+                int32_t want = -1;
+                float best = -INFINITY;
+                for (size_t i = 0; i < V; i++) {
+                    if (l[i] != l[i] || l[i] == INFINITY) {
+                        want = -1;
+                        break;
+                    }
+                    if (l[i] > best) {
+                        best = l[i];
+                        want = (int32_t)i;
+                    }
+                }
+                if (tok[r] != want) {
+                    fprintf(stderr, "greedy V=%zu filter %zu row %zu: got %d, want %d\n", V, fi,
+                            r, tok[r], want);
+                    fail();
+                }
+                /* the CPU's canonical sampler agrees */
+                ni_rng_key key = {5, c.seq[r], 3};
+                assert_int_equal(ni_sample_sorted(l, V, &greedy[fi], key, NULL), want);
+            }
+        }
+        /* invalid rows also in sampling mode; the others get a kept token */
+        const ni_filter f = {1.0f, 20, 0.9f, 0.0f};
+        void *scratch = hmalloc(ni_sampler_scratch_bytes(V));
+        samp_run(&c, &f, 5, 3, tok);
+        for (size_t r = 0; r < B; r++) {
+            const float *l = c.logits + r * V;
+            ni_rng_key key = {5, c.seq[r], 3};
+            int32_t want = ni_sample_sorted(l, V, &f, key, scratch);
+            assert_int_equal(tok[r], want);
+            if (r == 1 || r == 2 || r == 5) assert_int_equal(tok[r], -1);
+            if (r == 6) assert_int_equal(tok[r], (int32_t)(V / 3));
+        }
+        /* NaN parameters: every row invalid */
+        static const ni_filter bad[] = {{NAN, 20, 0.9f, 0.0f}, {1.0f, 20, NAN, 0.0f},
+                                        {1.0f, 20, 0.9f, NAN}, {NAN, 1, 0.9f, 0.0f}};
+        for (size_t fi = 0; fi < 4; fi++) {
+            samp_run(&c, &bad[fi], 5, 3, tok);
+            for (size_t r = 0; r < B; r++) assert_int_equal(tok[r], -1);
+        }
+        free(scratch);
+        free(probs);
+        free(tok);
+        samp_free(&c);
+    }
+}
+
+/* Exact agreement with the CPU sorted sampler, and never a token outside the kept set. */
+static void test_sample_matches_cpu(void **state) {
+    (void)state;
+    static const ni_filter filters[] = {
+        {1.0f, 20, 0.9f, 0.0f},   /* the seed's benchmark */
+        {0.7f, 0, 0.95f, 0.0f},   /* top-p alone */
+        {1.3f, 50, 1.0f, 0.05f},  /* top-k + min-p */
+        {1.0f, 0, 1.0f, 0.0f},    /* plain softmax */
+        {1.0f, 5, 0.0f, 0.0f},    /* top-p 0: the max group only */
+        {2.0f, 1000, 0.5f, 0.01f}, /* top-k off when >= V */
+        {0.5f, 3, 0.8f, 0.0f},    /* small k, ties at the cut */
+        {INFINITY, 7, 1.0f, 0.0f}, /* T = inf: uniform over the finite logits */
+    };
+    static const size_t Vs[] = {1000, 50257};
+    for (size_t vi = 0; vi < 2; vi++) {
+        const size_t V = Vs[vi], B = V > 10000 ? 40 : 100;
+        const uint32_t steps = V > 10000 ? 3 : 8;
+        samp_ctx c;
+        samp_init(&c, B, V);
+        uint64_t s = 1234 + V;
+        for (size_t r = 0; r < B; r++) {
+            fill_row(c.logits + r * V, V, (int)(r % 5), &s);
+            c.seq[r] = rng_next(&s);
+        }
+        samp_upload(&c);
+        int32_t *tok = hmalloc(B * sizeof *tok);
+        double *probs = hmalloc(B * V * sizeof *probs);
+        void *scratch = hmalloc(ni_sampler_scratch_bytes(V));
+        size_t checked = 0;
+        for (size_t fi = 0; fi < sizeof filters / sizeof *filters; fi++) {
+            const ni_filter *f = &filters[fi];
+            for (size_t r = 0; r < B; r++)
+                assert_int_equal(ni_sample_distribution(probs + r * V, c.logits + r * V, V, f), 0);
+            for (uint32_t step = 0; step < steps; step++) {
+                const uint64_t seed = 0xC0FFEEull + fi;
+                samp_run(&c, f, seed, step, tok);
+                for (size_t r = 0; r < B; r++) {
+                    ni_rng_key key = {seed, c.seq[r], step};
+                    int32_t want = ni_sample_sorted(c.logits + r * V, V, f, key, scratch);
+                    if (tok[r] != want || tok[r] < 0 || (size_t)tok[r] >= V ||
+                        !(probs[r * V + (size_t)tok[r]] > 0.0)) {
+                        fprintf(stderr,
+                                "sample V=%zu filter %zu step %u row %zu (kind %zu): GPU %d, "
+                                "CPU %d\n",
+                                V, fi, step, r, r % 5, tok[r], want);
+                        fail();
+                    }
+                    checked++;
+                }
+            }
+        }
+        printf("  sample_sorted V=%zu: %zu draws equal to the CPU's, all kept\n", V, checked);
+        free(scratch);
+        free(probs);
+        free(tok);
+        samp_free(&c);
+    }
+}
+
+/* Upper quantile of chi-square with d degrees of freedom at normal score z (Wilson-Hilferty). */
+static double chi2_quantile(double d, double z) {
+    double a = 2.0 / (9.0 * d);
+    double t = 1.0 - a + z * sqrt(a);
+    return d * t * t * t;
+}
+
+static void test_sample_chi_square(void **state) {
+    (void)state;
+    const size_t V = 50, B = 4096;
+    const uint32_t steps = 25;
+    static const ni_filter filters[] = {
+        {1.0f, 20, 0.9f, 0.0f}, {0.8f, 0, 0.95f, 0.0f}, {1.5f, 0, 1.0f, 0.02f}};
+    samp_ctx c;
+    samp_init(&c, B, V);
+    uint64_t s = 4242;
+    float row[50];
+    for (size_t i = 0; i < V; i++) row[i] = 1.5f * rng_normal(&s);
+    for (size_t r = 0; r < B; r++) {
+        memcpy(c.logits + r * V, row, sizeof row);
+        c.seq[r] = r;
+    }
+    samp_upload(&c);
+    int32_t *tok = hmalloc(B * sizeof *tok);
+    for (size_t fi = 0; fi < sizeof filters / sizeof *filters; fi++) {
+        double probs[50], count[50] = {0};
+        assert_int_equal(ni_sample_distribution(probs, row, V, &filters[fi]), 0);
+        for (uint32_t step = 0; step < steps; step++) {
+            samp_run(&c, &filters[fi], 99 + fi, step, tok);
+            for (size_t r = 0; r < B; r++) {
+                assert_true(tok[r] >= 0 && (size_t)tok[r] < V);
+                assert_true(probs[tok[r]] > 0.0); /* never outside the kept set */
+                count[tok[r]] += 1.0;
+            }
+        }
+        /* bins with expected count >= 5; the rest of the kept tokens pooled into one bin */
+        const double n = (double)B * steps;
+        double chi2 = 0, pool_e = 0, pool_o = 0;
+        int bins = 0, kept = 0;
+        for (size_t i = 0; i < V; i++) {
+            if (probs[i] <= 0.0) continue;
+            kept++;
+            double e = n * probs[i];
+            if (e >= 5.0) {
+                chi2 += (count[i] - e) * (count[i] - e) / e;
+                bins++;
+            } else {
+                pool_e += e;
+                pool_o += count[i];
+            }
+        }
+        if (pool_e > 0) {
+            chi2 += (pool_o - pool_e) * (pool_o - pool_e) / (pool_e > 1e-12 ? pool_e : 1e-12);
+            bins++;
+        }
+        const double dof = bins > 1 ? bins - 1 : 1;
+        const double limit = chi2_quantile(dof, 4.75); /* p ~ 1e-6 */
+        printf("  chi-square filter %zu: %d kept, %d bins, chi2 %.1f (limit %.1f)\n", fi, kept,
+               bins, chi2, limit);
+        assert_true(chi2 < limit);
+    }
+    free(tok);
+    samp_free(&c);
+}
+
+/* ---- micro-benchmark (printed, not asserted) ----------------------------------------------- */
+
+static double median(float *v, size_t n) {
+    qsort(v, n, sizeof *v, cmp_float);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static void test_bench(void **state) {
+    (void)state;
+    enum { RUNS = 50, WARM = 5 };
+    cudaEvent_t ev[2 * (RUNS + WARM)];
+    for (size_t i = 0; i < 2 * (RUNS + WARM); i++) CK(cudaEventCreate(&ev[i]));
+    float ms[RUNS];
+    struct {
+        size_t IC, OC;
+        int gelu, f32;
+        const char *what;
+    } shapes[] = {{1600, 4800, 0, 0, "qkv"},
+                  {1600, 1600, 0, 0, "attn proj"},
+                  {1600, 6400, 1, 0, "mlp up+gelu"},
+                  {6400, 1600, 0, 0, "mlp down"},
+                  {1600, 50257, 0, 1, "logits f32"}};
+    static const size_t Ns[] = {1, 8, 16};
+    printf("  gemv (gpt2-xl shapes, weights rotated past L2, median of %d):\n", RUNS);
+    for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
+        const size_t IC = shapes[k].IC, OC = shapes[k].OC, wbytes = IC * OC * 2;
+        size_t nbuf = (512u << 20) / wbytes + 1;
+        if (nbuf < 2) nbuf = 2;
+        if (nbuf > 64) nbuf = 64;
+        ni_bf16 *w = dmalloc(nbuf * wbytes);
+        CK(cudaMemset(w, 0x3C, nbuf * wbytes)); /* bf16 0x3C3C ~ 0.0115 */
+        ni_bf16 *x = dmalloc(16 * IC * 2), *b = dmalloc(OC * 2), *out = dmalloc(16 * OC * 2);
+        float *outf = dmalloc(16 * OC * 4);
+        CK(cudaMemset(x, 0x3C, 16 * IC * 2));
+        CK(cudaMemset(b, 0, OC * 2));
+        for (size_t ni = 0; ni < 3; ni++) {
+            const size_t N = Ns[ni];
+            for (size_t i = 0; i < RUNS + WARM; i++) {
+                const ni_bf16 *wi = w + (i % nbuf) * (IC * OC);
+                CK(cudaEventRecord(ev[2 * i], NULL));
+                CK(ni_cuda_gemv(shapes[k].f32 ? NULL : out, shapes[k].f32 ? outf : NULL, x, wi, b,
+                                N, IC, OC, shapes[k].gelu, NULL));
+                CK(cudaEventRecord(ev[2 * i + 1], NULL));
+            }
+            CK(cudaDeviceSynchronize());
+            for (size_t i = 0; i < RUNS; i++)
+                CK(cudaEventElapsedTime(&ms[i], ev[2 * (i + WARM)], ev[2 * (i + WARM) + 1]));
+            const double t = median(ms, RUNS) * 1e-3;
+            printf("    %-12s IC=%-5zu OC=%-6zu N=%-2zu %8.2f us %7.0f GB/s\n", shapes[k].what, IC,
+                   OC, N, t * 1e6, (double)wbytes / t * 1e-9);
+        }
+        cudaFree(w);
+        cudaFree(x);
+        cudaFree(b);
+        cudaFree(out);
+        cudaFree(outf);
+    }
+
+    static const size_t Bs[] = {1, 64, 512};
+    const size_t V = 50257;
+    const ni_filter f = {1.0f, 20, 0.9f, 0.0f};
+    printf("  sample_sorted V=%zu T=1 top_k=20 top_p=0.9 (median of %d):\n", V, RUNS);
+    for (size_t bi = 0; bi < 3; bi++) {
+        const size_t B = Bs[bi];
+        size_t wsb = ni_cuda_sample_sorted_workspace(B, V);
+        float *lg = dmalloc(B * V * 4);
+        uint64_t *seq = dmalloc(B * 8);
+        int32_t *tok = dmalloc(B * 4);
+        void *ws = dmalloc(wsb);
+        float *h = hmalloc(B * V * 4);
+        uint64_t *hs = hmalloc(B * 8);
+        uint64_t s = 5;
+        for (size_t i = 0; i < B * V; i++) h[i] = 3.0f * rng_normal(&s);
+        for (size_t r = 0; r < B; r++) hs[r] = r;
+        CK(cudaMemcpy(lg, h, B * V * 4, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(seq, hs, B * 8, cudaMemcpyHostToDevice));
+        for (int greedy = 0; greedy < 2; greedy++) {
+            for (size_t i = 0; i < RUNS + WARM; i++) {
+                CK(cudaEventRecord(ev[2 * i], NULL));
+                CK(ni_cuda_sample_sorted(tok, lg, seq, B, V, greedy ? 0.0f : f.temperature,
+                                         f.top_k, f.top_p, f.min_p, 1, (uint32_t)i, ws, wsb,
+                                         NULL));
+                CK(cudaEventRecord(ev[2 * i + 1], NULL));
+            }
+            CK(cudaDeviceSynchronize());
+            for (size_t i = 0; i < RUNS; i++)
+                CK(cudaEventElapsedTime(&ms[i], ev[2 * (i + WARM)], ev[2 * (i + WARM) + 1]));
+            printf("    B=%-4zu %-7s %9.1f us  (workspace %.1f MB)\n", B,
+                   greedy ? "greedy" : "sampled", median(ms, RUNS) * 1e3, (double)wsb / 1e6);
+        }
+        free(h);
+        free(hs);
+        cudaFree(lg);
+        cudaFree(seq);
+        cudaFree(tok);
+        cudaFree(ws);
+    }
+    for (size_t i = 0; i < 2 * (RUNS + WARM); i++) cudaEventDestroy(ev[i]);
+}
+
+int main(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+        printf("skipped: no GPU\n");
+        return NI_TEST_SKIP;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_gemv_args),
+        cmocka_unit_test(test_gemv_shapes),
+        cmocka_unit_test(test_gemv_batch_invariance),
+        cmocka_unit_test(test_sample_greedy_and_invalid),
+        cmocka_unit_test(test_sample_matches_cpu),
+        cmocka_unit_test(test_sample_chi_square),
+        cmocka_unit_test(test_bench),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
