@@ -89,8 +89,7 @@ static void test_logits_match_transformers(void **state) {
         for (size_t i = 0; i < f.T * f.V; i++) worst = fmax(worst, fabs(out[i] - f.logits[i]));
         /* f32 against transformers in float64: within 1e-4 of the logit scale */
         if (worst > 1e-4 * scale)
-            fail_msg("%s: max |logit error| %g > 1e-4 x scale %g", fixture_models[k], worst,
-                     scale);
+            fail_msg("%s: max |logit error| %g > 1e-4 x scale %g", fixture_models[k], worst, scale);
         printf("  %-16s max |logit error| %.2e, scale %.2f\n", fixture_models[k], worst, scale);
         free(out);
         free(f.logits);
@@ -126,7 +125,8 @@ static void test_greedy_matches_transformers(void **state) {
         }
         for (ni_preset p = NI_PRESET_BASELINE; p <= NI_PRESET_SAMPLING; p++) {
             ni_engine *e = engine(m, p, f.n_cases);
-            ni_sampling s = {.temperature = 0.0f, .top_p = 1.0f, .max_new_tokens = f.cases[0].n_cont};
+            ni_sampling s = {
+                .temperature = 0.0f, .top_p = 1.0f, .max_new_tokens = f.cases[0].n_cont};
             /* each case alone, then all of them as one ragged batch */
             for (size_t i = 0; i <= f.n_cases; i++) {
                 collected c;
@@ -159,8 +159,8 @@ static void test_cli_logits_and_generate(void **state) {
     size_t off = 0;
     for (size_t i = 0; i < f.T; i++)
         off += (size_t)snprintf(ids + off, sizeof ids - off, i ? ",%d" : "%d", f.logit_tokens[i]);
-    snprintf(cmd, sizeof cmd, "%s logits --model %s --tokens %s --out %s/l.bin", NI_CLI_PATH,
-             f.dir, ids, tmp);
+    snprintf(cmd, sizeof cmd, "%s logits --model %s --tokens %s --out %s/l.bin", NI_CLI_PATH, f.dir,
+             ids, tmp);
     int st;
     free(ni_test_run(cmd, &st));
     assert_int_equal(st, 0);

@@ -11,8 +11,15 @@
 #include "model_writer.h"
 #include "test_util.h"
 
-static const tm_spec small = {.n_layer = 2, .n_head = 4, .n_embd = 32, .vocab_size = 97,
-                              .n_ctx = 48, .dtype = "F32", .prefix = 0, .seed = 7, .scale = 0.3f};
+static const tm_spec small = {.n_layer = 2,
+                              .n_head = 4,
+                              .n_embd = 32,
+                              .vocab_size = 97,
+                              .n_ctx = 48,
+                              .dtype = "F32",
+                              .prefix = 0,
+                              .seed = 7,
+                              .scale = 0.3f};
 
 static void write_small(char *dir, size_t cap, const tm_spec *spec) {
     ni_test_tmpdir(dir, cap);
@@ -97,8 +104,7 @@ static void check_loaded_values(const tm_spec *spec, float tol) {
         for (size_t i = 0; i < C; i++) {
             float want = tm_value(spec, "h.1.attn.c_attn.weight", i * 3 * C + o);
             if (!(fabsf(w[o * C + i] - want) <= tol * fabsf(want) + 1e-4f * tol))
-                fail_msg("%s: (%zu, %zu) read %g, wrote %g", spec->dtype, o, i, w[o * C + i],
-                         want);
+                fail_msg("%s: (%zu, %zu) read %g, wrote %g", spec->dtype, o, i, w[o * C + i], want);
         }
     assert_int_equal(ni_model_read_weight(m, NI_W_WTE, 0, w), NI_OK);
     for (size_t i = 0; i < 50; i++) {
@@ -193,7 +199,8 @@ static void test_malformed_safetensors(void **state) {
     expect_open_error(dir, NI_ERR_FORMAT, "missing tensor", "h.1.mlp.c_fc.bias");
     /* a dtype we cannot compute with */
     write_small(dir, sizeof dir, &small);
-    edit_header(dir, "\"h.0.ln_2.bias\":{\"dtype\":\"F32\"", "\"h.0.ln_2.bias\":{\"dtype\":\"I32\"");
+    edit_header(dir, "\"h.0.ln_2.bias\":{\"dtype\":\"F32\"",
+                "\"h.0.ln_2.bias\":{\"dtype\":\"I32\"");
     expect_open_error(dir, NI_ERR_FORMAT, "h.0.ln_2.bias", "I32");
     /* an unknown dtype */
     write_small(dir, sizeof dir, &small);
@@ -357,8 +364,7 @@ static double *reference_logits(ni_model *m, const int32_t *tok, size_t T) {
 }
 
 static ni_engine *make_engine(ni_model *m, ni_preset p, size_t batch, size_t seq) {
-    ni_engine_opts o = {.backend = NI_BACKEND_CPU, .preset = p, .max_batch = batch,
-                        .max_seq = seq};
+    ni_engine_opts o = {.backend = NI_BACKEND_CPU, .preset = p, .max_batch = batch, .max_seq = seq};
     ni_engine *e = NULL;
     if (ni_engine_create(m, &o, &e) != NI_OK) fail_msg("engine: %s", ni_last_error());
     return e;
@@ -422,10 +428,14 @@ static void test_presets_and_ragged_batches_agree(void **state) {
     int32_t p0[] = {5}, p1[] = {1, 2, 3, 4, 5, 6, 7}, p2[] = {90, 13, 13}, p3[] = {42, 0};
     const int32_t *prompts[] = {p0, p1, p2, p3};
     size_t lens[] = {1, 7, 3, 2};
-    ni_sampling greedy = {.temperature = 0.0f, .top_p = 1.0f, .max_new_tokens = 12,
-                          .ignore_eos = 1};
-    ni_sampling sampled = {.temperature = 1.0f, .top_k = 20, .top_p = 0.9f, .seed = 99,
-                           .max_new_tokens = 12, .ignore_eos = 1};
+    ni_sampling greedy = {
+        .temperature = 0.0f, .top_p = 1.0f, .max_new_tokens = 12, .ignore_eos = 1};
+    ni_sampling sampled = {.temperature = 1.0f,
+                           .top_k = 20,
+                           .top_p = 0.9f,
+                           .seed = 99,
+                           .max_new_tokens = 12,
+                           .ignore_eos = 1};
     gen_out single[4], batch;
     ni_engine *kv = make_engine(m, NI_PRESET_KV_CACHE, 4, 24);
     ni_engine *base = make_engine(m, NI_PRESET_BASELINE, 4, 24);

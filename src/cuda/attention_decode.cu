@@ -7,7 +7,9 @@
  * HS % 8 == 0, so a warp reads consecutive rows as one coalesced run), reduce the q . k dot
  * product over the group with shuffles and leave the scores in shared memory; after the chunk's
  * max and sum, the same layout reads the value rows and accumulates p * v in registers, reduced
- * over the groups and the warps at the end. A row whose positions fit in one chunk writes its
+ * over the groups and the warps at the end; loads run a few steps ahead of their use, and the
+ * first value rows are requested together with the first key rows. A row whose positions fit in
+ * one chunk writes its
  * output directly; longer rows write (max, sum, unnormalized acc[HS]) per chunk to `partial`
  * and a small merge kernel combines them with the usual rescaling. Scores and softmax are f32
  * (the probabilities are not rounded to bf16), in the log2 domain with the 1/sqrt(HS) scale
@@ -54,6 +56,36 @@ template <> struct ad_vec<1> {
     static __device__ __forceinline__ uint16_t zero(void) { return 0; }
 };
 
+/* Rows (s0 + u) * KPS + grp (u < U) of a chunk, this lane's loads of each; rows at or past
+ * n_valid and elements at or past HS are never read (zeros instead). */
+template <int W, int L, int CPL, int U>
+static __device__ __forceinline__ void ad_load_rows(typename ad_vec<W>::t (&buf)[U][CPL],
+                                                    const uint16_t *base, int s0, int grp, int gl,
+                                                    int n_valid, int HS) {
+    constexpr int KPS = AD_THREADS / L;
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        int t = (s0 + u) * KPS + grp;
+#pragma unroll
+        for (int i = 0; i < CPL; i++) {
+            int d = (gl + i * L) * W;
+            buf[u][i] =
+                (t < n_valid && d < HS)
+                    ? *reinterpret_cast<const typename ad_vec<W>::t *>(base + (size_t)t * HS + d)
+                    : ad_vec<W>::zero();
+        }
+    }
+}
+
+template <int W, int CPL, int U>
+static __device__ __forceinline__ void ad_copy_rows(typename ad_vec<W>::t (&dst)[U][CPL],
+                                                    const typename ad_vec<W>::t (&src)[U][CPL]) {
+#pragma unroll
+    for (int u = 0; u < U; u++)
+#pragma unroll
+        for (int i = 0; i < CPL; i++) dst[u][i] = src[u][i];
+}
+
 /* One block per (chunk c, head h, row r). W: elements per load; L: lanes per cached row (a power
  * of two up to 32); CPL: loads per lane and row (L * CPL * W >= HS). */
 template <int W, int L, int CPL>
@@ -71,6 +103,9 @@ __global__ void __launch_bounds__(AD_THREADS)
     constexpr int KPS = AD_THREADS / L;      /* rows per step of the block */
     constexpr int STEPS = AD_SPLIT / KPS;    /* steps per chunk */
     constexpr int U = STEPS < 4 ? STEPS : 4; /* steps whose loads are in flight together */
+    /* unroll the step loops fully up to 4 batches (L <= 16); beyond, unrolling only inflates
+     * the registers (one warp per row, L == 32) */
+    constexpr int UNROLL = STEPS / U <= 4 ? STEPS / U : 1;
     __shared__ float s_score[AD_SPLIT];
     __shared__ float s_red[AD_WARPS][AD_MAX_HS];
 
@@ -97,27 +132,25 @@ __global__ void __launch_bounds__(AD_THREADS)
         }
     }
 
+    /* Software pipeline: the loads of U steps are in flight while the previous U steps are
+     * used, and the first value batch is issued with the first key batch so that its latency
+     * hides behind phase 1 and the barrier. */
+    vec_t kb[U][CPL], vb[U][CPL];
+    ad_load_rows<W, L, CPL, U>(kb, Kc, 0, grp, gl, n_valid, HS);
+    ad_load_rows<W, L, CPL, U>(vb, Vc, 0, grp, gl, n_valid, HS);
+
     /* phase 1: scores of the chunk's rows */
+#pragma unroll(UNROLL)
     for (int s0 = 0; s0 < STEPS; s0 += U) {
-        vec_t kv[U][CPL];
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            int t = (s0 + u) * KPS + grp;
-#pragma unroll
-            for (int i = 0; i < CPL; i++) {
-                int d = (gl + i * L) * W;
-                kv[u][i] = (t < n_valid && d < HS)
-                               ? *reinterpret_cast<const vec_t *>(Kc + (size_t)t * HS + d)
-                               : V::zero();
-            }
-        }
+        vec_t kn[U][CPL];
+        if (s0 + U < STEPS) ad_load_rows<W, L, CPL, U>(kn, Kc, s0 + U, grp, gl, n_valid, HS);
 #pragma unroll
         for (int u = 0; u < U; u++) {
             float dot = 0.0f;
 #pragma unroll
             for (int i = 0; i < CPL; i++) {
                 float kf[W];
-                V::cvt(kv[u][i], kf);
+                V::cvt(kb[u][i], kf);
 #pragma unroll
                 for (int e = 0; e < W; e++) dot += qv[i][e] * kf[e];
             }
@@ -126,6 +159,7 @@ __global__ void __launch_bounds__(AD_THREADS)
             int t = (s0 + u) * KPS + grp;
             if (gl == 0 && t < n_valid) s_score[t] = dot * scale_log2;
         }
+        if (s0 + U < STEPS) ad_copy_rows<W, CPL, U>(kb, kn);
     }
     __syncthreads();
 
@@ -145,32 +179,23 @@ __global__ void __launch_bounds__(AD_THREADS)
     for (int i = 0; i < CPL; i++)
 #pragma unroll
         for (int e = 0; e < W; e++) acc[i][e] = 0.0f;
+#pragma unroll(UNROLL)
     for (int s0 = 0; s0 < STEPS; s0 += U) {
-        vec_t vv[U][CPL];
-        float pw[U];
+        vec_t vn[U][CPL];
+        if (s0 + U < STEPS) ad_load_rows<W, L, CPL, U>(vn, Vc, s0 + U, grp, gl, n_valid, HS);
 #pragma unroll
         for (int u = 0; u < U; u++) {
             int t = (s0 + u) * KPS + grp;
-            bool ok = t < n_valid;
-            pw[u] = ok ? exp2f(s_score[t] - mx) : 0.0f;
-#pragma unroll
-            for (int i = 0; i < CPL; i++) {
-                int d = (gl + i * L) * W;
-                vv[u][i] = (ok && d < HS)
-                               ? *reinterpret_cast<const vec_t *>(Vc + (size_t)t * HS + d)
-                               : V::zero();
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < U; u++) {
+            float pw = t < n_valid ? exp2f(s_score[t] - mx) : 0.0f;
 #pragma unroll
             for (int i = 0; i < CPL; i++) {
                 float vf[W];
-                V::cvt(vv[u][i], vf);
+                V::cvt(vb[u][i], vf);
 #pragma unroll
-                for (int e = 0; e < W; e++) acc[i][e] += pw[u] * vf[e];
+                for (int e = 0; e < W; e++) acc[i][e] += pw * vf[e];
             }
         }
+        if (s0 + U < STEPS) ad_copy_rows<W, CPL, U>(vb, vn);
     }
     /* reduce over the groups of a warp (lanes gl, gl + L, ...), then over the warps */
 #pragma unroll
@@ -296,6 +321,9 @@ static ad_launch_fn ad_pick(int W, size_t nck) {
 #undef AD_BY_L
 }
 
+/* Contract beyond kernels.h: 0 <= pos[r] <= max_pos < T (a row with pos[r] > max_pos loses its
+ * last chunks, one with pos[r] < 0 is not written); HS <= 128, else cudaErrorInvalidValue and
+ * nothing runs. */
 extern "C" int ni_cuda_attention_decode(ni_bf16 *out, float *partial, const ni_bf16 *qkv,
                                         const ni_bf16 *k_cache, const ni_bf16 *v_cache,
                                         const int32_t *slot, const int32_t *pos, size_t B,

@@ -336,6 +336,9 @@ static void ap_launch(ni_bf16 *out, const ni_bf16 *qkv, const ni_bf16 *k_cache,
                                      seq_pos0, (int)NH, (int)HS, (int)T, scale_log2, W, qvec);
 }
 
+/* Contract beyond kernels.h: seq_pos0[q] + seq_len[q] <= T; max_len >= every seq_len (larger
+ * only costs blocks that return at once); HS <= 128 and n_seq, NH <= 65535, else
+ * cudaErrorInvalidValue and nothing runs. Tokens that no sequence lists are not written. */
 extern "C" int ni_cuda_attention_prefill(ni_bf16 *out, const ni_bf16 *qkv, const ni_bf16 *k_cache,
                                          const ni_bf16 *v_cache, const int32_t *seq_start,
                                          const int32_t *seq_len, const int32_t *seq_slot,

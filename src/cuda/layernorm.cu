@@ -166,6 +166,7 @@ __global__ void residual_add_kernel(float *x,                   // (n)
     }
 }
 
+/* With both rows and delta, the listed rows must be distinct (each adds its delta once). */
 extern "C" int ni_cuda_residual_layernorm(ni_bf16 *out, float *x, const ni_bf16 *delta,
                                           const ni_bf16 *w, const ni_bf16 *b, const int32_t *rows,
                                           size_t N, size_t C, float eps, ni_stream s) {

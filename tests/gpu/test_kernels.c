@@ -407,10 +407,10 @@ static void check_layernorm(size_t NX, size_t C, int with_delta, int gather) {
     expect_close(what, got_x, ref_x, NX * C, 0.0f, 0.0f);
     snprintf(what, sizeof what, "layernorm N=%zu C=%zu delta=%d gather=%d", NX, C, with_delta,
              gather);
-    /* the output is the f32 result rounded to bf16 (relative error <= 2^-9 = 1.95e-3); the f32
-     * statistics differ from the CPU's only in summation order (~1e-6): rtol 4e-3, atol 1e-4
-     * for outputs near zero */
-    expect_close_bf16(what, got_out, ref_out, N * C, 1e-4f, 4e-3f);
+    /* the output is the f32 result rounded to bf16 (8 significant bits: relative error up to
+     * 2^-8 = 3.9e-3); the f32 statistics differ from the CPU's only in summation order (~1e-6
+     * relative): rtol 8e-3 (twice the rounding bound), atol 1e-4 for outputs near zero */
+    expect_close_bf16(what, got_out, ref_out, N * C, 1e-4f, 8e-3f);
     free(h_rows);
     free(h_x);
     free(h_d);
@@ -699,10 +699,11 @@ static void check_prefill(size_t NH, size_t HS, size_t T, const seq_spec *seqs, 
     char what[128];
     snprintf(what, sizeof what, "attention_prefill NH=%zu HS=%zu seqs=%zu max_len=%zu", NH, HS,
              n_seq, max_len);
-    /* The probabilities enter the P V product rounded to bf16 (relative error 2^-9 each), as in
-     * FlashAttention, while the normalizing sum uses their f32 values: an error of at most
-     * 2^-9 * sum p|v| / sum p <= 2e-3 * E|v| (~0.8 here), plus the bf16 rounding of the output
-     * (2^-9 relative) and f32 summation order (~1e-6): atol 5e-3, rtol 1e-2. */
+    /* The probabilities enter the P V product rounded to bf16 (relative error up to 2^-8 each),
+     * as in FlashAttention, while the normalizing sum uses their f32 values: an error of at most
+     * 2^-8 * sum p|v| / sum p, about 3.9e-3 * E_p|v| (E|v| ~ 0.8 here) and far less on average,
+     * plus the bf16 rounding of the output (2^-8 relative) and f32 summation order (~1e-6):
+     * atol 5e-3, rtol 1e-2. */
     expect_close_bf16(what, got, ref, N * C, 5e-3f, 1e-2f);
     free(ref);
     free(got);
@@ -781,9 +782,9 @@ static void check_decode(size_t NH, size_t HS, size_t T, const int32_t *pos, siz
     snprintf(what, sizeof what, "attention_decode NH=%zu HS=%zu B=%zu T=%zu max_pos=%zu", NH, HS, B,
              T, max_pos);
     /* f32 scores and probabilities from the same bf16 inputs as the CPU: they differ only in
-     * summation order and exp2 vs exp (~1e-6 relative); the output is rounded to bf16 (2^-9
-     * relative): atol 2e-4, rtol 5e-3 */
-    expect_close_bf16(what, got, ref, B * C, 2e-4f, 5e-3f);
+     * summation order and exp2 vs exp (~1e-6 relative); the output is rounded to bf16 (up to
+     * 2^-8 = 3.9e-3 relative): rtol 8e-3 (twice that), atol 2e-4 for outputs near zero */
+    expect_close_bf16(what, got, ref, B * C, 2e-4f, 8e-3f);
     /* the same call again gives the same bits (no dependence on the partial buffer's past) */
     uint16_t *again = xmalloc(B * C * 2);
     poison(d_out, B * C * 2);

@@ -13,7 +13,7 @@
 /* Exit code that ctest reports as "skipped". */
 #define NI_TEST_SKIP 77
 
-/* fixture path: NI_FIXTURES_DIR "/" rel, in a static buffer per call site's buf. */
+/* fixture path into buf: $NI_FIXTURES_DIR (or the source tree's tests/fixtures) / rel. */
 void ni_test_path(char *buf, size_t cap, const char *rel);
 /* Reads a whole file; NULL if it cannot. *len gets the size. free() the result. */
 char *ni_test_read_file(const char *path, size_t *len);
