@@ -18,8 +18,8 @@ void ni_bench_default_opts(ni_bench_opts *o, ni_backend backend) {
     /* every engine the backend has */
     o->engines[o->n_engines++] = NI_PRESET_BASELINE;
     o->engines[o->n_engines++] = NI_PRESET_KV_CACHE;
-    /* the GPU's sorting-free sampler and graphs are not built yet */
-    if (backend == NI_BACKEND_CPU) o->engines[o->n_engines++] = NI_PRESET_SAMPLING;
+    o->engines[o->n_engines++] = NI_PRESET_SAMPLING;
+    if (backend == NI_BACKEND_CUDA) o->engines[o->n_engines++] = NI_PRESET_CUDA_GRAPHS;
     size_t max_b = backend == NI_BACKEND_CUDA ? 512 : 16;
     for (size_t b = 1; b <= max_b; b *= 2) o->batch_sizes[o->n_batch_sizes++] = b;
     o->prompt_lens[o->n_prompt_lens++] = 32;

@@ -19,9 +19,9 @@ static const ni_bench_row *find(const ni_bench_result *r, ni_preset e, size_t B,
 }
 
 void ni_bench_print_table(FILE *f, const ni_bench_opts *o, const ni_bench_result *r) {
-    fprintf(f, "%s on %s (%s), prompt %s, %zu new tokens, median of %zu runs\n", o->model,
-            r->device.name, ni_backend_name(o->backend),
-            o->n_prompt_lens == 1 ? "" : "lengths below", o->max_new_tokens, o->runs);
+    fprintf(f, "%s on %s (%s), %zu new tokens, median of %zu runs after %zu warm-up\n",
+            o->model, r->device.name, ni_backend_name(o->backend), o->max_new_tokens, o->runs,
+            o->warmup);
     for (size_t pi = 0; pi < o->n_prompt_lens; pi++) {
         size_t P = o->prompt_lens[pi];
         for (size_t bi = 0; bi < o->n_batch_sizes; bi++) {

@@ -99,7 +99,8 @@ const char cli_model_help[] =
     "  --model M          a named random-weight model (gpt2, gpt2-medium, gpt2-large, gpt2-xl,\n"
     "                     empty-1B ... empty-16B) or a Hugging Face model directory\n"
     "  --backend B        cpu or cuda (default cpu)\n"
-    "  --engine E         baseline, kv_cache, sampling or cuda_graphs (default sampling)\n"
+    "  --engine E         baseline, kv_cache, sampling or cuda_graphs (default: sampling on\n"
+    "                     the cpu, cuda_graphs on cuda)\n"
     "  --dtype D          GPU weights: bf16 or fp16 (default bf16; the CPU computes in f32)\n"
     "  --model-seed N     seed of the random weights of named models (default 0)\n"
     "  --threads N        CPU threads (default: all cores)\n";
@@ -160,8 +161,11 @@ int cli_open(const cli_model_args *a, size_t max_batch, size_t max_seq, ni_model
     ni_status s = ni_model_open(a->model, &mo, m);
     if (s != NI_OK) return cli_runtime_error("cannot open the model", s);
     if (!e) return 0;
+    /* the fastest engine of the backend unless one is named */
+    ni_preset preset = a->preset_set || a->backend == NI_BACKEND_CPU ? a->preset
+                                                                      : NI_PRESET_CUDA_GRAPHS;
     ni_engine_opts eo = {.backend = a->backend,
-                         .preset = a->preset,
+                         .preset = preset,
                          .dtype = a->dtype,
                          .max_batch = max_batch,
                          .max_seq = max_seq,

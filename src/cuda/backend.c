@@ -3,7 +3,13 @@
  * activations and KV cache, an f32 residual stream and f32 logits. One device allocation (the
  * arena) holds weights, cache, activations and workspaces, sized at creation from (config, max
  * batch, max sequence) and checked against the free memory first; nothing is allocated while
- * generating. Tokens go to the host only once sampled. */
+ * generating. Tokens reach the host only once sampled.
+ *
+ * Presets: baseline and kv_cache sample with the sort-based sampler, sampling with the fused
+ * rejection kernel; cuda_graphs keeps the whole decode state on the device (input tokens,
+ * positions, sampling steps, a token history) so that a decode step — forward, sampling,
+ * advancing — is one graph launch, captured per batch size after one eager warm-up step, and
+ * the host wakes up only every `graph_steps` steps to collect tokens. */
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdlib.h>
@@ -15,18 +21,35 @@
 #include "engine/backend.h"
 #include "model/model.h"
 
+/* Steps a cuda_graphs engine runs between two host wake-ups (tokens come back in batches). */
+#define NI_GRAPH_STEPS 8
+#define NI_MAX_GRAPHS 8
+
 typedef struct {
     ni_bf16 *ln1_w, *ln1_b, *qkv_w, *qkv_b, *proj_w, *proj_b;
     ni_bf16 *ln2_w, *ln2_b, *fc_w, *fc_b, *fcproj_w, *fcproj_b;
 } cuda_layer;
 
-/* The host side of one forward call, copied to the device in one transfer. */
+/* What one chunk of a forward pass needs on the device, packed so that one copy moves it. */
 typedef struct {
-    int32_t *tok, *slot, *pos;                       /* (S*T) token list */
-    int32_t *seq_start, *seq_len, *seq_slot, *seq_pos0; /* (S + 1) pieces of one chunk */
-    int32_t *rows;                                   /* (S*T) chunk rows that need logits */
-    uint64_t *seq_ids;                               /* (S) sequence of each logits row */
-} token_lists;
+    int32_t *tok, *slot, *pos, *rows;                   /* (chunk) */
+    int32_t *seq_start, *seq_len, *seq_slot, *seq_pos0; /* (S + 1) pieces */
+    uint64_t *seq_ids;                                  /* (S) sequence of each logits row */
+    uint32_t *steps;                                    /* (S) sampling step of each row */
+} chunk_block;
+
+/* The decode state a graph reads and advances (cuda_graphs). */
+typedef struct {
+    int32_t *tok, *pos, *slot; /* (S) */
+    uint32_t *steps;           /* (S) */
+    uint64_t *seq_ids;         /* (S) */
+    int32_t *hist;             /* (T, S) token of step s of row r at [s * B + r] */
+} decode_state;
+
+typedef struct {
+    size_t batch;
+    cudaGraphExec_t exec;
+} graph_entry;
 
 struct ni_backend_ctx {
     ni_model *model;
@@ -37,10 +60,9 @@ struct ni_backend_ctx {
     ni_matmul_ctx mm;
 
     uint8_t *arena; /* device */
-    size_t arena_bytes, staging_bytes;
+    size_t arena_bytes, staging_bytes, weight_bytes;
     ni_bf16 *wte, *wpe, *lnf_w, *lnf_b;
-    cuda_layer *layers; /* host array of device pointers */
-    size_t weight_bytes;
+    cuda_layer *layers;         /* host array of device pointers */
     ni_bf16 *k_cache, *v_cache; /* (L, S, NH, T, HS) */
     float *x;                   /* (chunk, C) residual stream */
     ni_bf16 *ln, *qkv, *att, *delta, *fc; /* (chunk, C | 3C | C | C | 4C) */
@@ -48,22 +70,30 @@ struct ni_backend_ctx {
     float *logits;                        /* (S, V) */
     float *attn_partial;
     int32_t *d_next; /* (S) sampled tokens */
-    void *sample_ws;
-    size_t sample_ws_bytes;
-    void *lt_ws;
-    size_t lt_ws_bytes;
-    uint8_t *d_lists; /* device copy of the token lists */
-    size_t lists_bytes;
+    ni_sample_params *d_params;
+    void *sample_ws, *lt_ws;
+    size_t sample_ws_bytes, lt_ws_bytes;
+    uint8_t *d_blk;
+    chunk_block d;
+    decode_state st;
 
-    uint8_t *h_lists; /* pinned host */
-    token_lists h, d;
-    int32_t *h_next; /* pinned (S) */
-    int32_t *history; /* host (S, T) */
-    size_t *len;      /* host (S) */
-    int32_t *row_seq; /* host (S) */
-    uint8_t *want;    /* host (S*T): token i needs logits */
+    uint8_t *h_blk; /* pinned mirror of d_blk */
+    chunk_block h;
+    size_t blk_bytes;
+    int32_t *h_hist; /* pinned (NI_GRAPH_STEPS, S) tokens copied back from st.hist */
+    size_t hist_first, hist_count; /* steps held in h_hist */
 
-    size_t n_seq;
+    int32_t *tok, *slot, *pos; /* host (S*T) token list of one forward call */
+    uint8_t *want;             /* host (S*T): token i needs logits */
+    int32_t *history;          /* host (S, T) */
+    size_t *len;               /* host (S) */
+    int32_t *row_seq;          /* host (S) sequence of each logits row */
+
+    graph_entry graphs[NI_MAX_GRAPHS];
+    size_t n_graphs, graph_evict;
+    size_t warm_batch; /* batch size whose eager warm-up step has run */
+
+    size_t n_seq, max_new;
     ni_filter filter;
     uint64_t seed;
 };
@@ -74,18 +104,18 @@ static void *carve(uint8_t *base, size_t *off, size_t bytes) {
     return base ? base + at : NULL;
 }
 
-/* Token-list arrays inside one buffer (host pinned or device), same offsets in both. */
-static size_t lists_layout(token_lists *l, uint8_t *base, size_t S, size_t n_tok) {
+static size_t block_layout(chunk_block *k, uint8_t *base, size_t S, size_t chunk) {
     size_t off = 0;
-    l->tok = carve(base, &off, n_tok * 4);
-    l->slot = carve(base, &off, n_tok * 4);
-    l->pos = carve(base, &off, n_tok * 4);
-    l->rows = carve(base, &off, n_tok * 4);
-    l->seq_start = carve(base, &off, (S + 1) * 4);
-    l->seq_len = carve(base, &off, (S + 1) * 4);
-    l->seq_slot = carve(base, &off, (S + 1) * 4);
-    l->seq_pos0 = carve(base, &off, (S + 1) * 4);
-    l->seq_ids = carve(base, &off, S * 8);
+    k->tok = carve(base, &off, chunk * 4);
+    k->slot = carve(base, &off, chunk * 4);
+    k->pos = carve(base, &off, chunk * 4);
+    k->rows = carve(base, &off, chunk * 4);
+    k->seq_start = carve(base, &off, (S + 1) * 4);
+    k->seq_len = carve(base, &off, (S + 1) * 4);
+    k->seq_slot = carve(base, &off, (S + 1) * 4);
+    k->seq_pos0 = carve(base, &off, (S + 1) * 4);
+    k->seq_ids = carve(base, &off, S * 8);
+    k->steps = carve(base, &off, S * 4);
     return off;
 }
 
@@ -125,21 +155,54 @@ static size_t arena_layout(ni_backend_ctx *b, uint8_t *base) {
     b->fc = carve(base, &off, N * 4 * C * 2);
     b->sel = carve(base, &off, S * C * 2);
     b->logits = carve(base, &off, S * V * 4);
-    b->attn_partial =
-        carve(base, &off, ni_cuda_attention_decode_partial_floats(S, NH, HS, T) * 4);
+    b->attn_partial = carve(base, &off, ni_cuda_attention_decode_partial_floats(S, NH, HS, T) * 4);
     b->d_next = carve(base, &off, S * 4);
+    b->d_params = carve(base, &off, sizeof(ni_sample_params));
     b->sample_ws = carve(base, &off, b->sample_ws_bytes);
     b->lt_ws = carve(base, &off, b->lt_ws_bytes);
-    b->d_lists = carve(base, &off, b->lists_bytes);
+    b->d_blk = carve(base, &off, b->blk_bytes);
+    b->st.tok = carve(base, &off, S * 4);
+    b->st.pos = carve(base, &off, S * 4);
+    b->st.slot = carve(base, &off, S * 4);
+    b->st.steps = carve(base, &off, S * 4);
+    b->st.seq_ids = carve(base, &off, S * 8);
+    b->st.hist = carve(base, &off, T * S * 4);
     return off;
 }
 
-static ni_status upload_weight(ni_backend_ctx *b, ni_weight_kind k, size_t layer, ni_bf16 *dst,
-                               float *h_stage, float *d_stage) {
+/* ---- weights ----------------------------------------------------------------------------- */
+
+static ni_bf16 *weight_slot(ni_backend_ctx *b, ni_weight_kind k, size_t l) {
+    cuda_layer *y = &b->layers[l];
+    switch (k) {
+    case NI_W_WTE: return b->wte;
+    case NI_W_WPE: return b->wpe;
+    case NI_W_LNF_W: return b->lnf_w;
+    case NI_W_LNF_B: return b->lnf_b;
+    case NI_W_LN1_W: return y->ln1_w;
+    case NI_W_LN1_B: return y->ln1_b;
+    case NI_W_QKV_W: return y->qkv_w;
+    case NI_W_QKV_B: return y->qkv_b;
+    case NI_W_PROJ_W: return y->proj_w;
+    case NI_W_PROJ_B: return y->proj_b;
+    case NI_W_LN2_W: return y->ln2_w;
+    case NI_W_LN2_B: return y->ln2_b;
+    case NI_W_FC_W: return y->fc_w;
+    case NI_W_FC_B: return y->fc_b;
+    case NI_W_FCPROJ_W: return y->fcproj_w;
+    case NI_W_FCPROJ_B: return y->fcproj_b;
+    default: return NULL;
+    }
+}
+
+static ni_status upload_weight(ni_backend_ctx *b, ni_weight_kind k, size_t layer, float *h_stage,
+                               float *d_stage) {
     ni_weight_info wi;
     ni_weight_info_get(b->cfg, k, &wi);
     size_t n = wi.rows * wi.cols;
+    ni_bf16 *dst = weight_slot(b, k, layer);
     const ni_model *m = b->model;
+    ni_stream st = (ni_stream)b->stream;
     if (!m->st) {
         /* named random configs: generated on the device, never on the host */
         float std = 0.0f, value = 0.0f;
@@ -147,16 +210,16 @@ static ni_status upload_weight(ni_backend_ctx *b, ni_weight_kind k, size_t layer
         if (wi.init == NI_INIT_RESIDUAL) std = 0.02f / sqrtf(2.0f * (float)b->cfg->n_layer);
         if (wi.init == NI_INIT_ONE) value = 1.0f;
         NI_CUDA_TRY(ni_cuda_init_random(dst, n, m->seed, ni_weight_tensor_id(k, layer), std, value,
-                                        (ni_stream)b->stream),
+                                        st),
                     "init_random kernel");
         return NI_OK;
     }
     NI_TRY(ni_model_read_weight(m, k, layer, h_stage));
     NI_CUDA_TRY(cudaMemcpyAsync(d_stage, h_stage, n * 4, cudaMemcpyHostToDevice, b->stream),
                 "cudaMemcpy (weights)");
-    NI_CUDA_TRY(ni_cuda_f32_to_bf16(dst, d_stage, n, (ni_stream)b->stream), "f32_to_bf16 kernel");
+    NI_CUDA_TRY(ni_cuda_f32_to_bf16(dst, d_stage, n, st), "f32_to_bf16 kernel");
     /* the host staging buffer is reused by the next tensor */
-    NI_CUDA_TRY(cudaStreamSynchronize(b->stream), "upload");
+    NI_CUDA_TRY(cudaStreamSynchronize(b->stream), "weight upload");
     return NI_OK;
 }
 
@@ -184,30 +247,8 @@ static ni_status upload_weights(ni_backend_ctx *b) {
         ni_weight_info wi;
         ni_weight_info_get(c, (ni_weight_kind)k, &wi);
         size_t nl = wi.per_layer ? c->n_layer : 1;
-        for (size_t l = 0; l < nl && s == NI_OK; l++) {
-            cuda_layer *y = &b->layers[l];
-            ni_bf16 *dst = NULL;
-            switch ((ni_weight_kind)k) {
-            case NI_W_WTE: dst = b->wte; break;
-            case NI_W_WPE: dst = b->wpe; break;
-            case NI_W_LNF_W: dst = b->lnf_w; break;
-            case NI_W_LNF_B: dst = b->lnf_b; break;
-            case NI_W_LN1_W: dst = y->ln1_w; break;
-            case NI_W_LN1_B: dst = y->ln1_b; break;
-            case NI_W_QKV_W: dst = y->qkv_w; break;
-            case NI_W_QKV_B: dst = y->qkv_b; break;
-            case NI_W_PROJ_W: dst = y->proj_w; break;
-            case NI_W_PROJ_B: dst = y->proj_b; break;
-            case NI_W_LN2_W: dst = y->ln2_w; break;
-            case NI_W_LN2_B: dst = y->ln2_b; break;
-            case NI_W_FC_W: dst = y->fc_w; break;
-            case NI_W_FC_B: dst = y->fc_b; break;
-            case NI_W_FCPROJ_W: dst = y->fcproj_w; break;
-            case NI_W_FCPROJ_B: dst = y->fcproj_b; break;
-            default: break;
-            }
-            s = upload_weight(b, (ni_weight_kind)k, l, dst, h_stage, d_stage);
-        }
+        for (size_t l = 0; l < nl && s == NI_OK; l++)
+            s = upload_weight(b, (ni_weight_kind)k, l, h_stage, d_stage);
     }
     if (s == NI_OK) s = ni_cuda_status(cudaStreamSynchronize(b->stream), "weight upload");
     cudaFree(d_stage);
@@ -215,18 +256,24 @@ static ni_status upload_weights(ni_backend_ctx *b) {
     return s;
 }
 
+/* ---- creation ------------------------------------------------------------------------------ */
+
 static void cuda_destroy(ni_backend_ctx *b) {
     if (!b) return;
+    for (size_t i = 0; i < b->n_graphs; i++) cudaGraphExecDestroy(b->graphs[i].exec);
     ni_matmul_destroy(&b->mm);
     if (b->arena) cudaFree(b->arena);
-    if (b->h_lists) cudaFreeHost(b->h_lists);
-    if (b->h_next) cudaFreeHost(b->h_next);
+    if (b->h_blk) cudaFreeHost(b->h_blk);
+    if (b->h_hist) cudaFreeHost(b->h_hist);
     if (b->stream) cudaStreamDestroy(b->stream);
     free(b->layers);
+    free(b->tok);
+    free(b->slot);
+    free(b->pos);
+    free(b->want);
     free(b->history);
     free(b->len);
     free(b->row_seq);
-    free(b->want);
     free(b);
 }
 
@@ -236,17 +283,11 @@ static ni_status cuda_create(ni_model *m, const ni_engine_opts *o, ni_backend_ct
         return ni_fail(NI_ERR_UNSUPPORTED, "the cuda backend needs a CUDA GPU; none was found");
     if (o->dtype == NI_DTYPE_F16)
         return ni_fail(NI_ERR_UNSUPPORTED, "the cuda backend runs bf16 weights only (for now)");
-    const ni_preset_flags *pf = ni_preset_get(o->preset);
-    if (pf->rejection_sampler || pf->cuda_graphs)
-        return ni_fail(NI_ERR_UNSUPPORTED,
-                       "the '%s' engine is not on the cuda backend yet (baseline and kv_cache "
-                       "are)",
-                       pf->name);
     ni_backend_ctx *b = calloc(1, sizeof *b);
     if (!b) return ni_fail(NI_ERR_NO_MEMORY, "out of memory");
     b->model = m;
     b->cfg = ni_model_config(m);
-    b->flags = pf;
+    b->flags = ni_preset_get(o->preset);
     b->max_batch = o->max_batch;
     b->max_seq = o->max_seq;
     size_t S = b->max_batch, T = b->max_seq, V = b->cfg->vocab_size;
@@ -254,18 +295,23 @@ static ni_status cuda_create(ni_model *m, const ni_engine_opts *o, ni_backend_ct
     b->chunk = S * T < 4096 ? S * T : 4096;
     if (b->chunk < S) b->chunk = S;
     b->layers = calloc(b->cfg->n_layer, sizeof *b->layers);
-    b->history = malloc(S * T * sizeof *b->history);
+    b->tok = malloc(S * T * 4);
+    b->slot = malloc(S * T * 4);
+    b->pos = malloc(S * T * 4);
+    b->want = malloc(S * T);
+    b->history = malloc(S * T * 4);
     b->len = calloc(S, sizeof *b->len);
     b->row_seq = calloc(S, sizeof *b->row_seq);
-    b->want = malloc(S * T);
     ni_status s = NI_OK;
-    if (!b->layers || !b->history || !b->len || !b->row_seq || !b->want)
+    if (!b->layers || !b->tok || !b->slot || !b->pos || !b->want || !b->history || !b->len ||
+        !b->row_seq)
         s = ni_fail(NI_ERR_NO_MEMORY, "out of memory");
-    if (s == NI_OK) s = ni_cuda_status(cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking),
-                                       "cudaStreamCreate");
-    token_lists probe;
-    b->lists_bytes = lists_layout(&probe, NULL, S, S * T);
-    b->sample_ws_bytes = ni_cuda_sample_sorted_workspace(S, V);
+    if (s == NI_OK)
+        s = ni_cuda_status(cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking),
+                           "cudaStreamCreate");
+    chunk_block probe;
+    b->blk_bytes = block_layout(&probe, NULL, S, b->chunk);
+    b->sample_ws_bytes = b->flags->rejection_sampler ? 0 : ni_cuda_sample_sorted_workspace(S, V);
     b->lt_ws_bytes = (size_t)32 << 20;
     b->arena_bytes = arena_layout(b, NULL);
     size_t free_b = 0, total_b = 0;
@@ -282,13 +328,13 @@ static ni_status cuda_create(ni_model *m, const ni_engine_opts *o, ni_backend_ct
         s = ni_fail(NI_ERR_NO_MEMORY, "cudaMalloc of %zu bytes failed", b->arena_bytes);
     if (s == NI_OK) {
         arena_layout(b, b->arena);
-        lists_layout(&b->d, b->d_lists, S, S * T);
-        if (cudaMallocHost((void **)&b->h_lists, b->lists_bytes) != cudaSuccess ||
-            cudaMallocHost((void **)&b->h_next, S * 4) != cudaSuccess)
+        block_layout(&b->d, b->d_blk, S, b->chunk);
+        if (cudaMallocHost((void **)&b->h_blk, b->blk_bytes) != cudaSuccess ||
+            cudaMallocHost((void **)&b->h_hist, (size_t)NI_GRAPH_STEPS * S * 4) != cudaSuccess)
             s = ni_fail(NI_ERR_NO_MEMORY, "pinned host memory");
     }
     if (s == NI_OK) {
-        lists_layout(&b->h, b->h_lists, S, S * T);
+        block_layout(&b->h, b->h_blk, S, b->chunk);
         s = ni_matmul_init(&b->mm, b->lt_ws, b->lt_ws_bytes);
     }
     if (s == NI_OK) s = upload_weights(b);
@@ -300,146 +346,170 @@ static ni_status cuda_create(ni_model *m, const ni_engine_opts *o, ni_backend_ct
     return NI_OK;
 }
 
-/* The forward pass over a token list already in b->h (n tokens). Rows with logits requested
- * (n_rows, listed in b->h.rows as token indices) get their logits: into b->logits when they fit
- * (generation), or block by block into host_out (ni_logits). */
-static ni_status forward(ni_backend_ctx *b, size_t n, const uint8_t *want, float *host_out) {
+/* ---- the forward pass ------------------------------------------------------------------------ */
+
+typedef struct {
+    size_t N;                           /* tokens */
+    const int32_t *tok, *slot, *pos;    /* device (N) */
+    int single;                         /* one token per sequence: decode attention */
+    size_t max_pos;                     /* bound of pos[] for decode attention */
+    const int32_t *seq_start, *seq_len, *seq_slot, *seq_pos0; /* device pieces (prefill) */
+    size_t n_pieces, max_len;
+} layer_args;
+
+/* Embedding and every transformer block; leaves the last block's output in delta (not yet added
+ * to the residual x). */
+static ni_status enqueue_layers(ni_backend_ctx *b, const layer_args *a) {
     const ni_config *c = b->cfg;
-    size_t C = c->n_embd, NH = c->n_head, HS = C / NH, T = b->max_seq, V = c->vocab_size;
-    size_t S = b->max_batch, kv_layer = S * T * C;
+    size_t C = c->n_embd, NH = c->n_head, HS = C / NH, T = b->max_seq, N = a->N;
+    size_t kv_layer = b->max_batch * T * C;
     ni_stream st = (ni_stream)b->stream;
     float eps = c->ln_eps;
-    token_lists *h = &b->h, *d = &b->d;
+    NI_CUDA_TRY(ni_cuda_embedding(b->x, a->tok, a->pos, b->wte, b->wpe, N, C, st),
+                "embedding kernel");
+    for (size_t l = 0; l < c->n_layer; l++) {
+        const cuda_layer *y = &b->layers[l];
+        ni_bf16 *kc = b->k_cache + l * kv_layer, *vc = b->v_cache + l * kv_layer;
+        NI_CUDA_TRY(ni_cuda_residual_layernorm(b->ln, b->x, l ? b->delta : NULL, y->ln1_w,
+                                               y->ln1_b, NULL, N, C, eps, st),
+                    "layernorm kernel (ln_1)");
+        NI_TRY(ni_matmul(&b->mm, b->qkv, NULL, b->ln, y->qkv_w, y->qkv_b, N, C, 3 * C, 0,
+                         b->stream));
+        NI_CUDA_TRY(ni_cuda_kv_append(kc, vc, b->qkv, a->slot, a->pos, N, NH, HS, T, st),
+                    "kv_append kernel");
+        if (a->single)
+            NI_CUDA_TRY(ni_cuda_attention_decode(b->att, b->attn_partial, b->qkv, kc, vc, a->slot,
+                                                 a->pos, N, a->max_pos, NH, HS, T, st),
+                        "attention_decode kernel");
+        else
+            NI_CUDA_TRY(ni_cuda_attention_prefill(b->att, b->qkv, kc, vc, a->seq_start,
+                                                  a->seq_len, a->seq_slot, a->seq_pos0,
+                                                  a->n_pieces, a->max_len, NH, HS, T, st),
+                        "attention_prefill kernel");
+        NI_TRY(ni_matmul(&b->mm, b->delta, NULL, b->att, y->proj_w, y->proj_b, N, C, C, 0,
+                         b->stream));
+        NI_CUDA_TRY(ni_cuda_residual_layernorm(b->ln, b->x, b->delta, y->ln2_w, y->ln2_b, NULL, N,
+                                               C, eps, st),
+                    "layernorm kernel (ln_2)");
+        NI_TRY(ni_matmul(&b->mm, b->fc, NULL, b->ln, y->fc_w, y->fc_b, N, C, 4 * C, 1, b->stream));
+        NI_TRY(ni_matmul(&b->mm, b->delta, NULL, b->fc, y->fcproj_w, y->fcproj_b, N, 4 * C, C, 0,
+                         b->stream));
+    }
+    return NI_OK;
+}
+
+/* The last residual add and ln_f for the rows that need logits (rows: device chunk indices, or
+ * NULL for rows 0 .. n-1), then lm_head into out (n, V) f32. */
+static ni_status enqueue_logits(ni_backend_ctx *b, const int32_t *rows, size_t n, float *out) {
+    size_t C = b->cfg->n_embd, V = b->cfg->vocab_size;
+    NI_CUDA_TRY(ni_cuda_residual_layernorm(b->sel, b->x, b->delta, b->lnf_w, b->lnf_b, rows, n, C,
+                                           b->cfg->ln_eps, (ni_stream)b->stream),
+                "layernorm kernel (ln_f)");
+    return ni_matmul(&b->mm, NULL, out, b->sel, b->wte, NULL, n, C, V, 0, b->stream);
+}
+
+/* The forward pass over the host token list b->tok/slot/pos/want[0, n). Logits of the wanted
+ * rows go to b->logits (generation: at most S rows) or block by block to host_out. */
+static ni_status forward(ni_backend_ctx *b, size_t n, float *host_out) {
+    size_t S = b->max_batch, V = b->cfg->vocab_size;
+    chunk_block *h = &b->h, *d = &b->d;
     size_t rows_done = 0;
     for (size_t i0 = 0; i0 < n; i0 += b->chunk) {
         size_t N = n - i0 < b->chunk ? n - i0 : b->chunk;
-        /* pieces: maximal runs of one sequence inside the chunk */
-        size_t n_pieces = 0, max_len = 0, n_sel = 0;
-        int all_single = 1;
+        /* pack the chunk: its tokens, the rows that want logits and its pieces (maximal runs of
+         * one sequence), then one copy to the device */
+        size_t n_pieces = 0, max_len = 0, n_sel = 0, max_pos = 0;
+        int single = 1;
         for (size_t i = 0; i < N; i++) {
             size_t g = i0 + i;
-            if (i == 0 || h->slot[g] != h->slot[g - 1] || h->pos[g] != h->pos[g - 1] + 1) {
+            h->tok[i] = b->tok[g];
+            h->slot[i] = b->slot[g];
+            h->pos[i] = b->pos[g];
+            if ((size_t)b->pos[g] > max_pos) max_pos = (size_t)b->pos[g];
+            if (i == 0 || b->slot[g] != b->slot[g - 1] || b->pos[g] != b->pos[g - 1] + 1) {
                 if (n_pieces == S + 1)
                     return ni_fail(NI_ERR_INTERNAL, "token list has more than %zu pieces", S);
                 h->seq_start[n_pieces] = (int32_t)i;
                 h->seq_len[n_pieces] = 0;
-                h->seq_slot[n_pieces] = h->slot[g];
-                h->seq_pos0[n_pieces] = h->pos[g];
+                h->seq_slot[n_pieces] = b->slot[g];
+                h->seq_pos0[n_pieces] = b->pos[g];
                 n_pieces++;
             }
             size_t pl = (size_t)++h->seq_len[n_pieces - 1];
             if (pl > max_len) max_len = pl;
-            if (pl > 1) all_single = 0;
-            if (want[g]) h->rows[n_sel++] = (int32_t)i;
+            if (pl > 1) single = 0;
+            if (b->want[g]) h->rows[n_sel++] = (int32_t)i;
         }
-        /* copy this chunk's lists: the tokens, slots, positions at offset i0 */
-        NI_CUDA_TRY(cudaMemcpyAsync(d->tok, h->tok + i0, N * 4, cudaMemcpyHostToDevice, b->stream),
-                    "cudaMemcpy (tokens)");
-        NI_CUDA_TRY(cudaMemcpyAsync(d->slot, h->slot + i0, N * 4, cudaMemcpyHostToDevice,
+        NI_CUDA_TRY(cudaMemcpyAsync(b->d_blk, b->h_blk, b->blk_bytes, cudaMemcpyHostToDevice,
                                     b->stream),
-                    "cudaMemcpy (slots)");
-        NI_CUDA_TRY(cudaMemcpyAsync(d->pos, h->pos + i0, N * 4, cudaMemcpyHostToDevice, b->stream),
-                    "cudaMemcpy (positions)");
-        NI_CUDA_TRY(cudaMemcpyAsync(d->rows, h->rows, (n_sel ? n_sel : 1) * 4,
-                                    cudaMemcpyHostToDevice, b->stream),
-                    "cudaMemcpy (rows)");
-        if (!all_single) {
-            size_t pb = n_pieces * 4;
-            NI_CUDA_TRY(cudaMemcpyAsync(d->seq_start, h->seq_start, pb, cudaMemcpyHostToDevice,
-                                        b->stream),
-                        "cudaMemcpy (pieces)");
-            NI_CUDA_TRY(cudaMemcpyAsync(d->seq_len, h->seq_len, pb, cudaMemcpyHostToDevice,
-                                        b->stream),
-                        "cudaMemcpy (pieces)");
-            NI_CUDA_TRY(cudaMemcpyAsync(d->seq_slot, h->seq_slot, pb, cudaMemcpyHostToDevice,
-                                        b->stream),
-                        "cudaMemcpy (pieces)");
-            NI_CUDA_TRY(cudaMemcpyAsync(d->seq_pos0, h->seq_pos0, pb, cudaMemcpyHostToDevice,
-                                        b->stream),
-                        "cudaMemcpy (pieces)");
-        }
-        size_t max_pos = 0;
-        for (size_t i = 0; i < N; i++)
-            if ((size_t)h->pos[i0 + i] > max_pos) max_pos = (size_t)h->pos[i0 + i];
-
-        NI_CUDA_TRY(ni_cuda_embedding(b->x, d->tok, d->pos, b->wte, b->wpe, N, C, st),
-                    "embedding kernel");
-        for (size_t l = 0; l < c->n_layer; l++) {
-            const cuda_layer *y = &b->layers[l];
-            ni_bf16 *kc = b->k_cache + l * kv_layer, *vc = b->v_cache + l * kv_layer;
-            NI_CUDA_TRY(ni_cuda_residual_layernorm(b->ln, b->x, l ? b->delta : NULL, y->ln1_w,
-                                                   y->ln1_b, NULL, N, C, eps, st),
-                        "layernorm kernel (ln_1)");
-            NI_TRY(ni_matmul(&b->mm, b->qkv, NULL, b->ln, y->qkv_w, y->qkv_b, N, C, 3 * C, 0,
-                             b->stream));
-            NI_CUDA_TRY(ni_cuda_kv_append(kc, vc, b->qkv, d->slot, d->pos, N, NH, HS, T, st),
-                        "kv_append kernel");
-            if (all_single)
-                NI_CUDA_TRY(ni_cuda_attention_decode(b->att, b->attn_partial, b->qkv, kc, vc,
-                                                     d->slot, d->pos, N, max_pos, NH, HS, T, st),
-                            "attention_decode kernel");
-            else
-                NI_CUDA_TRY(ni_cuda_attention_prefill(b->att, b->qkv, kc, vc, d->seq_start,
-                                                      d->seq_len, d->seq_slot, d->seq_pos0,
-                                                      n_pieces, max_len, NH, HS, T, st),
-                            "attention_prefill kernel");
-            NI_TRY(ni_matmul(&b->mm, b->delta, NULL, b->att, y->proj_w, y->proj_b, N, C, C, 0,
-                             b->stream));
-            NI_CUDA_TRY(ni_cuda_residual_layernorm(b->ln, b->x, b->delta, y->ln2_w, y->ln2_b,
-                                                   NULL, N, C, eps, st),
-                        "layernorm kernel (ln_2)");
-            NI_TRY(ni_matmul(&b->mm, b->fc, NULL, b->ln, y->fc_w, y->fc_b, N, C, 4 * C, 1,
-                             b->stream));
-            NI_TRY(ni_matmul(&b->mm, b->delta, NULL, b->fc, y->fcproj_w, y->fcproj_b, N, 4 * C,
-                             C, 0, b->stream));
-        }
-        /* only rows that need logits: last residual add and ln_f, gathered */
+                    "cudaMemcpy (token lists)");
+        layer_args a = {N,           d->tok,       d->slot,       d->pos,       single,
+                        max_pos,     d->seq_start, d->seq_len,    d->seq_slot,  d->seq_pos0,
+                        n_pieces,    max_len};
+        NI_TRY(enqueue_layers(b, &a));
         for (size_t r0 = 0; r0 < n_sel; r0 += S) {
             size_t nr = n_sel - r0 < S ? n_sel - r0 : S;
-            NI_CUDA_TRY(ni_cuda_residual_layernorm(b->sel, b->x, b->delta, b->lnf_w, b->lnf_b,
-                                                   d->rows + r0, nr, C, eps, st),
-                        "layernorm kernel (ln_f)");
-            /* generation keeps its (at most S) rows on the device for sampling */
-            float *dst = host_out ? b->logits : b->logits + (rows_done + r0) * V;
             if (!host_out && rows_done + r0 + nr > S)
                 return ni_fail(NI_ERR_INTERNAL, "more than %zu rows want logits", S);
-            NI_TRY(ni_matmul(&b->mm, NULL, dst, b->sel, b->wte, NULL, nr, C, V, 0, b->stream));
+            float *dst = host_out ? b->logits : b->logits + (rows_done + r0) * V;
+            NI_TRY(enqueue_logits(b, d->rows + r0, nr, dst));
             if (host_out) {
-                NI_CUDA_TRY(cudaMemcpyAsync(host_out + (rows_done + r0) * V, b->logits,
-                                            nr * V * 4, cudaMemcpyDeviceToHost, b->stream),
+                NI_CUDA_TRY(cudaMemcpyAsync(host_out + (rows_done + r0) * V, b->logits, nr * V * 4,
+                                            cudaMemcpyDeviceToHost, b->stream),
                             "cudaMemcpy (logits)");
                 NI_CUDA_TRY(cudaStreamSynchronize(b->stream), "logits");
             }
         }
         rows_done += n_sel;
+        /* the next chunk rewrites the pinned block: wait until this copy has left */
+        if (i0 + N < n) NI_CUDA_TRY(cudaStreamSynchronize(b->stream), "forward chunk");
     }
     return NI_OK;
 }
 
+/* ---- sampling --------------------------------------------------------------------------------- */
+
+/* Samples rows [0, rows) of b->logits; their sequences are b->row_seq. */
 static ni_status sample(ni_backend_ctx *b, size_t rows, uint32_t step, int32_t *next) {
-    for (size_t r = 0; r < rows; r++) b->h.seq_ids[r] = (uint64_t)b->row_seq[r];
-    NI_CUDA_TRY(cudaMemcpyAsync(b->d.seq_ids, b->h.seq_ids, rows * 8, cudaMemcpyHostToDevice,
-                                b->stream),
+    /* the ids and steps follow the token lists of the last chunk in the block */
+    for (size_t r = 0; r < rows; r++) {
+        b->h.seq_ids[r] = (uint64_t)b->row_seq[r];
+        b->h.steps[r] = step;
+    }
+    size_t off = (size_t)((uint8_t *)b->h.seq_ids - b->h_blk);
+    NI_CUDA_TRY(cudaMemcpyAsync(b->d_blk + off, b->h_blk + off, b->blk_bytes - off,
+                                cudaMemcpyHostToDevice, b->stream),
                 "cudaMemcpy (sequence ids)");
     const ni_filter *f = &b->filter;
-    NI_CUDA_TRY(ni_cuda_sample_sorted(b->d_next, b->logits, b->d.seq_ids, rows,
-                                      b->cfg->vocab_size, f->temperature, f->top_k, f->top_p,
-                                      f->min_p, b->seed, step, b->sample_ws, b->sample_ws_bytes,
-                                      (ni_stream)b->stream),
-                "sample_sorted kernel");
-    NI_CUDA_TRY(cudaMemcpyAsync(b->h_next, b->d_next, rows * 4, cudaMemcpyDeviceToHost, b->stream),
+    if (b->flags->rejection_sampler)
+        NI_CUDA_TRY(ni_cuda_sample_rejection(b->d_next, b->logits, b->d.seq_ids, b->d.steps,
+                                             b->d_params, rows, b->cfg->vocab_size,
+                                             (ni_stream)b->stream),
+                    "sample_rejection kernel");
+    else
+        NI_CUDA_TRY(ni_cuda_sample_sorted(b->d_next, b->logits, b->d.seq_ids, rows,
+                                          b->cfg->vocab_size, f->temperature, f->top_k, f->top_p,
+                                          f->min_p, b->seed, step, b->sample_ws,
+                                          b->sample_ws_bytes, (ni_stream)b->stream),
+                    "sample_sorted kernel");
+    int32_t *h_next = b->h_hist; /* pinned, free outside graph decoding */
+    NI_CUDA_TRY(cudaMemcpyAsync(h_next, b->d_next, rows * 4, cudaMemcpyDeviceToHost, b->stream),
                 "cudaMemcpy (tokens)");
-    NI_CUDA_TRY(cudaStreamSynchronize(b->stream), "decode step");
+    NI_CUDA_TRY(cudaStreamSynchronize(b->stream), "sampling");
     for (size_t r = 0; r < rows; r++) {
-        if (b->h_next[r] < 0)
+        if (h_next[r] < 0)
             return ni_fail(NI_ERR_INTERNAL,
                            "sequence %d: the logits hold NaN or no finite value; nothing to "
                            "sample",
                            (int)b->row_seq[r]);
-        next[b->row_seq[r]] = b->h_next[r];
+        next[b->row_seq[r]] = h_next[r];
     }
     return NI_OK;
 }
+
+/* ---- presets' entry points ------------------------------------------------------------------- */
+
+static ni_status init_graph_state(ni_backend_ctx *b);
 
 static ni_status cuda_prefill(ni_backend_ctx *b, const ni_gen_request *req, int32_t *next) {
     const ni_batch *p = req->prompts;
@@ -449,24 +519,38 @@ static ni_status cuda_prefill(ni_backend_ctx *b, const ni_gen_request *req, int3
     b->n_seq = p->n_seq;
     b->filter = req->filter;
     b->seed = req->seed;
+    b->max_new = req->max_new_tokens;
+    if (b->flags->rejection_sampler) {
+        ni_sample_params prm = {req->filter.temperature,
+                                req->filter.top_k > UINT32_MAX ? UINT32_MAX
+                                                               : (uint32_t)req->filter.top_k,
+                                req->filter.top_p, req->filter.min_p, req->seed};
+        NI_CUDA_TRY(cudaMemcpyAsync(b->d_params, &prm, sizeof prm, cudaMemcpyHostToDevice,
+                                    b->stream),
+                    "cudaMemcpy (sampling parameters)");
+    }
     size_t n = 0;
     for (size_t s = 0; s < p->n_seq; s++) {
         b->len[s] = p->lens[s];
         b->row_seq[s] = (int32_t)s;
         memcpy(b->history + s * b->max_seq, p->tokens[s], p->lens[s] * 4);
         for (size_t t = 0; t < p->lens[s]; t++, n++) {
-            b->h.tok[n] = p->tokens[s][t];
-            b->h.slot[n] = (int32_t)s;
-            b->h.pos[n] = (int32_t)t;
+            b->tok[n] = p->tokens[s][t];
+            b->slot[n] = (int32_t)s;
+            b->pos[n] = (int32_t)t;
             b->want[n] = t + 1 == p->lens[s];
         }
     }
-    NI_TRY(forward(b, n, b->want, NULL));
-    return sample(b, p->n_seq, 0, next);
+    NI_TRY(forward(b, n, NULL));
+    NI_TRY(sample(b, p->n_seq, 0, next));
+    return b->flags->cuda_graphs ? init_graph_state(b) : NI_OK;
 }
 
 static ni_status cuda_decode(ni_backend_ctx *b, const int32_t *last, const uint8_t *live,
-                             uint32_t step, int32_t *next) {
+                             uint32_t step, int32_t *next);
+
+static ni_status eager_decode(ni_backend_ctx *b, const int32_t *last, const uint8_t *live,
+                              uint32_t step, int32_t *next) {
     size_t n = 0, rows = 0;
     for (size_t s = 0; s < b->n_seq; s++) {
         if (!live[s]) continue;
@@ -475,30 +559,162 @@ static ni_status cuda_decode(ni_backend_ctx *b, const int32_t *last, const uint8
                            b->max_seq);
         b->history[s * b->max_seq + b->len[s]] = last[s];
         b->len[s]++;
+        /* kv_cache: only the new token; baseline: the whole sequence again */
         size_t from = b->flags->kv_cache ? b->len[s] - 1 : 0;
         for (size_t t = from; t < b->len[s]; t++, n++) {
-            b->h.tok[n] = b->history[s * b->max_seq + t];
-            b->h.slot[n] = (int32_t)s;
-            b->h.pos[n] = (int32_t)t;
+            b->tok[n] = b->history[s * b->max_seq + t];
+            b->slot[n] = (int32_t)s;
+            b->pos[n] = (int32_t)t;
             b->want[n] = t + 1 == b->len[s];
         }
         b->row_seq[rows++] = (int32_t)s;
     }
     if (rows == 0) return NI_OK;
-    NI_TRY(forward(b, n, b->want, NULL));
+    NI_TRY(forward(b, n, NULL));
     return sample(b, rows, step, next);
+}
+
+/* ---- cuda_graphs: the decode step on the device ------------------------------------------- */
+
+/* After prefill: every row's input token (the first sampled one, already in d_next), position
+ * (its prompt length), slot, sequence id and sampling step (1) go to the device state. */
+static ni_status init_graph_state(ni_backend_ctx *b) {
+    size_t B = b->n_seq;
+    for (size_t r = 0; r < B; r++) {
+        b->h.pos[r] = (int32_t)b->len[r];
+        b->h.slot[r] = (int32_t)r;
+        b->h.steps[r] = 1;
+        b->h.seq_ids[r] = (uint64_t)r;
+    }
+    cudaStream_t s = b->stream;
+    NI_CUDA_TRY(cudaMemcpyAsync(b->d_blk, b->h_blk, b->blk_bytes, cudaMemcpyHostToDevice, s),
+                "cudaMemcpy (decode state)");
+    NI_CUDA_TRY(cudaMemcpyAsync(b->st.pos, b->d.pos, B * 4, cudaMemcpyDeviceToDevice, s), "state");
+    NI_CUDA_TRY(cudaMemcpyAsync(b->st.slot, b->d.slot, B * 4, cudaMemcpyDeviceToDevice, s), "state");
+    NI_CUDA_TRY(cudaMemcpyAsync(b->st.steps, b->d.steps, B * 4, cudaMemcpyDeviceToDevice, s),
+                "state");
+    NI_CUDA_TRY(cudaMemcpyAsync(b->st.seq_ids, b->d.seq_ids, B * 8, cudaMemcpyDeviceToDevice, s),
+                "state");
+    NI_CUDA_TRY(cudaMemcpyAsync(b->st.tok, b->d_next, B * 4, cudaMemcpyDeviceToDevice, s), "state");
+    NI_CUDA_TRY(cudaMemcpyAsync(b->st.hist, b->d_next, B * 4, cudaMemcpyDeviceToDevice, s),
+                "state");
+    b->hist_first = b->hist_count = 0;
+    return NI_OK;
+}
+
+/* One decode step for all B rows from the device state: forward, sampling, advance. Every
+ * shape is fixed by B and the engine's sizes, so the same launches can be captured. */
+static ni_status enqueue_graph_step(ni_backend_ctx *b, size_t B) {
+    layer_args a = {.N = B,
+                    .tok = b->st.tok,
+                    .slot = b->st.slot,
+                    .pos = b->st.pos,
+                    .single = 1,
+                    .max_pos = b->max_seq - 1};
+    NI_TRY(enqueue_layers(b, &a));
+    NI_TRY(enqueue_logits(b, NULL, B, b->logits));
+    NI_CUDA_TRY(ni_cuda_sample_rejection(b->d_next, b->logits, b->st.seq_ids, b->st.steps,
+                                         b->d_params, B, b->cfg->vocab_size, (ni_stream)b->stream),
+                "sample_rejection kernel");
+    NI_CUDA_TRY(ni_cuda_decode_advance(b->st.tok, b->st.pos, b->st.steps, b->st.hist, b->d_next, B,
+                                       b->max_seq, (ni_stream)b->stream),
+                "decode_advance kernel");
+    return NI_OK;
+}
+
+static ni_status graph_for(ni_backend_ctx *b, size_t B, cudaGraphExec_t *out) {
+    for (size_t i = 0; i < b->n_graphs; i++)
+        if (b->graphs[i].batch == B) {
+            *out = b->graphs[i].exec;
+            return NI_OK;
+        }
+    cudaGraph_t g = NULL;
+    NI_CUDA_TRY(cudaStreamBeginCapture(b->stream, cudaStreamCaptureModeThreadLocal),
+                "cudaStreamBeginCapture");
+    ni_status s = enqueue_graph_step(b, B);
+    cudaError_t e = cudaStreamEndCapture(b->stream, &g);
+    if (s != NI_OK) {
+        if (g) cudaGraphDestroy(g);
+        return s;
+    }
+    NI_CUDA_TRY(e, "cudaStreamEndCapture");
+    cudaGraphExec_t exec = NULL;
+    e = cudaGraphInstantiate(&exec, g, 0);
+    cudaGraphDestroy(g);
+    NI_CUDA_TRY(e, "cudaGraphInstantiate");
+    size_t slot = b->n_graphs;
+    if (slot == NI_MAX_GRAPHS) {
+        slot = b->graph_evict;
+        b->graph_evict = (b->graph_evict + 1) % NI_MAX_GRAPHS;
+        cudaGraphExecDestroy(b->graphs[slot].exec);
+    } else {
+        b->n_graphs++;
+    }
+    b->graphs[slot].batch = B;
+    b->graphs[slot].exec = exec;
+    *out = exec;
+    return NI_OK;
+}
+
+/* Runs steps [step, step + k) on the device and copies their tokens back in one transfer. */
+static ni_status graph_run_ahead(ni_backend_ctx *b, uint32_t step) {
+    size_t B = b->n_seq;
+    size_t k = b->max_new > step ? b->max_new - step : 1;
+    if (k > NI_GRAPH_STEPS) k = NI_GRAPH_STEPS;
+    for (size_t j = 0; j < k; j++) {
+        if (b->warm_batch != B) {
+            /* the first step of a batch size runs eagerly: cuBLASLt plans and kernel attributes
+             * are made outside the capture */
+            NI_TRY(enqueue_graph_step(b, B));
+            b->warm_batch = B;
+            continue;
+        }
+        cudaGraphExec_t exec = NULL;
+        NI_TRY(graph_for(b, B, &exec));
+        NI_CUDA_TRY(cudaGraphLaunch(exec, b->stream), "cudaGraphLaunch");
+    }
+    NI_CUDA_TRY(cudaMemcpyAsync(b->h_hist, b->st.hist + (size_t)step * B, k * B * 4,
+                                cudaMemcpyDeviceToHost, b->stream),
+                "cudaMemcpy (tokens)");
+    NI_CUDA_TRY(cudaStreamSynchronize(b->stream), "decode steps");
+    b->hist_first = step;
+    b->hist_count = k;
+    return NI_OK;
+}
+
+static ni_status cuda_decode(ni_backend_ctx *b, const int32_t *last, const uint8_t *live,
+                             uint32_t step, int32_t *next) {
+    if (!b->flags->cuda_graphs) return eager_decode(b, last, live, step, next);
+    (void)last; /* the device state holds every row's input token */
+    size_t B = b->n_seq;
+    for (size_t r = 0; r < B; r++)
+        if (b->len[r] + step > b->max_seq)
+            return ni_fail(NI_ERR_CONTEXT, "sequence %zu reached the engine's %zu tokens", r,
+                           b->max_seq);
+    if (step < b->hist_first || step >= b->hist_first + b->hist_count)
+        NI_TRY(graph_run_ahead(b, step));
+    const int32_t *tokens = b->h_hist + (size_t)(step - b->hist_first) * B;
+    for (size_t r = 0; r < B; r++) {
+        if (tokens[r] < 0 && live[r])
+            return ni_fail(NI_ERR_INTERNAL,
+                           "sequence %zu: the logits hold NaN or no finite value; nothing to "
+                           "sample",
+                           r);
+        next[r] = tokens[r];
+    }
+    return NI_OK;
 }
 
 static ni_status cuda_logits(ni_backend_ctx *b, const int32_t *tokens, size_t len, float *out) {
     if (len > b->max_seq)
         return ni_fail(NI_ERR_CONTEXT, "%zu tokens exceed the engine's %zu", len, b->max_seq);
     for (size_t t = 0; t < len; t++) {
-        b->h.tok[t] = tokens[t];
-        b->h.slot[t] = 0;
-        b->h.pos[t] = (int32_t)t;
+        b->tok[t] = tokens[t];
+        b->slot[t] = 0;
+        b->pos[t] = (int32_t)t;
+        b->want[t] = 1;
     }
-    memset(b->want, 1, len);
-    return forward(b, len, b->want, out);
+    return forward(b, len, out);
 }
 
 static void cuda_memory(const ni_backend_ctx *b, size_t *peak, size_t *weights) {

@@ -82,6 +82,13 @@ int ni_cuda_gemv(ni_bf16 *out, float *out_f32, const ni_bf16 *inp, const ni_bf16
                  const ni_bf16 *bias, size_t N, size_t IC, size_t OC, int gelu, ni_stream s);
 #define NI_CUDA_GEMV_MAX_ROWS 16
 
+/* ---- device-side decode state (CUDA graphs) ------------------------------------------------ */
+
+/* After sampling row r: hist[steps[r] * B + r] = next[r] (when steps[r] < hist_rows),
+ * tok[r] = next[r], pos[r] += 1, steps[r] += 1. tok, pos, steps, next (B); hist (hist_rows, B). */
+int ni_cuda_decode_advance(int32_t *tok, int32_t *pos, uint32_t *steps, int32_t *hist,
+                           const int32_t *next, size_t B, size_t hist_rows, ni_stream s);
+
 /* ---- sampling ------------------------------------------------------------------------------ */
 
 /* Sort-based sampler on the GPU (the baseline's): for each row r of logits (B, V) f32, the
@@ -94,6 +101,35 @@ int ni_cuda_sample_sorted(int32_t *tokens, const float *logits, const uint64_t *
                           uint64_t seed, uint32_t step, void *workspace, size_t workspace_bytes,
                           ni_stream s);
 size_t ni_cuda_sample_sorted_workspace(size_t B, size_t V);
+
+/* ---- fused rejection sampler (sorting-free) ------------------------------------------------ */
+
+/* Sampling parameters in device memory, so that a captured CUDA graph samples with whatever the
+ * current generation asks (never baked into kernel arguments). The filter of
+ * src/sampling/sampling.h; top_k 0 = off. */
+typedef struct {
+    float temperature;
+    uint32_t top_k;
+    float top_p;
+    float min_p;
+    uint64_t seed;
+} ni_sample_params;
+
+/* One launch for the whole batch, one block per row: row r of logits (B, V) f32 is sampled with
+ * the random stream (params->seed, seq_ids[r], steps[r]) exactly as ni_sample_rejection (CPU)
+ * does, the same token for the same stream; tokens[r] gets the id or -1 (invalid row: NaN or
+ * +inf, no finite logit, NaN parameters). seq_ids, steps: device arrays (B) (NULL: the row index,
+ * step 0); params: device memory. No workspace, no allocation, no synchronization; the launch
+ * shape depends only on (B, V). */
+int ni_cuda_sample_rejection(int32_t *tokens, const float *logits, const uint64_t *seq_ids,
+                             const uint32_t *steps, const ni_sample_params *params, size_t B,
+                             size_t V, ni_stream s);
+/* The same with a chosen round cap (as ni_sample_rejection_ex; at most 64) and, force_global != 0,
+ * the path that re-reads the row from global memory, which the kernel otherwise takes only for
+ * rows too long for shared memory (tests). */
+int ni_cuda_sample_rejection_ex(int32_t *tokens, const float *logits, const uint64_t *seq_ids,
+                                const uint32_t *steps, const ni_sample_params *params, size_t B,
+                                size_t V, uint32_t max_rounds, int force_global, ni_stream s);
 
 #ifdef __cplusplus
 }

@@ -11,7 +11,8 @@
 #include "common/error.h"
 
 ni_status ni_cuda_status(int err, const char *what) {
-    if (err >= 0 && err < 1000)
+    if (err == 0) return NI_OK;
+    if (err > 0 && err < 1000)
         return ni_fail(NI_ERR_DEVICE, "%s: %s", what, cudaGetErrorString((cudaError_t)err));
     return ni_fail(NI_ERR_DEVICE, "%s: error %d", what, err);
 }
@@ -30,14 +31,16 @@ ni_status ni_matmul_init(ni_matmul_ctx *m, void *workspace, size_t workspace_byt
     return lt_status(cublasLtCreate(&m->handle), "create");
 }
 
+static void destroy_plan(ni_lt_plan *p) {
+    if (p->a) cublasLtMatrixLayoutDestroy(p->a);
+    if (p->b) cublasLtMatrixLayoutDestroy(p->b);
+    if (p->d) cublasLtMatrixLayoutDestroy(p->d);
+    if (p->desc) cublasLtMatmulDescDestroy(p->desc);
+    memset(p, 0, sizeof *p);
+}
+
 void ni_matmul_destroy(ni_matmul_ctx *m) {
-    for (size_t i = 0; i < m->n_plans; i++) {
-        ni_lt_plan *p = &m->plans[i];
-        cublasLtMatrixLayoutDestroy(p->a);
-        cublasLtMatrixLayoutDestroy(p->b);
-        cublasLtMatrixLayoutDestroy(p->d);
-        cublasLtMatmulDescDestroy(p->desc);
-    }
+    for (size_t i = 0; i < m->n_plans; i++) destroy_plan(&m->plans[i]);
     m->n_plans = 0;
     if (m->handle) cublasLtDestroy(m->handle);
     m->handle = NULL;
@@ -94,9 +97,14 @@ static ni_status get_plan(ni_matmul_ctx *m, size_t N, size_t IC, size_t OC, int 
             return NI_OK;
         }
     }
-    if (m->n_plans == NI_LT_MAX_PLANS)
-        return ni_fail(NI_ERR_INTERNAL, "cuBLASLt plan cache full (%d shapes)", NI_LT_MAX_PLANS);
-    ni_lt_plan *p = &m->plans[m->n_plans];
+    size_t slot = m->n_plans;
+    if (slot == NI_LT_MAX_PLANS) {
+        /* the baseline's growing sequence makes a new N every step: recycle round robin */
+        slot = m->next_evict;
+        m->next_evict = (m->next_evict + 1) % NI_LT_MAX_PLANS;
+        destroy_plan(&m->plans[slot]);
+    }
+    ni_lt_plan *p = &m->plans[slot];
     memset(p, 0, sizeof *p);
     p->n = N;
     p->ic = IC;
@@ -105,13 +113,10 @@ static ni_status get_plan(ni_matmul_ctx *m, size_t N, size_t IC, size_t OC, int 
     p->out_f32 = out_f32;
     ni_status s = make_plan(m, p);
     if (s != NI_OK) {
-        if (p->a) cublasLtMatrixLayoutDestroy(p->a);
-        if (p->b) cublasLtMatrixLayoutDestroy(p->b);
-        if (p->d) cublasLtMatrixLayoutDestroy(p->d);
-        if (p->desc) cublasLtMatmulDescDestroy(p->desc);
+        destroy_plan(p); /* a zeroed slot (n = 0) matches no lookup */
         return s;
     }
-    m->n_plans++;
+    if (slot == m->n_plans) m->n_plans++;
     *out = p;
     return NI_OK;
 }

@@ -23,6 +23,7 @@ typedef struct {
     const ni_batch *prompts;
     ni_filter filter;
     uint64_t seed;
+    size_t max_new_tokens; /* a backend may run ahead of the host up to here */
 } ni_gen_request;
 
 typedef struct {
@@ -31,7 +32,8 @@ typedef struct {
     /* Runs the prompts and samples each sequence's first token into next[i] (on the host). */
     ni_status (*prefill)(ni_backend_ctx *b, const ni_gen_request *req, int32_t *next);
     /* Sequences with live[i] append last[i] and sample next[i]; step counts generated tokens
-     * before this one (the first decode step has step 1). */
+     * before this one (the first decode step has step 1). A backend that keeps the decode
+     * state on the device (cuda_graphs) may compute finished sequences too and ignore last. */
     ni_status (*decode)(ni_backend_ctx *b, const int32_t *last, const uint8_t *live,
                         uint32_t step, int32_t *next);
     /* Logits of every position of one sequence: out (len, V). */
