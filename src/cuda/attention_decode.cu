@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "cuda/kernels.h"
+#include "cuda/pdl.cuh"
 
 #define AD_SPLIT 128 /* positions per chunk */
 #define AD_THREADS 128
@@ -109,6 +110,7 @@ __global__ void __launch_bounds__(AD_THREADS)
     __shared__ float s_score[AD_SPLIT];
     __shared__ float s_red[AD_WARPS][AD_MAX_HS];
 
+    ni_pdl_wait(); /* pos, qkv and the caches come from earlier kernels */
     const int c = blockIdx.x, h = blockIdx.y, r = blockIdx.z;
     const int p = pos[r];
     const int t0 = c * AD_SPLIT;
@@ -197,6 +199,7 @@ __global__ void __launch_bounds__(AD_THREADS)
         }
         if (s0 + U < STEPS) ad_copy_rows<W, CPL, U>(vb, vn);
     }
+    ni_pdl_launch_dependents(); /* the cache reads are done; only reductions and stores left */
     /* reduce over the groups of a warp (lanes gl, gl + L, ...), then over the warps */
 #pragma unroll
     for (int o = L; o < 32; o <<= 1)
@@ -246,6 +249,8 @@ __global__ void attention_decode_merge_kernel(uint16_t *out,        // (B, C) bf
                                               const float *partial, // (B, NH, NCH, HS + 2)
                                               const int32_t *pos,   // (B)
                                               int NH, int HS, int NCH) {
+    ni_pdl_wait();              /* partial comes from the chunk kernel */
+    ni_pdl_launch_dependents(); /* a short pass */
     const int h = blockIdx.x, r = blockIdx.y;
     const int p = pos[r];
     if (p < AD_SPLIT) return; /* written by its single chunk */
@@ -276,17 +281,18 @@ extern "C" size_t ni_cuda_attention_decode_partial_floats(size_t B, size_t NH, s
 }
 
 template <int W, int L, int CPL>
-static void ad_launch(dim3 grid, uint16_t *out, float *partial, const uint16_t *qkv,
-                      const uint16_t *k_cache, const uint16_t *v_cache, const int32_t *slot,
-                      const int32_t *pos, int NH, int HS, int T, int NCH, float scale_log2,
-                      cudaStream_t s) {
-    attention_decode_chunk_kernel<W, L, CPL><<<grid, AD_THREADS, 0, s>>>(
-        out, partial, qkv, k_cache, v_cache, slot, pos, NH, HS, T, NCH, scale_log2);
+static cudaError_t ad_launch(dim3 grid, uint16_t *out, float *partial, const uint16_t *qkv,
+                             const uint16_t *k_cache, const uint16_t *v_cache, const int32_t *slot,
+                             const int32_t *pos, int NH, int HS, int T, int NCH, float scale_log2,
+                             cudaStream_t s) {
+    return ni_launch_pdl(attention_decode_chunk_kernel<W, L, CPL>, grid, dim3(AD_THREADS), 0, s,
+                         out, partial, qkv, k_cache, v_cache, slot, pos, NH, HS, T, NCH,
+                         scale_log2);
 }
 
-typedef void (*ad_launch_fn)(dim3, uint16_t *, float *, const uint16_t *, const uint16_t *,
-                             const uint16_t *, const int32_t *, const int32_t *, int, int, int, int,
-                             float, cudaStream_t);
+typedef cudaError_t (*ad_launch_fn)(dim3, uint16_t *, float *, const uint16_t *, const uint16_t *,
+                                    const uint16_t *, const int32_t *, const int32_t *, int, int,
+                                    int, int, float, cudaStream_t);
 
 /* The instance for load width W and nck loads per row (nck <= 64, or <= 128 for W == 1). */
 static ad_launch_fn ad_pick(int W, size_t nck) {
@@ -339,13 +345,15 @@ extern "C" int ni_cuda_attention_decode(ni_bf16 *out, float *partial, const ni_b
     float scale_log2 = 1.4426950408889634f / sqrtf((float)HS);
     cudaStream_t st = (cudaStream_t)s;
     ad_launch_fn fn = ad_pick(W, (HS + (size_t)W - 1) / (size_t)W);
-    fn(dim3((unsigned int)grid_chunks, (unsigned int)NH, (unsigned int)B), (uint16_t *)out, partial,
-       (const uint16_t *)qkv, (const uint16_t *)k_cache, (const uint16_t *)v_cache, slot, pos,
-       (int)NH, (int)HS, (int)T, (int)nch, scale_log2, st);
-    if (grid_chunks > 1) {
+    cudaError_t e =
+        fn(dim3((unsigned int)grid_chunks, (unsigned int)NH, (unsigned int)B), (uint16_t *)out,
+           partial, (const uint16_t *)qkv, (const uint16_t *)k_cache, (const uint16_t *)v_cache,
+           slot, pos, (int)NH, (int)HS, (int)T, (int)nch, scale_log2, st);
+    if (e == cudaSuccess && grid_chunks > 1) {
         unsigned int threads = (unsigned int)((HS + 31) / 32 * 32);
-        attention_decode_merge_kernel<<<dim3((unsigned int)NH, (unsigned int)B), threads, 0, st>>>(
-            (uint16_t *)out, partial, pos, (int)NH, (int)HS, (int)nch);
+        e = ni_launch_pdl(attention_decode_merge_kernel, dim3((unsigned int)NH, (unsigned int)B),
+                          dim3(threads), 0, st, (uint16_t *)out, (const float *)partial, pos,
+                          (int)NH, (int)HS, (int)nch);
     }
-    return (int)cudaGetLastError();
+    return ni_launch_status(e);
 }

@@ -23,6 +23,7 @@
 #include <stdint.h>
 
 #include "cuda/kernels.h"
+#include "cuda/pdl.cuh"
 
 #define AP_WARPS 4
 #define AP_THREADS (AP_WARPS * 32)
@@ -141,6 +142,7 @@ __global__ void __launch_bounds__(AP_THREADS)
     __shared__ __align__(16) uint16_t sK[2][BK * LD];
     __shared__ __align__(16) uint16_t sV[2][BK * LD];
 
+    ni_pdl_wait(); /* the sequence lists, qkv and the caches come from earlier kernels */
     const int sq = blockIdx.z, h = blockIdx.y;
     const int len = seq_len[sq];
     const int qt0 = (int)(gridDim.x - 1 - blockIdx.x) * AP_BQ; /* heavy tiles start first */
@@ -293,6 +295,7 @@ __global__ void __launch_bounds__(AP_THREADS)
         }
         __syncthreads(); /* the next iteration's loads overwrite this stage */
     }
+    ni_pdl_launch_dependents(); /* the key loop is done; only the output stores are left */
 
     /* normalize and write rows r0, r1 */
     l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
@@ -322,18 +325,19 @@ __global__ void __launch_bounds__(AP_THREADS)
 }
 
 template <int DP>
-static void ap_launch(ni_bf16 *out, const ni_bf16 *qkv, const ni_bf16 *k_cache,
-                      const ni_bf16 *v_cache, const int32_t *seq_start, const int32_t *seq_len,
-                      const int32_t *seq_slot, const int32_t *seq_pos0, size_t n_seq,
-                      size_t max_len, size_t NH, size_t HS, size_t T, int W, int qvec,
-                      cudaStream_t s) {
+static cudaError_t ap_launch(ni_bf16 *out, const ni_bf16 *qkv, const ni_bf16 *k_cache,
+                             const ni_bf16 *v_cache, const int32_t *seq_start,
+                             const int32_t *seq_len, const int32_t *seq_slot,
+                             const int32_t *seq_pos0, size_t n_seq, size_t max_len, size_t NH,
+                             size_t HS, size_t T, int W, int qvec, cudaStream_t s) {
     /* 64 keys per tile up to DP 64; 32 above, to keep both stages under 48 KB */
     constexpr int BK = DP <= 64 ? 64 : 32;
     dim3 grid((unsigned int)((max_len + AP_BQ - 1) / AP_BQ), (unsigned int)NH, (unsigned int)n_seq);
     float scale_log2 = 1.4426950408889634f / sqrtf((float)HS);
-    attention_prefill_kernel<DP, BK>
-        <<<grid, AP_THREADS, 0, s>>>(out, qkv, k_cache, v_cache, seq_start, seq_len, seq_slot,
-                                     seq_pos0, (int)NH, (int)HS, (int)T, scale_log2, W, qvec);
+    return ni_launch_pdl(attention_prefill_kernel<DP, BK>, grid, dim3(AP_THREADS), 0, s,
+                         (uint16_t *)out, (const uint16_t *)qkv, (const uint16_t *)k_cache,
+                         (const uint16_t *)v_cache, seq_start, seq_len, seq_slot, seq_pos0, (int)NH,
+                         (int)HS, (int)T, scale_log2, W, qvec);
 }
 
 /* Contract beyond kernels.h: seq_pos0[q] + seq_len[q] <= T; max_len >= every seq_len (larger
@@ -351,10 +355,11 @@ extern "C" int ni_cuda_attention_prefill(ni_bf16 *out, const ni_bf16 *qkv, const
     int qvec = HS % 2 == 0 && ((uintptr_t)qkv | (uintptr_t)out) % 4 == 0;
     size_t DP = (HS + 15) / 16 * 16;
     cudaStream_t st = (cudaStream_t)s;
+    cudaError_t e;
 #define AP_CASE(dp)                                                                                \
     case dp:                                                                                       \
-        ap_launch<dp>(out, qkv, k_cache, v_cache, seq_start, seq_len, seq_slot, seq_pos0, n_seq,   \
-                      max_len, NH, HS, T, W, qvec, st);                                            \
+        e = ap_launch<dp>(out, qkv, k_cache, v_cache, seq_start, seq_len, seq_slot, seq_pos0,      \
+                          n_seq, max_len, NH, HS, T, W, qvec, st);                                 \
         break;
     switch (DP) {
         AP_CASE(16)
@@ -369,5 +374,5 @@ extern "C" int ni_cuda_attention_prefill(ni_bf16 *out, const ni_bf16 *qkv, const
         return (int)cudaErrorInvalidValue;
     }
 #undef AP_CASE
-    return (int)cudaGetLastError();
+    return ni_launch_status(e);
 }

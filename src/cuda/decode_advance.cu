@@ -5,9 +5,11 @@
 #include <cuda_runtime.h>
 
 #include "cuda/kernels.h"
+#include "cuda/pdl.cuh"
 
 __global__ void decode_advance_kernel(int32_t *tok, int32_t *pos, uint32_t *steps, int32_t *hist,
                                       const int32_t *next, size_t B, size_t hist_rows) {
+    ni_pdl_wait(); /* next comes from the sampler */
     size_t r = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     if (r >= B) return;
     uint32_t s = steps[r];
@@ -22,7 +24,7 @@ extern "C" int ni_cuda_decode_advance(int32_t *tok, int32_t *pos, uint32_t *step
                                       ni_stream s) {
     if (B == 0) return (int)cudaSuccess;
     unsigned threads = 128, blocks = (unsigned)((B + threads - 1) / threads);
-    decode_advance_kernel<<<blocks, threads, 0, (cudaStream_t)s>>>(tok, pos, steps, hist, next, B,
-                                                                   hist_rows);
-    return (int)cudaGetLastError();
+    return ni_launch_status(ni_launch_pdl(decode_advance_kernel, dim3(blocks), dim3(threads), 0,
+                                          (cudaStream_t)s, tok, pos, steps, hist, next, B,
+                                          hist_rows));
 }

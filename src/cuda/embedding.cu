@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "cuda/kernels.h"
+#include "cuda/pdl.cuh"
 
 #define EMB_THREADS 128
 
@@ -22,6 +23,8 @@ __global__ void embedding_kernel(float *x,                 // (N, C)
                                  const __nv_bfloat16 *wte, // (V, C)
                                  const __nv_bfloat16 *wpe, // (P, C)
                                  size_t C, int vec) {
+    ni_pdl_wait();              /* tokens and pos may come from the previous kernel */
+    ni_pdl_launch_dependents(); /* a single short pass: let the next kernel queue up now */
     size_t i = blockIdx.x;
     const __nv_bfloat16 *te = wte + (size_t)tokens[i] * C;
     const __nv_bfloat16 *pe = wpe + (size_t)pos[i] * C;
@@ -54,7 +57,7 @@ extern "C" int ni_cuda_embedding(float *x, const int32_t *tokens, const int32_t 
     size_t by = (groups + EMB_THREADS - 1) / EMB_THREADS;
     if (by > 64) by = 64;
     dim3 grid((unsigned int)N, (unsigned int)by);
-    embedding_kernel<<<grid, EMB_THREADS, 0, (cudaStream_t)s>>>(
-        x, tokens, pos, (const __nv_bfloat16 *)wte, (const __nv_bfloat16 *)wpe, C, vec);
-    return (int)cudaGetLastError();
+    return ni_launch_status(
+        ni_launch_pdl(embedding_kernel, grid, dim3(EMB_THREADS), 0, (cudaStream_t)s, x, tokens, pos,
+                      (const __nv_bfloat16 *)wte, (const __nv_bfloat16 *)wpe, C, vec));
 }

@@ -3,16 +3,17 @@
  * the time to stream them from HBM (cuBLASLt reaches about half the read bandwidth there).
  * Each warp owns 16 output features (two tiles of 8 weight rows) and a slice of IC; per 32
  * columns each lane loads one 16-byte vector from each of its two weight rows (streamed, no L1
- * allocation) and the 16-byte vectors of the input rows it needs (__ldg: the inputs are small,
- * read by every warp, and served by L1/L2, so no shared-memory staging, which could not hold
- * 16 x 6400 inputs anyway), four such 32-column blocks in flight per round. The product runs
- * on the tensor cores with mma.m16n8k16 (bf16 in, f32 accumulate): the batch rows (zero-padded
- * to 16) are the A operand, 8 weight rows the B operand, and the k order inside each 32-column
- * block is permuted so that a lane's 16-byte load is exactly its fragment (the sum over k does
- * not depend on that order). Tensor cores keep N = 16 as cheap as N = 1: on the CUDA cores
- * N = 16 costs 16 FMAs per weight, close to the FP32 peak at HBM speed. IC is split over up to
- * 16 warps of a block (fixed order reduction in shared memory) so that small matrices still
- * put enough loads in flight: blocks of 8 warps (16 when the split is 16), as many warps as
+ * allocation) and the 16-byte vectors of the input rows it needs (plain loads through L1: the
+ * inputs are small, read by every warp, and served by L1/L2, so no shared-memory staging, which
+ * could not hold 16 x 6400 inputs anyway; not the non-coherent path, which the wait of a
+ * programmatic launch does not order, see pdl.cuh), four such 32-column blocks in flight per
+ * round. The product runs on the tensor cores with mma.m16n8k16 (bf16 in, f32 accumulate): the
+ * batch rows (zero-padded to 16) are the A operand, 8 weight rows the B operand, and the k order
+ * inside each 32-column block is permuted so that a lane's 16-byte load is exactly its fragment
+ * (the sum over k does not depend on that order). Tensor cores keep N = 16 as cheap as N = 1: on
+ * the CUDA cores N = 16 costs 16 FMAs per weight, close to the FP32 peak at HBM speed. IC is split
+ * over up to 16 warps of a block (fixed order reduction in shared memory) so that small matrices
+ * still put enough loads in flight: blocks of 8 warps (16 when the split is 16), as many warps as
  * fit in one wave on 132 SMs (GEMV_MAX_WARPS), e.g. gpt2-xl 1600 -> 4800: 300 blocks x 8 warps
  * with IC split 8; the logits 1600 -> 50257: 393 blocks x 8 warps, no split. The split depends
  * on (IC, OC) only, so a row's result does not depend on the rest of the batch. IC % 8 != 0 or
@@ -22,6 +23,7 @@
 #include <stdint.h>
 
 #include "cuda/kernels.h"
+#include "cuda/pdl.cuh"
 
 #define GEMV_RT 2              /* 8-row weight tiles per warp: 16 output features */
 #define GEMV_U 4               /* 32-column blocks loaded per round (loads in flight) */
@@ -43,26 +45,30 @@ static __device__ __forceinline__ uint4 gemv_ld_stream(const ni_bf16 *p, bool pr
     return v;
 }
 
-/* The inputs are re-read by every warp: through L1 (ld.global.nc), same predication. */
+/* The inputs are re-read by every warp: through L1, same predication. A coherent load, not
+ * ld.global.nc: the inputs are the previous kernel's output, and with PDL that kernel may still
+ * have been running when this one started (pdl.cuh). */
 static __device__ __forceinline__ uint4 gemv_ld_cached(const ni_bf16 *p, bool pred) {
     uint4 v;
     asm volatile("{\n\t.reg .pred p;\n\t"
                  "setp.ne.b32 p, %5, 0;\n\t"
                  "mov.b32 %0, 0;\n\tmov.b32 %1, 0;\n\tmov.b32 %2, 0;\n\tmov.b32 %3, 0;\n\t"
-                 "@p ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];\n\t}"
+                 "@p ld.global.v4.u32 {%0, %1, %2, %3}, [%4];\n\t}"
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                  : "l"(p), "r"((int)pred));
     return v;
 }
 
-/* Eight bf16 at row[col .. col + 8) with zeros past IC, without alignment requirements. */
+/* Eight bf16 at row[col .. col + 8) with zeros past IC, without alignment requirements; NC:
+ * through the non-coherent path (weights only, as above). */
+template <bool NC>
 static __device__ __forceinline__ uint4 gemv_ld_scalar(const ni_bf16 *row, size_t col, size_t IC) {
     uint32_t q[4];
 #pragma unroll
     for (int j = 0; j < 4; j++) {
         size_t c = col + 2 * (size_t)j;
-        uint32_t lo = c < IC ? (uint32_t)__ldg(row + c) : 0u;
-        uint32_t hi = c + 1 < IC ? (uint32_t)__ldg(row + c + 1) : 0u;
+        uint32_t lo = c < IC ? (uint32_t)(NC ? __ldg(row + c) : row[c]) : 0u;
+        uint32_t hi = c + 1 < IC ? (uint32_t)(NC ? __ldg(row + c + 1) : row[c + 1]) : 0u;
         q[j] = lo | (hi << 16);
     }
     return make_uint4(q[0], q[1], q[2], q[3]);
@@ -72,14 +78,14 @@ template <bool VEC>
 static __device__ __forceinline__ uint4 gemv_ld_w(const ni_bf16 *row, size_t col, size_t IC,
                                                   bool pred) {
     if (VEC) return gemv_ld_stream(row + col, pred);
-    return pred ? gemv_ld_scalar(row, col, IC) : make_uint4(0u, 0u, 0u, 0u);
+    return pred ? gemv_ld_scalar<true>(row, col, IC) : make_uint4(0u, 0u, 0u, 0u);
 }
 
 template <bool VEC>
 static __device__ __forceinline__ uint4 gemv_ld_x(const ni_bf16 *row, size_t col, size_t IC,
                                                   bool pred) {
     if (VEC) return gemv_ld_cached(row + col, pred);
-    return pred ? gemv_ld_scalar(row, col, IC) : make_uint4(0u, 0u, 0u, 0u);
+    return pred ? gemv_ld_scalar<false>(row, col, IC) : make_uint4(0u, 0u, 0u, 0u);
 }
 
 /* Word i (two bf16) of a 16-byte vector; i is a compile-time constant after unrolling. */
@@ -121,6 +127,7 @@ __global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, VEC ? 2 : 1)
                 const ni_bf16 *bias,       // (OC) or NULL
                 int N, size_t IC, size_t OC, int S, int gelu) {
     extern __shared__ float gemv_red[]; // (warps, GEMV_RT * 4, 32) partial sums when S > 1
+    ni_pdl_wait(); /* inp comes from the previous kernel, which may also still read out */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int s = warp % S;
@@ -187,6 +194,7 @@ __global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, VEC ? 2 : 1)
             }
         }
     }
+    ni_pdl_launch_dependents(); /* the weights are read; only the reduction and stores are left */
 
     if (S > 1) {
         /* fixed-order reduction of the S slices: slice 0 + slice 1 + ... */
@@ -231,15 +239,15 @@ __global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, VEC ? 2 : 1)
 }
 
 template <int NT>
-static void gemv_launch(int vec, dim3 grid, dim3 block, size_t smem, cudaStream_t s,
-                        __nv_bfloat16 *out, float *out_f32, const ni_bf16 *inp, const ni_bf16 *w,
-                        const ni_bf16 *bias, int N, size_t IC, size_t OC, int S, int gelu) {
+static cudaError_t gemv_launch(int vec, dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+                               __nv_bfloat16 *out, float *out_f32, const ni_bf16 *inp,
+                               const ni_bf16 *w, const ni_bf16 *bias, int N, size_t IC, size_t OC,
+                               int S, int gelu) {
     if (vec)
-        gemv_kernel<NT, true><<<grid, block, smem, s>>>(out, out_f32, inp, w, bias, N, IC, OC, S,
-                                                        gelu);
-    else
-        gemv_kernel<NT, false><<<grid, block, smem, s>>>(out, out_f32, inp, w, bias, N, IC, OC,
-                                                         S, gelu);
+        return ni_launch_pdl(gemv_kernel<NT, true>, grid, block, smem, s, out, out_f32, inp, w,
+                             bias, N, IC, OC, S, gelu);
+    return ni_launch_pdl(gemv_kernel<NT, false>, grid, block, smem, s, out, out_f32, inp, w, bias,
+                         N, IC, OC, S, gelu);
 }
 
 extern "C" int ni_cuda_gemv(ni_bf16 *out, float *out_f32, const ni_bf16 *inp, const ni_bf16 *w,
@@ -266,11 +274,12 @@ extern "C" int ni_cuda_gemv(ni_bf16 *out, float *out_f32, const ni_bf16 *inp, co
     dim3 grid((unsigned)blocks), block((unsigned)warps * 32);
     cudaStream_t st = (cudaStream_t)s;
     __nv_bfloat16 *o = reinterpret_cast<__nv_bfloat16 *>(out);
+    cudaError_t e;
     if (N > 8)
-        gemv_launch<2>(vec, grid, block, smem, st, o, out_f32, inp, w, bias, (int)N, IC, OC, S,
-                       gelu);
+        e = gemv_launch<2>(vec, grid, block, smem, st, o, out_f32, inp, w, bias, (int)N, IC, OC, S,
+                           gelu);
     else
-        gemv_launch<1>(vec, grid, block, smem, st, o, out_f32, inp, w, bias, (int)N, IC, OC, S,
-                       gelu);
-    return (int)cudaGetLastError();
+        e = gemv_launch<1>(vec, grid, block, smem, st, o, out_f32, inp, w, bias, (int)N, IC, OC, S,
+                           gelu);
+    return ni_launch_status(e);
 }

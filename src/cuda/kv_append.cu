@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "cuda/kernels.h"
+#include "cuda/pdl.cuh"
 
 #define KV_THREADS 256
 
@@ -25,6 +26,8 @@ __global__ void kv_append_kernel(__nv_bfloat16 *k_cache,   // (S, NH, T, HS)
                                  const int32_t *slot,      // (N)
                                  const int32_t *pos,       // (N)
                                  size_t N, size_t NH, size_t HS, size_t T) {
+    ni_pdl_wait();              /* qkv comes from the previous kernel */
+    ni_pdl_launch_dependents(); /* a single short copy: let attention queue up now */
     typedef typename kv_vec<W>::t vec_t;
     size_t C = NH * HS;
     size_t per_token = C / W;
@@ -44,15 +47,15 @@ __global__ void kv_append_kernel(__nv_bfloat16 *k_cache,   // (S, NH, T, HS)
 }
 
 template <int W>
-static void kv_append_launch(ni_bf16 *k_cache, ni_bf16 *v_cache, const ni_bf16 *qkv,
-                             const int32_t *slot, const int32_t *pos, size_t N, size_t NH,
-                             size_t HS, size_t T, cudaStream_t s) {
+static cudaError_t kv_append_launch(ni_bf16 *k_cache, ni_bf16 *v_cache, const ni_bf16 *qkv,
+                                    const int32_t *slot, const int32_t *pos, size_t N, size_t NH,
+                                    size_t HS, size_t T, cudaStream_t s) {
     size_t total = N * (NH * HS / W);
     size_t blocks = (total + KV_THREADS - 1) / KV_THREADS;
     if (blocks > 16384) blocks = 16384;
-    kv_append_kernel<W><<<(unsigned int)blocks, KV_THREADS, 0, s>>>(
-        (__nv_bfloat16 *)k_cache, (__nv_bfloat16 *)v_cache, (const __nv_bfloat16 *)qkv, slot, pos,
-        N, NH, HS, T);
+    return ni_launch_pdl(kv_append_kernel<W>, dim3((unsigned int)blocks), dim3(KV_THREADS), 0, s,
+                         (__nv_bfloat16 *)k_cache, (__nv_bfloat16 *)v_cache,
+                         (const __nv_bfloat16 *)qkv, slot, pos, N, NH, HS, T);
 }
 
 extern "C" int ni_cuda_kv_append(ni_bf16 *k_cache, ni_bf16 *v_cache, const ni_bf16 *qkv,
@@ -61,11 +64,12 @@ extern "C" int ni_cuda_kv_append(ni_bf16 *k_cache, ni_bf16 *v_cache, const ni_bf
     if (N == 0 || NH == 0 || HS == 0) return (int)cudaGetLastError();
     uintptr_t align = (uintptr_t)k_cache | (uintptr_t)v_cache | (uintptr_t)qkv;
     cudaStream_t st = (cudaStream_t)s;
+    cudaError_t e;
     if (HS % 8 == 0 && align % 16 == 0)
-        kv_append_launch<8>(k_cache, v_cache, qkv, slot, pos, N, NH, HS, T, st);
+        e = kv_append_launch<8>(k_cache, v_cache, qkv, slot, pos, N, NH, HS, T, st);
     else if (HS % 2 == 0 && align % 4 == 0)
-        kv_append_launch<2>(k_cache, v_cache, qkv, slot, pos, N, NH, HS, T, st);
+        e = kv_append_launch<2>(k_cache, v_cache, qkv, slot, pos, N, NH, HS, T, st);
     else
-        kv_append_launch<1>(k_cache, v_cache, qkv, slot, pos, N, NH, HS, T, st);
-    return (int)cudaGetLastError();
+        e = kv_append_launch<1>(k_cache, v_cache, qkv, slot, pos, N, NH, HS, T, st);
+    return ni_launch_status(e);
 }

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "cuda/kernels.h"
+#include "cuda/pdl.cuh"
 
 #define LN_MAX_THREADS 256
 #define LN_SMEM_MAX_C 12288 /* 48 KB of f32: the default dynamic shared-memory limit */
@@ -54,6 +55,7 @@ __global__ void residual_layernorm_kernel(__nv_bfloat16 *out,         // (N, C)
                                           const __nv_bfloat16 *b,     // (C)
                                           const int32_t *rows,        // (N) or NULL
                                           size_t C, float eps, int vec, int cached) {
+    ni_pdl_wait(); /* x, delta and rows come from earlier kernels */
     extern __shared__ float4 ln_smem[];
     __shared__ float red[32];
     size_t r = blockIdx.x;
@@ -116,6 +118,7 @@ __global__ void residual_layernorm_kernel(__nv_bfloat16 *out,         // (N, C)
     }
     float var = ln_block_sum(sq, red) / (float)C;
     float rstd = 1.0f / sqrtf(var + eps);
+    ni_pdl_launch_dependents(); /* only the normalized row's stores are left */
 
     /* pass 3: normalize, scale, shift */
     if (vec) {
@@ -147,6 +150,8 @@ __global__ void residual_layernorm_kernel(__nv_bfloat16 *out,         // (N, C)
 __global__ void residual_add_kernel(float *x,                   // (n)
                                     const __nv_bfloat16 *delta, // (n)
                                     size_t n, int vec) {
+    ni_pdl_wait();
+    ni_pdl_launch_dependents(); /* a single short pass */
     size_t stride = (size_t)gridDim.x * blockDim.x;
     size_t groups = (n + 7) / 8;
     for (size_t g = (size_t)blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += stride) {
@@ -178,10 +183,10 @@ extern "C" int ni_cuda_residual_layernorm(ni_bf16 *out, float *x, const ni_bf16 
     size_t nt = (work + 31) / 32 * 32;
     if (nt > LN_MAX_THREADS) nt = LN_MAX_THREADS;
     size_t smem = cached ? C * sizeof(float) : 0;
-    residual_layernorm_kernel<<<(unsigned int)N, (unsigned int)nt, smem, (cudaStream_t)s>>>(
-        (__nv_bfloat16 *)out, x, (const __nv_bfloat16 *)delta, (const __nv_bfloat16 *)w,
-        (const __nv_bfloat16 *)b, rows, C, eps, vec, cached);
-    return (int)cudaGetLastError();
+    return ni_launch_status(ni_launch_pdl(
+        residual_layernorm_kernel, dim3((unsigned int)N), dim3((unsigned int)nt), smem,
+        (cudaStream_t)s, (__nv_bfloat16 *)out, x, (const __nv_bfloat16 *)delta,
+        (const __nv_bfloat16 *)w, (const __nv_bfloat16 *)b, rows, C, eps, vec, cached));
 }
 
 extern "C" int ni_cuda_residual_add(float *x, const ni_bf16 *delta, size_t N, size_t C,
@@ -191,7 +196,7 @@ extern "C" int ni_cuda_residual_add(float *x, const ni_bf16 *delta, size_t N, si
     int vec = (uintptr_t)x % 16 == 0 && (uintptr_t)delta % 16 == 0;
     size_t blocks = ((n + 7) / 8 + RA_THREADS - 1) / RA_THREADS;
     if (blocks > 16384) blocks = 16384;
-    residual_add_kernel<<<(unsigned int)blocks, RA_THREADS, 0, (cudaStream_t)s>>>(
-        x, (const __nv_bfloat16 *)delta, n, vec);
-    return (int)cudaGetLastError();
+    return ni_launch_status(ni_launch_pdl(residual_add_kernel, dim3((unsigned int)blocks),
+                                          dim3(RA_THREADS), 0, (cudaStream_t)s, x,
+                                          (const __nv_bfloat16 *)delta, n, vec));
 }

@@ -27,6 +27,7 @@
 #include <cub/device/device_radix_sort.cuh>
 
 #include "cuda/kernels.h"
+#include "cuda/pdl.cuh"
 #include "sampling/sampling.h"
 
 #define SS_STATS_THREADS 1024
@@ -68,6 +69,7 @@ __global__ void __launch_bounds__(SS_STATS_THREADS)
     __shared__ float s_v[SS_STATS_THREADS / 32];
     __shared__ unsigned s_i[SS_STATS_THREADS / 32];
     __shared__ int s_bad[SS_STATS_THREADS / 32];
+    ni_pdl_wait(); /* the logits come from the previous kernel */
     const size_t r = blockIdx.x;
     const float *l = logits + r * V;
     float best = -INFINITY;
@@ -91,6 +93,7 @@ __global__ void __launch_bounds__(SS_STATS_THREADS)
             }
         }
     }
+    ni_pdl_launch_dependents(); /* the row is read; only the reductions are left */
     for (int off = 16; off > 0; off >>= 1) {
         float ov = __shfl_down_sync(0xFFFFFFFFu, best, off);
         unsigned oi = __shfl_down_sync(0xFFFFFFFFu, arg, off);
@@ -131,6 +134,7 @@ __global__ void __launch_bounds__(SS_KEYS_THREADS)
                    const float *logits,      // (B, V)
                    size_t B, size_t V, float scale) {
     __shared__ unsigned long long s_tot[SS_KEYS_THREADS / 32], s_cnt[SS_KEYS_THREADS / 32];
+    ni_pdl_wait(); /* rows come from the stats kernel */
     const size_t r = blockIdx.x;
     const size_t c0 = (size_t)blockIdx.y * SS_KEYS_CHUNK;
     const size_t c1 = c0 + SS_KEYS_CHUNK < V ? c0 + SS_KEYS_CHUNK : V;
@@ -156,6 +160,7 @@ __global__ void __launch_bounds__(SS_KEYS_THREADS)
         tot += wgt;
         cnt += wgt != 0;
     }
+    ni_pdl_launch_dependents(); /* the keys are written; only the row sums are left */
     if (!live) return; /* block-uniform */
     for (int off = 16; off > 0; off >>= 1) {
         tot += __shfl_down_sync(0xFFFFFFFFu, tot, off);
@@ -249,6 +254,7 @@ __global__ void __launch_bounds__(SS_PICK_THREADS)
                    size_t V, size_t top_k, float top_p, unsigned long long wmin, uint64_t seed,
                    uint32_t step) {
     __shared__ ss_pick_smem sm;
+    ni_pdl_wait(); /* keys and vals come from the sort, rows from the key kernel */
     const size_t r = blockIdx.x;
     const ss_row row = rows[r];
     if (row.done) return;
@@ -287,6 +293,7 @@ __global__ void __launch_bounds__(SS_PICK_THREADS)
 /* ---- launch ------------------------------------------------------------------------------- */
 
 __global__ void ss_fill_invalid_kernel(int32_t *tokens, size_t B) {
+    ni_pdl_wait(); /* tokens may still be read by the previous kernel */
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < B) tokens[i] = NI_SAMPLE_INVALID;
 }
@@ -347,12 +354,14 @@ extern "C" int ni_cuda_sample_sorted(int32_t *tokens, const float *logits,
     /* rule 1 for the whole batch: bad sizes or a NaN parameter make every row invalid */
     if (!logits || V == 0 || V > NI_SAMPLE_MAX_V || temperature != temperature ||
         top_p != top_p || min_p != min_p) {
-        ss_fill_invalid_kernel<<<(unsigned)((B + 255) / 256), 256, 0, st>>>(tokens, B);
-        return (int)cudaGetLastError();
+        return ni_launch_status(ni_launch_pdl(ss_fill_invalid_kernel,
+                                              dim3((unsigned)((B + 255) / 256)), dim3(256), 0, st,
+                                              tokens, B));
     }
     if (top_k == 1 || ni_canon_temp_greedy(temperature)) { /* rule 2: greedy, no workspace */
-        ss_stats_kernel<<<(unsigned)B, SS_STATS_THREADS, 0, st>>>(tokens, NULL, logits, V, 1);
-        return (int)cudaGetLastError();
+        return ni_launch_status(ni_launch_pdl(ss_stats_kernel, dim3((unsigned)B),
+                                              dim3(SS_STATS_THREADS), 0, st, tokens, (ss_row *)NULL,
+                                              logits, V, 1));
     }
 
     ss_layout L;
@@ -365,10 +374,13 @@ extern "C" int ni_cuda_sample_sorted(int32_t *tokens, const float *logits,
     ss_row *rows = (ss_row *)(ws + L.rows);
 
     const float scale = ni_canon_scale(temperature);
-    ss_stats_kernel<<<(unsigned)B, SS_STATS_THREADS, 0, st>>>(tokens, rows, logits, V, 0);
+    int err =
+        ni_launch_status(ni_launch_pdl(ss_stats_kernel, dim3((unsigned)B), dim3(SS_STATS_THREADS),
+                                       0, st, tokens, rows, logits, V, 0));
+    if (err) return err;
     dim3 kgrid((unsigned)B, (unsigned)((V + SS_KEYS_CHUNK - 1) / SS_KEYS_CHUNK));
-    ss_keys_kernel<<<kgrid, SS_KEYS_THREADS, 0, st>>>(keys0, vals0, rows, logits, B, V, scale);
-    int err = (int)cudaGetLastError();
+    err = ni_launch_status(ni_launch_pdl(ss_keys_kernel, kgrid, dim3(SS_KEYS_THREADS), 0, st, keys0,
+                                         vals0, rows, logits, B, V, scale));
     if (err) return err;
 
     cub::DoubleBuffer<unsigned long long> dk(keys0, keys1);
@@ -378,8 +390,9 @@ extern "C" int ni_cuda_sample_sorted(int32_t *tokens, const float *logits,
                                                                (int)(B * V), 0, L.end_bit, st);
     if (ce != cudaSuccess) return (int)ce;
 
-    ss_pick_kernel<<<(unsigned)B, SS_PICK_THREADS, 0, st>>>(
-        tokens, rows, dk.Current(), dv.Current(), seq_ids, V, top_k, top_p,
-        ni_canon_minp_weight(min_p), seed, step);
-    return (int)cudaGetLastError();
+    return ni_launch_status(ni_launch_pdl(ss_pick_kernel, dim3((unsigned)B), dim3(SS_PICK_THREADS),
+                                          0, st, tokens, (const ss_row *)rows,
+                                          (const unsigned long long *)dk.Current(),
+                                          (const int32_t *)dv.Current(), seq_ids, V, top_k, top_p,
+                                          ni_canon_minp_weight(min_p), seed, step));
 }

@@ -13,6 +13,7 @@
 
 #include "common/philox.h"
 #include "cuda/kernels.h"
+#include "cuda/pdl.cuh"
 
 #define WI_THREADS 256
 #define WI_MAX_BLOCKS 16384
@@ -31,6 +32,8 @@ static __device__ __forceinline__ uint32_t wi_pack2(float lo, float hi) {
 __global__ void init_random_kernel(__nv_bfloat16 *out, // (n)
                                    size_t n, uint64_t seed, uint32_t tensor, float std, float value,
                                    int vec) {
+    ni_pdl_wait(); /* out may still be read by the previous kernel */
+    ni_pdl_launch_dependents();
     size_t stride = (size_t)gridDim.x * blockDim.x;
     size_t groups = (n + 7) / 8;
     for (size_t g = (size_t)blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += stride) {
@@ -59,6 +62,8 @@ __global__ void init_random_kernel(__nv_bfloat16 *out, // (n)
 __global__ void f32_to_bf16_kernel(__nv_bfloat16 *out, // (n)
                                    const float *in,    // (n)
                                    size_t n, int vec) {
+    ni_pdl_wait(); /* in may come from the previous kernel */
+    ni_pdl_launch_dependents();
     size_t stride = (size_t)gridDim.x * blockDim.x;
     size_t groups = (n + 7) / 8;
     for (size_t g = (size_t)blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += stride) {
@@ -82,15 +87,15 @@ extern "C" int ni_cuda_init_random(ni_bf16 *out, size_t n, uint64_t seed, uint32
                                    float std, float value, ni_stream s) {
     if (n == 0) return (int)cudaGetLastError();
     int vec = ((uintptr_t)out % 16) == 0;
-    init_random_kernel<<<wi_blocks((n + 7) / 8), WI_THREADS, 0, (cudaStream_t)s>>>(
-        (__nv_bfloat16 *)out, n, seed, tensor, std, value, vec);
-    return (int)cudaGetLastError();
+    return ni_launch_status(ni_launch_pdl(init_random_kernel, dim3(wi_blocks((n + 7) / 8)),
+                                          dim3(WI_THREADS), 0, (cudaStream_t)s,
+                                          (__nv_bfloat16 *)out, n, seed, tensor, std, value, vec));
 }
 
 extern "C" int ni_cuda_f32_to_bf16(ni_bf16 *out, const float *in, size_t n, ni_stream s) {
     if (n == 0) return (int)cudaGetLastError();
     int vec = ((uintptr_t)out % 16) == 0 && ((uintptr_t)in % 16) == 0;
-    f32_to_bf16_kernel<<<wi_blocks((n + 7) / 8), WI_THREADS, 0, (cudaStream_t)s>>>(
-        (__nv_bfloat16 *)out, in, n, vec);
-    return (int)cudaGetLastError();
+    return ni_launch_status(ni_launch_pdl(f32_to_bf16_kernel, dim3(wi_blocks((n + 7) / 8)),
+                                          dim3(WI_THREADS), 0, (cudaStream_t)s,
+                                          (__nv_bfloat16 *)out, in, n, vec));
 }

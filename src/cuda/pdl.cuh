@@ -1,0 +1,61 @@
+/* Programmatic Dependent Launch (sm_90): a kernel launched through ni_launch_pdl may start while
+ * the kernel before it in the stream is still draining, so that its launch latency hides behind
+ * that kernel's tail. Every such kernel calls ni_pdl_wait() as its first statement, before any
+ * global memory access: griddepcontrol.wait returns only once the previous grid has completed
+ * and all its memory operations are visible, so the order of effects is plain stream order.
+ * ni_pdl_launch_dependents() only lets the next kernel's blocks be scheduled (to wait) before
+ * this one ends; it is never needed for correctness. Data that an earlier kernel writes must not
+ * be read with ld.global.nc / __ldg after the wait (the non-coherent path lies outside the
+ * memory model that the wait orders, and ptxas may schedule such loads before it): only weights,
+ * written before the last stream synchronization, go that way. NI_NO_PDL=1 in the environment
+ * turns the launch attribute off (read at each launch, so that a captured graph keeps what was
+ * set when it was captured); compiling with -DNI_PDL_NO_TRIGGER drops the early triggers. */
+#ifndef NI_CUDA_PDL_CUH
+#define NI_CUDA_PDL_CUH
+
+#include <cuda_runtime.h>
+#include <stdlib.h>
+
+static __device__ __forceinline__ void ni_pdl_wait(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+static __device__ __forceinline__ void ni_pdl_launch_dependents(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(NI_PDL_NO_TRIGGER)
+    asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
+
+/* 0 when NI_NO_PDL is set to anything but "" or "0". */
+static inline int ni_pdl_enabled(void) {
+    const char *e = getenv("NI_NO_PDL");
+    return !e || e[0] == '\0' || (e[0] == '0' && e[1] == '\0');
+}
+
+/* kernel<<<grid, block, smem, s>>>(args...) with programmatic stream serialization allowed. The
+ * arguments convert to the kernel's parameter types as in a <<< >>> launch. */
+template <typename... KArgs, typename... Args>
+static inline cudaError_t ni_launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block,
+                                        size_t smem, cudaStream_t s, Args... args) {
+    cudaLaunchAttribute attr[1] = {};
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    cfg.attrs = attr;
+    cfg.numAttrs = ni_pdl_enabled() ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
+
+/* A launcher's result: the launch's own error, else (and in any case clearing it) the last one. */
+static inline int ni_launch_status(cudaError_t launch) {
+    cudaError_t last = cudaGetLastError();
+    return (int)(launch != cudaSuccess ? launch : last);
+}
+
+#endif
