@@ -14,7 +14,7 @@ deps:
 
 build: deps
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_ARGS) >/dev/null
-	@cmake --build $(BUILD) -j $(JOBS)
+	@cmake --build $(BUILD) -j $(JOBS) -- --no-print-directory
 
 # The main job: the comparative benchmark on what this machine has (a GPU if there is one).
 run: build
@@ -29,7 +29,7 @@ test-gpu: build
 # The CPU tests once more under AddressSanitizer and UndefinedBehaviorSanitizer (no CUDA).
 test-asan: deps
 	@cmake -S . -B $(BUILD)-asan -DCMAKE_BUILD_TYPE=Debug -DNI_SANITIZE=ON -DNI_CUDA=OFF >/dev/null
-	@cmake --build $(BUILD)-asan -j $(JOBS)
+	@cmake --build $(BUILD)-asan -j $(JOBS) -- --no-print-directory
 	@ctest --test-dir $(BUILD)-asan --output-on-failure -j 2
 
 bench: build
@@ -38,7 +38,7 @@ bench: build
 # A binary for the GPU machine: static PCRE2, jansson, libgomp and cudart.
 portable: deps
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DNI_PORTABLE=ON -DNI_CUDA=ON $(CMAKE_ARGS) >/dev/null
-	@cmake --build $(BUILD) -j $(JOBS)
+	@cmake --build $(BUILD) -j $(JOBS) -- --no-print-directory
 
 clean:
 	rm -rf $(BUILD) $(BUILD)-asan

@@ -26,12 +26,13 @@
 #include <stdint.h>
 
 #include "cuda/kernels.h"
+#include "cuda/pdl.cuh"
 #include "sampling/sampling.h"
 
 #define SR_THREADS 1024
 #define SR_WARPS (SR_THREADS / 32)
 #define SR_FULL 0xFFFFFFFFu
-#define SR_UNROLL 4          /* 16-byte loads in flight per thread while reading the row */
+#define SR_UNROLL 8          /* 16-byte loads in flight per thread while reading the row */
 #define SR_QMAX (40u << 24)  /* q of t = -40: W = 0 from here on */
 #define SR_QZ 0xFFFFFFFFu    /* q of a token of zero weight (t <= -40, -inf, NaN) or of padding */
 #define SR_BINS0 640u        /* first radix digit q >> 20, below SR_QMAX >> 20 */
@@ -46,15 +47,14 @@ typedef struct {
     sr_u64 hist[SR_BINS0];  /* radix select: counts or masses per digit */
     sr_u64 red_s[SR_WARPS]; /* block scan: warp totals, then their exclusive prefixes */
     sr_u64 tot_s;
-    sr_u64 cand_w;            /* the round's candidate: weight */
-    sr_u64 cross_rem;         /* target minus the prefix of the crossing thread */
-    sr_u64 sel_below;         /* radix select: acc below the chosen bin */
-    unsigned hist0[SR_BINS0]; /* counts of q >> 20 over the row (weight pass) */
+    sr_u64 cand_w;    /* the round's candidate: weight */
+    sr_u64 cross_rem; /* target minus the prefix of the crossing thread */
+    sr_u64 sel_below; /* radix select: acc below the chosen bin */
     unsigned red_a[SR_WARPS], red_b[SR_WARPS];
     unsigned tot_a, tot_b;
-    unsigned tab[16];             /* 2^(-j/16) in Q31, the table of ni_canon_weight */
-    float u[SR_ROUNDS_CAP + 1];   /* the row's draws */
-    float wmaxv[SR_WARPS];        /* max and argmax per warp */
+    unsigned tab[16];           /* 2^(-j/16) in Q31, the table of ni_canon_weight */
+    float u[SR_ROUNDS_CAP + 1]; /* the row's draws */
+    float wmaxv[SR_WARPS];      /* max and argmax per warp */
     unsigned wmaxi[SR_WARPS];
     int wbad[SR_WARPS];
     unsigned cand_q, lim, lim2, sel_bin;
@@ -77,13 +77,12 @@ typedef struct {
 
 /* ---- canonical arithmetic ------------------------------------------------------------------ */
 
-/* ni_canon_weight's table entry j (copied to shared memory once per block). */
-static __device__ __forceinline__ unsigned sr_tab_entry(unsigned j) {
-    const unsigned tab[16] = {2147483648u, 2056437387u, 1969251188u, 1885761398u,
-                              1805811301u, 1729250827u, 1655936265u, 1585730000u,
-                              1518500250u, 1454120821u, 1392470869u, 1333434672u,
-                              1276901417u, 1222764986u, 1170923762u, 1121280436u};
-    return tab[j & 15u];
+/* ni_canon_weight's table of 2^(-j/16) in Q31, into shared memory (one thread). */
+static __device__ __forceinline__ void sr_init_tab(unsigned *tab) {
+    tab[0] = 2147483648u, tab[1] = 2056437387u, tab[2] = 1969251188u, tab[3] = 1885761398u;
+    tab[4] = 1805811301u, tab[5] = 1729250827u, tab[6] = 1655936265u, tab[7] = 1585730000u;
+    tab[8] = 1518500250u, tab[9] = 1454120821u, tab[10] = 1392470869u, tab[11] = 1333434672u;
+    tab[12] = 1276901417u, tab[13] = 1222764986u, tab[14] = 1170923762u, tab[15] = 1121280436u;
 }
 
 /* q of a logit: as ni_canon_weight computes it from t = (logit - max) * scale, or SR_QZ where
@@ -105,9 +104,9 @@ static __device__ __forceinline__ sr_u64 sr_weight(unsigned q, const unsigned *t
     unsigned zp = __umulhi(z << 1, p);                /* (z * p) >> 31 */
     p = one - __umulhi(zp << 1, 715827883u);          /* 1 - z/3 (.) */
     zp = __umulhi(z << 1, p);
-    p = one - (zp >> 1);               /* 1 - z/2 (.) */
-    p = one - __umulhi(z << 1, p);     /* 1 - z (.) */
-    const unsigned t = tab[j];         /* (t * p) >> 31, t and p <= 2^31 */
+    p = one - (zp >> 1);           /* 1 - z/2 (.) */
+    p = one - __umulhi(z << 1, p); /* 1 - z (.) */
+    const unsigned t = tab[j];     /* (t * p) >> 31, t and p <= 2^31 */
     const unsigned v = (__umulhi(t, p) << 1) | ((t * p) >> 31);
     return ((sr_u64)v << 9) >> n;
 }
@@ -115,10 +114,11 @@ static __device__ __forceinline__ sr_u64 sr_weight(unsigned q, const unsigned *t
 /* ---- row access ------------------------------------------------------------------------------ */
 
 /* Logits of slots 4j .. 4j + 3, -inf outside the row: one 16-byte load when all four are in the
- * row (the address is 16-byte aligned by the choice of h0), else scalar loads. */
+ * row (the address is 16-byte aligned by the choice of h0), else scalar loads. Plain (coherent)
+ * loads: the logits come from the previous kernel (cuda/pdl.cuh). */
 static __device__ __forceinline__ float4 sr_ld4(const sr_row *R, unsigned j) {
     const int i0 = (int)(4u * j) - (int)R->h0;
-    if (i0 >= 0 && (unsigned)i0 + 4u <= R->V) return __ldg((const float4 *)(R->row + i0));
+    if (i0 >= 0 && (unsigned)i0 + 4u <= R->V) return *(const float4 *)(R->row + i0);
     float4 x;
     x.x = (i0 >= 0 && (unsigned)i0 < R->V) ? R->row[i0] : -INFINITY;
     x.y = (i0 + 1 >= 0 && (unsigned)(i0 + 1) < R->V) ? R->row[i0 + 1] : -INFINITY;
@@ -128,8 +128,7 @@ static __device__ __forceinline__ float4 sr_ld4(const sr_row *R, unsigned j) {
 }
 
 /* q of slots 4j .. 4j + 3 (SR_QZ past the last group). */
-template <int SMEM>
-static __device__ __forceinline__ uint4 sr_q4(const sr_row *R, unsigned j) {
+template <int SMEM> static __device__ __forceinline__ uint4 sr_q4(const sr_row *R, unsigned j) {
     if (j >= R->ns4) return make_uint4(SR_QZ, SR_QZ, SR_QZ, SR_QZ);
     if (SMEM) return R->q4[j];
     const float4 x = sr_ld4(R, j);
@@ -341,15 +340,30 @@ static __device__ unsigned sr_radix_level(sr_smem *sm, const sr_row *R, unsigned
     __syncthreads(); /* earlier readers of hist and sel_* are done */
     for (unsigned i = threadIdx.x; i < nb; i += SR_THREADS) sm->hist[i] = 0;
     __syncthreads();
-    const unsigned j0 = threadIdx.x * R->c4;
-    for (unsigned i = 0; i < R->c4; i++) {
+    const unsigned lane = threadIdx.x & 31u, j0 = threadIdx.x * R->c4;
+    for (unsigned i = 0; i < R->c4; i++) { /* the same trip count in every lane */
         const uint4 v = sr_q4<SMEM>(R, j0 + i);
         const unsigned qq[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             const unsigned q = qq[e];
-            if (q < SR_QMAX && (q >> hs) == prefix)
-                atomicAdd(&sm->hist[(q >> sh) & mask], MASS ? sr_weight(q, R->tab) : 1ull);
+            const int in = q < SR_QMAX && (q >> hs) == prefix;
+            const unsigned d = (q >> sh) & mask;
+            if (MASS) {
+                if (in) atomicAdd(&sm->hist[d], sr_weight(q, R->tab));
+                continue;
+            }
+            /* counts: the lanes sharing the first lane's digit add once (rows of equal weights
+             * would otherwise serialize 32 atomics on one address), the others one by one */
+            const unsigned inm = __ballot_sync(SR_FULL, in);
+            if (!inm) continue;
+            const int l0 = __ffs(inm) - 1;
+            const unsigned d0 = __shfl_sync(SR_FULL, d, l0);
+            const unsigned same = __ballot_sync(SR_FULL, in && d == d0);
+            if ((int)lane == l0)
+                atomicAdd(&sm->hist[d0], (sr_u64)__popc(same));
+            else if (in && d != d0)
+                atomicAdd(&sm->hist[d], 1ull);
         }
     }
     __syncthreads();
@@ -361,23 +375,11 @@ static __device__ unsigned sr_radix_level(sr_smem *sm, const sr_row *R, unsigned
 
 /* The smallest X such that the tokens with q <= X reach the goal: their count >= goal (the
  * goal-th smallest q, whose W is the goal-th largest weight) or, MASS, their summed W as a
- * double >= goal_d. Digits of q: [29:20] (from the weight pass's counts when counting),
- * [19:12], [11:4], [3:0]. */
+ * double >= goal_d. Four passes, one per digit of q: [29:20], [19:12], [11:4], [3:0]. */
 template <int SMEM, int MASS>
 static __device__ unsigned sr_select(sr_smem *sm, const sr_row *R, sr_u64 goal, double goal_d) {
     sr_u64 below = 0;
-    unsigned prefix;
-    if (!MASS) {
-        __syncthreads();
-        for (unsigned i = threadIdx.x; i < SR_BINS0; i += SR_THREADS) sm->hist[i] = sm->hist0[i];
-        __syncthreads();
-        if (threadIdx.x < 32) sr_find_bin<0>(sm, SR_BINS0, 0, goal, goal_d);
-        __syncthreads();
-        below = sm->sel_below;
-        prefix = sm->sel_bin;
-    } else {
-        prefix = sr_radix_level<SMEM, MASS>(sm, R, 0, 30, 20, SR_BINS0, &below, goal, goal_d);
-    }
+    unsigned prefix = sr_radix_level<SMEM, MASS>(sm, R, 0, 30, 20, SR_BINS0, &below, goal, goal_d);
     prefix = sr_radix_level<SMEM, MASS>(sm, R, prefix, 20, 12, 256, &below, goal, goal_d);
     prefix = sr_radix_level<SMEM, MASS>(sm, R, prefix, 12, 4, 256, &below, goal, goal_d);
     prefix = sr_radix_level<SMEM, MASS>(sm, R, prefix, 4, 0, 16, &below, goal, goal_d);
@@ -449,13 +451,14 @@ static __device__ void sr_pick(sr_smem *sm, const sr_row *R, sr_u64 tsum, sr_u64
 
 template <int SMEM>
 __global__ void __launch_bounds__(SR_THREADS, 1)
-    sr_kernel(int32_t *tokens,                 // (B)
-              const float *logits,             // (B, V)
-              const uint64_t *seq_ids,         // (B) or NULL (then the row index)
-              const uint32_t *steps,           // (B) or NULL (then 0)
-              const ni_sample_params *params,  // (1)
+    sr_kernel(int32_t *tokens,                // (B)
+              const float *logits,            // (B, V)
+              const uint64_t *seq_ids,        // (B) or NULL (then the row index)
+              const uint32_t *steps,          // (B) or NULL (then 0)
+              const ni_sample_params *params, // (1)
               size_t V, unsigned max_rounds) {
     extern __shared__ uint4 sr_dyn[];
+    ni_pdl_wait(); /* logits, steps and parameters come from earlier kernels or copies */
     sr_smem *sm = (sr_smem *)sr_dyn;
     const size_t r = blockIdx.x;
     const unsigned tid = threadIdx.x, lane = tid & 31u, warp = tid >> 5;
@@ -479,8 +482,7 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
     R.s = 0.0f;
     R.tab = sm->tab;
 
-    if (tid < 16) sm->tab[tid] = sr_tab_entry(tid);
-    for (unsigned i = tid; i < SR_BINS0; i += SR_THREADS) sm->hist0[i] = 0;
+    if (tid == 0) sr_init_tab(sm->tab);
     if (!greedy && tid <= max_rounds) {
         const uint64_t seq = seq_ids ? seq_ids[r] : (uint64_t)r;
         const uint32_t step = steps ? steps[r] : 0u;
@@ -497,7 +499,8 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
 #pragma unroll
         for (int u = 0; u < SR_UNROLL; u++) {
             const unsigned j = j0 + (unsigned)u * SR_THREADS;
-            x[u] = j < R.ns4 ? sr_ld4(&R, j) : make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
+            x[u] =
+                j < R.ns4 ? sr_ld4(&R, j) : make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
         }
 #pragma unroll
         for (int u = 0; u < SR_UNROLL; u++) {
@@ -516,6 +519,7 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
                                      __float_as_uint(x[u].z), __float_as_uint(x[u].w));
         }
     }
+    ni_pdl_launch_dependents(); /* the row is read (the rest works on chip or in L2) */
 #pragma unroll
     for (unsigned off = 16; off > 0; off >>= 1) {
         const float ov = __shfl_down_sync(SR_FULL, best, off);
@@ -567,8 +571,7 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
     R.m = best;
     R.s = ni_canon_scale(P.temperature);
 
-    /* (2) q and W per token: the row's mass, the per-thread sums of round 0, the counts of the
-     * first radix digit */
+    /* (2) q and W per token: the row's mass and the per-thread sums of round 0 */
     sr_u64 tsum = 0;
     unsigned npos = 0;
     {
@@ -579,10 +582,9 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
             uint4 v;
             if (SMEM) {
                 const uint4 raw = R.q4[j];
-                v = make_uint4(sr_q(__uint_as_float(raw.x), R.m, R.s),
-                               sr_q(__uint_as_float(raw.y), R.m, R.s),
-                               sr_q(__uint_as_float(raw.z), R.m, R.s),
-                               sr_q(__uint_as_float(raw.w), R.m, R.s));
+                v = make_uint4(
+                    sr_q(__uint_as_float(raw.x), R.m, R.s), sr_q(__uint_as_float(raw.y), R.m, R.s),
+                    sr_q(__uint_as_float(raw.z), R.m, R.s), sr_q(__uint_as_float(raw.w), R.m, R.s));
                 R.q4[j] = v;
             } else {
                 v = sr_q4<SMEM>(&R, j);
@@ -593,7 +595,6 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
                 const sr_u64 w = sr_weight(qq[e], R.tab);
                 tsum += w;
                 npos += w != 0;
-                if (qq[e] < SR_QMAX) atomicAdd(&sm->hist0[qq[e] >> 20], 1u);
             }
         }
     }
@@ -656,8 +657,7 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
                 ok = (double)s_gt < ni_canon_topp_limit(P.top_p, mass_topk);
             } else if ((double)s_gt < ni_canon_topp_limit(P.top_p, s_ge)) {
                 ok = 1; /* M_K >= s_ge */
-            } else if (n_above >= k &&
-                       !((double)s_gt < ni_canon_topp_limit(P.top_p, mass_above))) {
+            } else if (n_above >= k && !((double)s_gt < ni_canon_topp_limit(P.top_p, mass_above))) {
                 ok = 0; /* M_K <= mass above the pivot */
             } else {
                 sr_u64 tk;
@@ -701,6 +701,7 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
 /* ---- launch ------------------------------------------------------------------------------- */
 
 __global__ void sr_fill_invalid_kernel(int32_t *tokens, size_t B) {
+    ni_pdl_wait(); /* tokens may still be read by the previous kernel */
     const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < B) tokens[i] = NI_SAMPLE_INVALID;
 }
@@ -714,8 +715,9 @@ extern "C" int ni_cuda_sample_rejection_ex(int32_t *tokens, const float *logits,
     if (!tokens || !params || B > 0x7fffffffu || max_rounds > SR_ROUNDS_CAP)
         return (int)cudaErrorInvalidValue;
     if (!logits || V == 0 || V > NI_SAMPLE_MAX_V) { /* rule 1: every row invalid */
-        sr_fill_invalid_kernel<<<(unsigned)((B + 255) / 256), 256, 0, st>>>(tokens, B);
-        return (int)cudaGetLastError();
+        return ni_launch_status(ni_launch_pdl(sr_fill_invalid_kernel,
+                                              dim3((unsigned)((B + 255) / 256)), dim3(256), 0, st,
+                                              tokens, B));
     }
     int dev = 0, optin = 0;
     cudaError_t e = cudaGetDevice(&dev);
@@ -725,20 +727,13 @@ extern "C" int ni_cuda_sample_rejection_ex(int32_t *tokens, const float *logits,
     const size_t row_bytes = (V + 6) / 4 * 16;
     const int smem = !force_global && SR_FIXED_BYTES + row_bytes <= (size_t)optin;
     const size_t bytes = SR_FIXED_BYTES + (smem ? row_bytes : 0);
-    if (smem) {
-        e = cudaFuncSetAttribute(sr_kernel<1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 (int)bytes);
-        if (e != cudaSuccess) return (int)e;
-        sr_kernel<1><<<(unsigned)B, SR_THREADS, bytes, st>>>(tokens, logits, seq_ids, steps,
-                                                             params, V, max_rounds);
-    } else {
-        e = cudaFuncSetAttribute(sr_kernel<0>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 (int)bytes);
-        if (e != cudaSuccess) return (int)e;
-        sr_kernel<0><<<(unsigned)B, SR_THREADS, bytes, st>>>(tokens, logits, seq_ids, steps,
-                                                             params, V, max_rounds);
-    }
-    return (int)cudaGetLastError();
+    void (*kernel)(int32_t *, const float *, const uint64_t *, const uint32_t *,
+                   const ni_sample_params *, size_t, unsigned) = smem ? sr_kernel<1> : sr_kernel<0>;
+    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+    if (e != cudaSuccess) return (int)e;
+    return ni_launch_status(ni_launch_pdl(kernel, dim3((unsigned)B), dim3(SR_THREADS), bytes, st,
+                                          tokens, logits, seq_ids, steps, params, V,
+                                          (unsigned)max_rounds));
 }
 
 extern "C" int ni_cuda_sample_rejection(int32_t *tokens, const float *logits,
