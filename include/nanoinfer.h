@@ -119,8 +119,8 @@ typedef struct {
  * Return non-zero to stop the whole generation early. */
 typedef int (*ni_token_cb)(void *user, size_t seq, size_t step, int32_t token);
 
-ni_status ni_generate(ni_engine *e, const ni_batch *prompts, const ni_sampling *s,
-                      ni_token_cb cb, void *user);
+ni_status ni_generate(ni_engine *e, const ni_batch *prompts, const ni_sampling *s, ni_token_cb cb,
+                      void *user);
 
 /* Logits of every position of one token sequence: out holds len * vocab_size floats,
  * row-major [position][vocab]. */
@@ -128,13 +128,13 @@ ni_status ni_logits(ni_engine *e, const int32_t *tokens, size_t len, float *out)
 
 /* Statistics of the last ni_generate call. */
 typedef struct {
-    double ttft_ms;           /* prompt submitted -> first token sampled and on the host */
-    double decode_ms;         /* all decode steps after the first token */
-    size_t decode_steps;      /* steps timed in decode_ms */
-    size_t prompt_tokens;     /* summed over the batch */
-    size_t generated_tokens;  /* summed over the batch */
-    size_t peak_mem_bytes;    /* the engine's bytes at their peak (weights included) */
-    size_t weight_bytes;      /* bytes of the weights the engine reads each step */
+    double ttft_ms;          /* prompt submitted -> first token sampled and on the host */
+    double decode_ms;        /* all decode steps after the first token */
+    size_t decode_steps;     /* steps timed in decode_ms */
+    size_t prompt_tokens;    /* summed over the batch */
+    size_t generated_tokens; /* summed over the batch */
+    size_t peak_mem_bytes;   /* the engine's bytes at their peak (weights included) */
+    size_t weight_bytes;     /* bytes of the weights the engine reads each step */
 } ni_stats;
 
 ni_status ni_engine_stats(const ni_engine *e, ni_stats *out);
@@ -155,8 +155,8 @@ ni_status ni_tokenizer_encode(ni_tokenizer *t, const char *text, size_t len, int
                               int32_t **ids, size_t *n_ids);
 /* Decodes ids to the exact bytes (not necessarily valid UTF-8). *text is malloc'ed and
  * NUL-terminated; *len excludes the NUL. */
-ni_status ni_tokenizer_decode(const ni_tokenizer *t, const int32_t *ids, size_t n_ids,
-                              char **text, size_t *len);
+ni_status ni_tokenizer_decode(const ni_tokenizer *t, const int32_t *ids, size_t n_ids, char **text,
+                              size_t *len);
 /* The bytes of one token (pointing into the tokenizer; not NUL-terminated). */
 ni_status ni_tokenizer_token_bytes(const ni_tokenizer *t, int32_t id, const char **bytes,
                                    size_t *len);

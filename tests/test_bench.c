@@ -72,8 +72,9 @@ static void test_quick_sweep_json_csv_plot(void **state) {
     size_t len;
     char *csv = ni_test_read_file(path, &len);
     assert_non_null(csv);
-    assert_true(strncmp(csv, "engine,batch_size,prompt_len,new_tokens,ttft_ms,itl_ms,decode_tok_s,"
-                             "per_request_tok_s,prefill_tok_s,peak_mem_bytes",
+    assert_true(strncmp(csv,
+                        "engine,batch_size,prompt_len,new_tokens,ttft_ms,itl_ms,decode_tok_s,"
+                        "per_request_tok_s,prefill_tok_s,peak_mem_bytes",
                         86) == 0);
     size_t lines = 0;
     for (char *p = csv; *p; p++) lines += *p == '\n';
@@ -81,7 +82,8 @@ static void test_quick_sweep_json_csv_plot(void **state) {
     free(csv);
 
     /* the plot script renders the three-panel PNG (Debian's python3 has matplotlib) */
-    snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/tools/plot_bench.py %s/b/bench.json --out %s/b/p.png",
+    snprintf(cmd, sizeof cmd,
+             "/usr/bin/python3 %s/tools/plot_bench.py %s/b/bench.json --out %s/b/p.png",
              NI_SOURCE_DIR, tmp, tmp);
     free(ni_test_run(cmd, &st));
     assert_int_equal(st, 0);

@@ -49,8 +49,8 @@ static double median(double *v, size_t n) {
 /* Fills B prompts of P tokens, a pure function of (seed, run, batch). */
 static void random_prompts(int32_t *tok, size_t B, size_t P, size_t V, uint64_t seed, size_t run) {
     for (size_t i = 0; i < B * P; i++) {
-        float u = ni_rng_uniform(seed ^ 0x70726f6d70747321ull, run, (uint32_t)(i / P),
-                                 (uint32_t)(i % P));
+        float u =
+            ni_rng_uniform(seed ^ 0x70726f6d70747321ull, run, (uint32_t)(i / P), (uint32_t)(i % P));
         size_t t = (size_t)(u * (float)V);
         tok[i] = (int32_t)(t < V ? t : V - 1);
     }
@@ -170,8 +170,8 @@ ni_status ni_bench_run(const ni_bench_opts *o, ni_bench_result *out) {
             size_t order[NI_PRESET_COUNT];
             for (size_t k = 0; k < o->n_engines; k++) order[k] = k;
             for (size_t k = o->n_engines; k > 1; k--) {
-                float u = ni_rng_uniform(o->sampling.seed, 0x5348554646ull, (uint32_t)(pi * 64 + bi),
-                                         (uint32_t)k);
+                float u = ni_rng_uniform(o->sampling.seed, 0x5348554646ull,
+                                         (uint32_t)(pi * 64 + bi), (uint32_t)k);
                 size_t j = (size_t)(u * (float)k);
                 if (j >= k) j = k - 1;
                 size_t t = order[k - 1];

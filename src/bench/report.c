@@ -19,16 +19,15 @@ static const ni_bench_row *find(const ni_bench_result *r, ni_preset e, size_t B,
 }
 
 void ni_bench_print_table(FILE *f, const ni_bench_opts *o, const ni_bench_result *r) {
-    fprintf(f, "%s on %s (%s), %zu new tokens, median of %zu runs after %zu warm-up\n",
-            o->model, r->device.name, ni_backend_name(o->backend), o->max_new_tokens, o->runs,
-            o->warmup);
+    fprintf(f, "%s on %s (%s), %zu new tokens, median of %zu runs after %zu warm-up\n", o->model,
+            r->device.name, ni_backend_name(o->backend), o->max_new_tokens, o->runs, o->warmup);
     for (size_t pi = 0; pi < o->n_prompt_lens; pi++) {
         size_t P = o->prompt_lens[pi];
         for (size_t bi = 0; bi < o->n_batch_sizes; bi++) {
             size_t B = o->batch_sizes[bi];
             fprintf(f, "\nbatch %zu, prompt %zu\n", B, P);
-            fprintf(f, "  %-12s %12s %10s %9s %9s %10s %8s\n", "engine", "decode tok/s",
-                    "per req", "ITL ms", "TTFT ms", "peak MB", "speedup");
+            fprintf(f, "  %-12s %12s %10s %9s %9s %10s %8s\n", "engine", "decode tok/s", "per req",
+                    "ITL ms", "TTFT ms", "peak MB", "speedup");
             const ni_bench_row *first = find(r, o->engines[0], B, P);
             for (size_t k = 0; k < o->n_engines; k++) {
                 const ni_bench_row *row = find(r, o->engines[k], B, P);
@@ -85,8 +84,7 @@ ni_status ni_bench_write_json(const char *path, const ni_bench_opts *o, const ni
         json_object_set_new(run, "cuda_runtime", json_string(r->device.runtime));
     json_object_set_new(run, "model", json_string(o->model));
     json_object_set_new(run, "params", json_integer((json_int_t)r->params));
-    json_object_set_new(run, "dtype",
-                        json_string(o->backend == NI_BACKEND_CUDA ? "bf16" : "f32"));
+    json_object_set_new(run, "dtype", json_string(o->backend == NI_BACKEND_CUDA ? "bf16" : "f32"));
     json_object_set_new(run, "max_new_tokens", json_integer((json_int_t)o->max_new_tokens));
     json_object_set_new(run, "runs", json_integer((json_int_t)o->runs));
     json_object_set_new(run, "warmup", json_integer((json_int_t)o->warmup));
@@ -127,8 +125,8 @@ ni_status ni_bench_write_csv(const char *path, const ni_bench_result *r) {
                     w->decode_tok_s, w->per_request_tok_s, w->prefill_tok_s, w->peak_mem_bytes,
                     w->driver_mem_bytes, w->bandwidth_frac);
         else
-            fprintf(f, "%.4f,%.4f,%.2f,%.2f,%.2f,%zu,,,\n", w->ttft_ms, w->itl_ms,
-                    w->decode_tok_s, w->per_request_tok_s, w->prefill_tok_s, w->peak_mem_bytes);
+            fprintf(f, "%.4f,%.4f,%.2f,%.2f,%.2f,%zu,,,\n", w->ttft_ms, w->itl_ms, w->decode_tok_s,
+                    w->per_request_tok_s, w->prefill_tok_s, w->peak_mem_bytes);
     }
     return fclose(f) == 0 ? NI_OK : ni_fail(NI_ERR_IO, "%s: cannot write", path);
 }

@@ -162,8 +162,8 @@ int cli_open(const cli_model_args *a, size_t max_batch, size_t max_seq, ni_model
     if (s != NI_OK) return cli_runtime_error("cannot open the model", s);
     if (!e) return 0;
     /* the fastest engine of the backend unless one is named */
-    ni_preset preset = a->preset_set || a->backend == NI_BACKEND_CPU ? a->preset
-                                                                      : NI_PRESET_CUDA_GRAPHS;
+    ni_preset preset =
+        a->preset_set || a->backend == NI_BACKEND_CPU ? a->preset : NI_PRESET_CUDA_GRAPHS;
     ni_engine_opts eo = {.backend = a->backend,
                          .preset = preset,
                          .dtype = a->dtype,

@@ -80,15 +80,15 @@ int cmd_bench(int argc, char **argv) {
     for (int i = 0; i < argc; i++) {
         if (cli_is(argv[i], "--default-sweep")) sweep = 1;
         if (cli_is(argv[i], "--backend")) {
-            const char *v = strchr(argv[i], '=') ? strchr(argv[i], '=') + 1
-                                                  : (i + 1 < argc ? argv[i + 1] : "");
+            const char *v =
+                strchr(argv[i], '=') ? strchr(argv[i], '=') + 1 : (i + 1 < argc ? argv[i + 1] : "");
             if (strcmp(v, "cuda") == 0) backend = NI_BACKEND_CUDA;
         }
     }
     if (sweep) {
         ni_device_info d;
-        backend = ni_device_query(NI_BACKEND_CUDA, 0, &d) == NI_OK ? NI_BACKEND_CUDA
-                                                                    : NI_BACKEND_CPU;
+        backend =
+            ni_device_query(NI_BACKEND_CUDA, 0, &d) == NI_OK ? NI_BACKEND_CUDA : NI_BACKEND_CPU;
     }
     ni_bench_default_opts(&o, backend);
     if (sweep) {
@@ -130,7 +130,8 @@ int cmd_bench(int argc, char **argv) {
             if (parse_engines(v, &o)) return cli_usage_error("--engines: bad list '%s'", v);
         } else if (cli_is(a, "--batch-sizes")) {
             if (parse_list(v, o.batch_sizes, &o.n_batch_sizes))
-                return cli_usage_error("--batch-sizes takes up to %d positive counts", NI_BENCH_MAX);
+                return cli_usage_error("--batch-sizes takes up to %d positive counts",
+                                       NI_BENCH_MAX);
         } else if (cli_is(a, "--prompt-len")) {
             if (parse_list(v, o.prompt_lens, &o.n_prompt_lens))
                 return cli_usage_error("--prompt-len takes positive counts");
@@ -147,14 +148,16 @@ int cmd_bench(int argc, char **argv) {
             if (cli_parse_float(v, &o.sampling.temperature) || o.sampling.temperature < 0)
                 return cli_usage_error("--temperature takes a number >= 0");
         } else if (cli_is(a, "--top-k")) {
-            if (cli_parse_size(v, &o.sampling.top_k)) return cli_usage_error("--top-k takes a count");
+            if (cli_parse_size(v, &o.sampling.top_k))
+                return cli_usage_error("--top-k takes a count");
         } else if (cli_is(a, "--top-p")) {
             if (cli_parse_float(v, &f) || !(f > 0)) return cli_usage_error("--top-p takes (0, 1]");
             o.sampling.top_p = f;
         } else if (cli_is(a, "--seed")) {
             if (cli_parse_u64(v, &o.sampling.seed)) return cli_usage_error("--seed takes a number");
         } else if (cli_is(a, "--model-seed")) {
-            if (cli_parse_u64(v, &o.model_seed)) return cli_usage_error("--model-seed takes a number");
+            if (cli_parse_u64(v, &o.model_seed))
+                return cli_usage_error("--model-seed takes a number");
         } else if (cli_is(a, "--threads")) {
             if (cli_parse_size(v, &n) || n == 0 || n > 1024)
                 return cli_usage_error("--threads takes a count from 1 to 1024");

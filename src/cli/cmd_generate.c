@@ -128,8 +128,8 @@ static int parse(generate_args *g, int argc, char **argv) {
         } else if (cli_is(a, "--greedy")) {
             g->sampling.temperature = 0.0f;
         } else if (cli_is(a, "--temperature")) {
-            if (!(v = cli_value(argc, argv, &i, a)) || cli_parse_float(v, &g->sampling.temperature) ||
-                g->sampling.temperature < 0.0f)
+            if (!(v = cli_value(argc, argv, &i, a)) ||
+                cli_parse_float(v, &g->sampling.temperature) || g->sampling.temperature < 0.0f)
                 return cli_usage_error("--temperature takes a number >= 0");
         } else if (cli_is(a, "--top-k")) {
             if (!(v = cli_value(argc, argv, &i, a)) || cli_parse_size(v, &g->sampling.top_k))
@@ -215,8 +215,8 @@ int cmd_generate(int argc, char **argv) {
     generate_args g;
     memset(&g, 0, sizeof g);
     cli_model_args_init(&g.model);
-    g.sampling = (ni_sampling){.temperature = 1.0f, .top_p = 1.0f, .seed = 1337,
-                               .max_new_tokens = 32};
+    g.sampling =
+        (ni_sampling){.temperature = 1.0f, .top_p = 1.0f, .seed = 1337, .max_new_tokens = 32};
     g.num_samples = 1;
     int rc = parse(&g, argc, argv);
     ni_model *m = NULL;
@@ -269,8 +269,8 @@ int cmd_generate(int argc, char **argv) {
             fflush(stdout);
             free(prompt);
         }
-        ni_status s = (c.tokens && c.count) ? ni_generate(e, &b, &g.sampling, collect, &c)
-                                            : NI_ERR_NO_MEMORY;
+        ni_status s =
+            (c.tokens && c.count) ? ni_generate(e, &b, &g.sampling, collect, &c) : NI_ERR_NO_MEMORY;
         if (s != NI_OK) {
             rc = cli_runtime_error("generate", s);
         } else {

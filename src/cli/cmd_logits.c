@@ -29,7 +29,8 @@ int cmd_logits(int argc, char **argv) {
             free(ids);
             return 0;
         } else if (cli_is(argv[i], "--tokens")) {
-            if (!(v = cli_value(argc, argv, &i, "--tokens"))) rc = 2;
+            if (!(v = cli_value(argc, argv, &i, "--tokens")))
+                rc = 2;
             else if (ids || cli_parse_ids(v, &ids, &n_ids))
                 rc = cli_usage_error("--tokens takes one list of ids like 1,2,3");
         } else if (cli_is(argv[i], "--out")) {

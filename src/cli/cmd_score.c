@@ -79,8 +79,10 @@ int cmd_score(int argc, char **argv) {
     int rc = cli_open_tokenizer(tok_dir, ma.model, &tok);
     if (rc == 0) {
         ni_status s = ni_tokenizer_encode(tok, text, text_len, 0, &ids, &n_ids);
-        if (s != NI_OK) rc = cli_runtime_error("cannot encode the text", s);
-        else if (n_ids == 0) rc = cli_usage_error("%s holds no text to score", file);
+        if (s != NI_OK)
+            rc = cli_runtime_error("cannot encode the text", s);
+        else if (n_ids == 0)
+            rc = cli_usage_error("%s holds no text to score", file);
     }
     ni_model *probe = NULL;
     if (rc == 0) rc = cli_open(&ma, 0, 0, &probe, NULL);

@@ -10,9 +10,13 @@
 
 static _Thread_local char ni_error_message[NI_ERROR_CAP];
 
-const char *ni_last_error(void) { return ni_error_message; }
+const char *ni_last_error(void) {
+    return ni_error_message;
+}
 
-void ni_clear_error(void) { ni_error_message[0] = '\0'; }
+void ni_clear_error(void) {
+    ni_error_message[0] = '\0';
+}
 
 ni_status ni_fail(ni_status s, const char *fmt, ...) {
     va_list ap;
@@ -42,15 +46,24 @@ ni_status ni_fail_context(ni_status s, const char *fmt, ...) {
 
 const char *ni_status_name(ni_status s) {
     switch (s) {
-    case NI_OK: return "ok";
-    case NI_ERR_INVALID_ARG: return "invalid argument";
-    case NI_ERR_IO: return "i/o error";
-    case NI_ERR_FORMAT: return "malformed file";
-    case NI_ERR_NO_MEMORY: return "out of memory";
-    case NI_ERR_CONTEXT: return "context too long";
-    case NI_ERR_UNSUPPORTED: return "unsupported";
-    case NI_ERR_DEVICE: return "device error";
-    case NI_ERR_INTERNAL: return "internal error";
+    case NI_OK:
+        return "ok";
+    case NI_ERR_INVALID_ARG:
+        return "invalid argument";
+    case NI_ERR_IO:
+        return "i/o error";
+    case NI_ERR_FORMAT:
+        return "malformed file";
+    case NI_ERR_NO_MEMORY:
+        return "out of memory";
+    case NI_ERR_CONTEXT:
+        return "context too long";
+    case NI_ERR_UNSUPPORTED:
+        return "unsupported";
+    case NI_ERR_DEVICE:
+        return "device error";
+    case NI_ERR_INTERNAL:
+        return "internal error";
     }
     return "unknown status";
 }

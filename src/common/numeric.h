@@ -24,7 +24,9 @@ static inline uint32_t ni_f32_to_bits(float f) {
     return u;
 }
 
-static inline float ni_bf16_to_f32(uint16_t h) { return ni_bits_to_f32((uint32_t)h << 16); }
+static inline float ni_bf16_to_f32(uint16_t h) {
+    return ni_bits_to_f32((uint32_t)h << 16);
+}
 
 /* Round to nearest even; NaN stays NaN. */
 static inline uint16_t ni_f32_to_bf16(float f) {

@@ -45,13 +45,15 @@ NI_HD ni_philox_u4 ni_philox4x32(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t
 }
 
 /* A uniform float in [0, 1) with 24 random bits. */
-NI_HD float ni_u32_to_unit(uint32_t x) { return (float)(x >> 8) * (1.0f / 16777216.0f); }
+NI_HD float ni_u32_to_unit(uint32_t x) {
+    return (float)(x >> 8) * (1.0f / 16777216.0f);
+}
 
 /* The random stream of one sequence at one decode step: draw i of it is a pure function of
  * (seed, seq, step, i). Samplers use draw 0 first and further draws for rejection rounds. */
 NI_HD float ni_rng_uniform(uint64_t seed, uint64_t seq, uint32_t step, uint32_t draw) {
-    ni_philox_u4 r = ni_philox4x32((uint32_t)seq, (uint32_t)(seq >> 32), step, draw,
-                                   (uint32_t)seed, (uint32_t)(seed >> 32));
+    ni_philox_u4 r = ni_philox4x32((uint32_t)seq, (uint32_t)(seq >> 32), step, draw, (uint32_t)seed,
+                                   (uint32_t)(seed >> 32));
     return ni_u32_to_unit(r.v[0]);
 }
 

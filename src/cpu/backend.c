@@ -10,6 +10,7 @@
 #include "common/error.h"
 #include "cpu/ops.h"
 #include "engine/backend.h"
+#include "engine/token_list.h"
 #include "model/model.h"
 
 struct ni_backend_ctx {
@@ -23,16 +24,12 @@ struct ni_backend_ctx {
 
     void *arena;
     size_t arena_bytes;
-    float *k_cache, *v_cache; /* (L, S, NH, T, HS) */
+    float *k_cache, *v_cache;               /* (L, S, NH, T, HS) */
     float *x, *ln, *qkv, *att, *delta, *fc; /* activations of one chunk */
     float *sel;                             /* (chunk, C) rows that need logits */
     float *attn_scratch;                    /* (threads, T) */
     float *logits;                          /* (S, V) */
-    int32_t *tok, *slot, *pos;              /* (S * T) token list */
-    uint8_t *want;                          /* (S * T) */
-    int32_t *history;                       /* (S, T) tokens of each sequence */
-    size_t *len;                            /* (S) */
-    int32_t *row_seq;                       /* (S) sequence of each logits row */
+    ni_token_list list;                     /* the token list of one forward call */
     uint8_t *sampler_scratch;               /* (threads, scratch bytes) */
     size_t sampler_scratch_bytes;
 
@@ -64,13 +61,14 @@ static size_t layout(ni_backend_ctx *b, uint8_t *base) {
     b->sel = carve(base, &off, N * C * sizeof(float));
     b->attn_scratch = carve(base, &off, (size_t)b->n_threads_max * T * sizeof(float));
     b->logits = carve(base, &off, S * V * sizeof(float));
-    b->tok = carve(base, &off, S * T * sizeof(int32_t));
-    b->slot = carve(base, &off, S * T * sizeof(int32_t));
-    b->pos = carve(base, &off, S * T * sizeof(int32_t));
-    b->want = carve(base, &off, S * T);
-    b->history = carve(base, &off, S * T * sizeof(int32_t));
-    b->len = carve(base, &off, S * sizeof(size_t));
-    b->row_seq = carve(base, &off, S * sizeof(int32_t));
+    b->list.tok = carve(base, &off, S * T * sizeof(int32_t));
+    b->list.slot = carve(base, &off, S * T * sizeof(int32_t));
+    b->list.pos = carve(base, &off, S * T * sizeof(int32_t));
+    b->list.want = carve(base, &off, S * T);
+    b->list.history = carve(base, &off, S * T * sizeof(int32_t));
+    b->list.len = carve(base, &off, S * sizeof(size_t));
+    b->list.row_seq = carve(base, &off, S * sizeof(int32_t));
+    b->list.max_seq = T;
     b->sampler_scratch = carve(base, &off, (size_t)b->n_threads_max * b->sampler_scratch_bytes);
     return off;
 }
@@ -164,8 +162,9 @@ static void sample_rows(ni_backend_ctx *b, size_t n, uint32_t step, int32_t *nex
     int rejection = b->flags->rejection_sampler;
 #pragma omp parallel for num_threads(b->n_threads) schedule(dynamic, 1) if (n > 1)
     for (size_t r = 0; r < n; r++) {
-        void *scratch = b->sampler_scratch + (size_t)omp_get_thread_num() * b->sampler_scratch_bytes;
-        int32_t seq = b->row_seq[r];
+        void *scratch =
+            b->sampler_scratch + (size_t)omp_get_thread_num() * b->sampler_scratch_bytes;
+        int32_t seq = b->list.row_seq[r];
         ni_rng_key key = {b->seed, (uint64_t)seq, step};
         const float *row = b->logits + r * V;
         next[seq] = rejection ? ni_sample_rejection(row, V, &b->filter, key, scratch)
@@ -175,11 +174,11 @@ static void sample_rows(ni_backend_ctx *b, size_t n, uint32_t step, int32_t *nex
 
 static ni_status check_sampled(const ni_backend_ctx *b, size_t rows, const int32_t *next) {
     for (size_t r = 0; r < rows; r++)
-        if (next[b->row_seq[r]] == NI_SAMPLE_INVALID)
+        if (next[b->list.row_seq[r]] == NI_SAMPLE_INVALID)
             return ni_fail(NI_ERR_INTERNAL,
                            "sequence %d: the logits hold NaN or no finite value; nothing to "
                            "sample",
-                           (int)b->row_seq[r]);
+                           (int)b->list.row_seq[r]);
     return NI_OK;
 }
 
@@ -191,46 +190,19 @@ static ni_status cpu_prefill(ni_backend_ctx *b, const ni_gen_request *req, int32
     b->n_seq = p->n_seq;
     b->filter = req->filter;
     b->seed = req->seed;
-    size_t n = 0;
-    for (size_t s = 0; s < p->n_seq; s++) {
-        size_t L = p->lens[s];
-        memcpy(b->history + s * b->max_seq, p->tokens[s], L * sizeof(int32_t));
-        b->len[s] = L;
-        for (size_t t = 0; t < L; t++, n++) {
-            b->tok[n] = p->tokens[s][t];
-            b->slot[n] = (int32_t)s;
-            b->pos[n] = (int32_t)t;
-            b->want[n] = t + 1 == L;
-        }
-        b->row_seq[s] = (int32_t)s;
-    }
-    forward(b, b->tok, b->slot, b->pos, b->want, n, b->logits);
+    size_t n;
+    ni_token_list_prefill(&b->list, p, &n);
+    forward(b, b->list.tok, b->list.slot, b->list.pos, b->list.want, n, b->logits);
     sample_rows(b, p->n_seq, 0, next);
     return check_sampled(b, p->n_seq, next);
 }
 
 static ni_status cpu_decode(ni_backend_ctx *b, const int32_t *last, const uint8_t *live,
                             uint32_t step, int32_t *next) {
-    size_t n = 0, rows = 0;
-    for (size_t s = 0; s < b->n_seq; s++) {
-        if (!live[s]) continue;
-        if (b->len[s] >= b->max_seq)
-            return ni_fail(NI_ERR_CONTEXT, "sequence %zu reached the engine's %zu tokens", s,
-                           b->max_seq);
-        b->history[s * b->max_seq + b->len[s]] = last[s];
-        b->len[s]++;
-        /* kv_cache: only the new token; baseline: the whole sequence again */
-        size_t from = b->flags->kv_cache ? b->len[s] - 1 : 0;
-        for (size_t t = from; t < b->len[s]; t++, n++) {
-            b->tok[n] = b->history[s * b->max_seq + t];
-            b->slot[n] = (int32_t)s;
-            b->pos[n] = (int32_t)t;
-            b->want[n] = t + 1 == b->len[s];
-        }
-        b->row_seq[rows++] = (int32_t)s;
-    }
+    size_t n, rows;
+    NI_TRY(ni_token_list_decode(&b->list, b->n_seq, last, live, b->flags->kv_cache, &n, &rows));
     if (rows == 0) return NI_OK;
-    forward(b, b->tok, b->slot, b->pos, b->want, n, b->logits);
+    forward(b, b->list.tok, b->list.slot, b->list.pos, b->list.want, n, b->logits);
     sample_rows(b, rows, step, next);
     return check_sampled(b, rows, next);
 }
@@ -239,12 +211,12 @@ static ni_status cpu_logits(ni_backend_ctx *b, const int32_t *tokens, size_t len
     if (len > b->max_seq)
         return ni_fail(NI_ERR_CONTEXT, "%zu tokens exceed the engine's %zu", len, b->max_seq);
     for (size_t t = 0; t < len; t++) {
-        b->tok[t] = tokens[t];
-        b->slot[t] = 0;
-        b->pos[t] = (int32_t)t;
-        b->want[t] = 1;
+        b->list.tok[t] = tokens[t];
+        b->list.slot[t] = 0;
+        b->list.pos[t] = (int32_t)t;
+        b->list.want[t] = 1;
     }
-    forward(b, b->tok, b->slot, b->pos, b->want, len, out);
+    forward(b, b->list.tok, b->list.slot, b->list.pos, b->list.want, len, out);
     return NI_OK;
 }
 

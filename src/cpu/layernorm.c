@@ -18,8 +18,8 @@ static void layernorm_row(float *o, const float *x, const float *w, const float 
     for (size_t c = 0; c < C; c++) o[c] = (x[c] - mean) * rstd * w[c] + b[c];
 }
 
-void cpu_layernorm(float *out, const float *inp, const float *w, const float *b, size_t N,
-                   size_t C, float eps, int n_threads) {
+void cpu_layernorm(float *out, const float *inp, const float *w, const float *b, size_t N, size_t C,
+                   float eps, int n_threads) {
 #pragma omp parallel for num_threads(n_threads) schedule(static) if (N > 16)
     for (size_t i = 0; i < N; i++) layernorm_row(out + i * C, inp + i * C, w, b, C, eps);
 }

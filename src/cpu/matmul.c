@@ -69,8 +69,8 @@ static void matmul_cols(float *out, const float *inp, const float *w, const floa
         size_t r = 0;
         for (; r + 4 <= N; r += 4) {
             float res[4];
-            dot4(res, inp + r * IC, inp + (r + 1) * IC, inp + (r + 2) * IC, inp + (r + 3) * IC,
-                 wr, IC);
+            dot4(res, inp + r * IC, inp + (r + 1) * IC, inp + (r + 2) * IC, inp + (r + 3) * IC, wr,
+                 IC);
             for (int j = 0; j < 4; j++) out[(r + j) * OC + o] = res[j] + b;
         }
         for (; r < N; r++) out[r * OC + o] = dot1(inp + r * IC, wr, IC) + b;

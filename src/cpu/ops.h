@@ -14,8 +14,8 @@ void cpu_embedding(float *out, const int32_t *tokens, const int32_t *pos, const 
                    const float *wpe, size_t N, size_t C, int n_threads);
 
 /* out = LayerNorm(inp) * w + b per row, statistics in f32 (two passes). out, inp (N, C). */
-void cpu_layernorm(float *out, const float *inp, const float *w, const float *b, size_t N,
-                   size_t C, float eps, int n_threads);
+void cpu_layernorm(float *out, const float *inp, const float *w, const float *b, size_t N, size_t C,
+                   float eps, int n_threads);
 
 /* resid += delta, then out = LayerNorm(resid). resid, delta, out (N, C). */
 void cpu_residual_layernorm(float *out, float *resid, const float *delta, const float *w,

@@ -19,6 +19,7 @@
 #include "cuda/kernels.h"
 #include "cuda/matmul.h"
 #include "engine/backend.h"
+#include "engine/token_list.h"
 #include "model/model.h"
 
 /* Steps a cuda_graphs engine runs between two host wake-ups (tokens come back in batches). */
@@ -62,9 +63,9 @@ struct ni_backend_ctx {
     uint8_t *arena; /* device */
     size_t arena_bytes, staging_bytes, weight_bytes;
     ni_bf16 *wte, *wpe, *lnf_w, *lnf_b;
-    cuda_layer *layers;         /* host array of device pointers */
-    ni_bf16 *k_cache, *v_cache; /* (L, S, NH, T, HS) */
-    float *x;                   /* (chunk, C) residual stream */
+    cuda_layer *layers;                   /* host array of device pointers */
+    ni_bf16 *k_cache, *v_cache;           /* (L, S, NH, T, HS) */
+    float *x;                             /* (chunk, C) residual stream */
     ni_bf16 *ln, *qkv, *att, *delta, *fc; /* (chunk, C | 3C | C | C | 4C) */
     ni_bf16 *sel;                         /* (S, C) final-LN rows that need logits */
     float *logits;                        /* (S, V) */
@@ -80,14 +81,10 @@ struct ni_backend_ctx {
     uint8_t *h_blk; /* pinned mirror of d_blk */
     chunk_block h;
     size_t blk_bytes;
-    int32_t *h_hist; /* pinned (NI_GRAPH_STEPS, S) tokens copied back from st.hist */
+    int32_t *h_hist;               /* pinned (NI_GRAPH_STEPS, S) tokens copied back from st.hist */
     size_t hist_first, hist_count; /* steps held in h_hist */
 
-    int32_t *tok, *slot, *pos; /* host (S*T) token list of one forward call */
-    uint8_t *want;             /* host (S*T): token i needs logits */
-    int32_t *history;          /* host (S, T) */
-    size_t *len;               /* host (S) */
-    int32_t *row_seq;          /* host (S) sequence of each logits row */
+    ni_token_list list; /* host: the token list of one forward call */
 
     graph_entry graphs[NI_MAX_GRAPHS];
     size_t n_graphs, graph_evict;
@@ -175,23 +172,40 @@ static size_t arena_layout(ni_backend_ctx *b, uint8_t *base) {
 static ni_bf16 *weight_slot(ni_backend_ctx *b, ni_weight_kind k, size_t l) {
     cuda_layer *y = &b->layers[l];
     switch (k) {
-    case NI_W_WTE: return b->wte;
-    case NI_W_WPE: return b->wpe;
-    case NI_W_LNF_W: return b->lnf_w;
-    case NI_W_LNF_B: return b->lnf_b;
-    case NI_W_LN1_W: return y->ln1_w;
-    case NI_W_LN1_B: return y->ln1_b;
-    case NI_W_QKV_W: return y->qkv_w;
-    case NI_W_QKV_B: return y->qkv_b;
-    case NI_W_PROJ_W: return y->proj_w;
-    case NI_W_PROJ_B: return y->proj_b;
-    case NI_W_LN2_W: return y->ln2_w;
-    case NI_W_LN2_B: return y->ln2_b;
-    case NI_W_FC_W: return y->fc_w;
-    case NI_W_FC_B: return y->fc_b;
-    case NI_W_FCPROJ_W: return y->fcproj_w;
-    case NI_W_FCPROJ_B: return y->fcproj_b;
-    default: return NULL;
+    case NI_W_WTE:
+        return b->wte;
+    case NI_W_WPE:
+        return b->wpe;
+    case NI_W_LNF_W:
+        return b->lnf_w;
+    case NI_W_LNF_B:
+        return b->lnf_b;
+    case NI_W_LN1_W:
+        return y->ln1_w;
+    case NI_W_LN1_B:
+        return y->ln1_b;
+    case NI_W_QKV_W:
+        return y->qkv_w;
+    case NI_W_QKV_B:
+        return y->qkv_b;
+    case NI_W_PROJ_W:
+        return y->proj_w;
+    case NI_W_PROJ_B:
+        return y->proj_b;
+    case NI_W_LN2_W:
+        return y->ln2_w;
+    case NI_W_LN2_B:
+        return y->ln2_b;
+    case NI_W_FC_W:
+        return y->fc_w;
+    case NI_W_FC_B:
+        return y->fc_b;
+    case NI_W_FCPROJ_W:
+        return y->fcproj_w;
+    case NI_W_FCPROJ_B:
+        return y->fcproj_b;
+    default:
+        return NULL;
     }
 }
 
@@ -209,9 +223,9 @@ static ni_status upload_weight(ni_backend_ctx *b, ni_weight_kind k, size_t layer
         if (wi.init == NI_INIT_NORMAL) std = 0.02f;
         if (wi.init == NI_INIT_RESIDUAL) std = 0.02f / sqrtf(2.0f * (float)b->cfg->n_layer);
         if (wi.init == NI_INIT_ONE) value = 1.0f;
-        NI_CUDA_TRY(ni_cuda_init_random(dst, n, m->seed, ni_weight_tensor_id(k, layer), std, value,
-                                        st),
-                    "init_random kernel");
+        NI_CUDA_TRY(
+            ni_cuda_init_random(dst, n, m->seed, ni_weight_tensor_id(k, layer), std, value, st),
+            "init_random kernel");
         return NI_OK;
     }
     NI_TRY(ni_model_read_weight(m, k, layer, h_stage));
@@ -267,13 +281,13 @@ static void cuda_destroy(ni_backend_ctx *b) {
     if (b->h_hist) cudaFreeHost(b->h_hist);
     if (b->stream) cudaStreamDestroy(b->stream);
     free(b->layers);
-    free(b->tok);
-    free(b->slot);
-    free(b->pos);
-    free(b->want);
-    free(b->history);
-    free(b->len);
-    free(b->row_seq);
+    free(b->list.tok);
+    free(b->list.slot);
+    free(b->list.pos);
+    free(b->list.want);
+    free(b->list.history);
+    free(b->list.len);
+    free(b->list.row_seq);
     free(b);
 }
 
@@ -295,16 +309,17 @@ static ni_status cuda_create(ni_model *m, const ni_engine_opts *o, ni_backend_ct
     b->chunk = S * T < 4096 ? S * T : 4096;
     if (b->chunk < S) b->chunk = S;
     b->layers = calloc(b->cfg->n_layer, sizeof *b->layers);
-    b->tok = malloc(S * T * 4);
-    b->slot = malloc(S * T * 4);
-    b->pos = malloc(S * T * 4);
-    b->want = malloc(S * T);
-    b->history = malloc(S * T * 4);
-    b->len = calloc(S, sizeof *b->len);
-    b->row_seq = calloc(S, sizeof *b->row_seq);
+    b->list.tok = malloc(S * T * 4);
+    b->list.slot = malloc(S * T * 4);
+    b->list.pos = malloc(S * T * 4);
+    b->list.want = malloc(S * T);
+    b->list.history = malloc(S * T * 4);
+    b->list.len = calloc(S, sizeof *b->list.len);
+    b->list.row_seq = calloc(S, sizeof *b->list.row_seq);
+    b->list.max_seq = T;
     ni_status s = NI_OK;
-    if (!b->layers || !b->tok || !b->slot || !b->pos || !b->want || !b->history || !b->len ||
-        !b->row_seq)
+    if (!b->layers || !b->list.tok || !b->list.slot || !b->list.pos || !b->list.want ||
+        !b->list.history || !b->list.len || !b->list.row_seq)
         s = ni_fail(NI_ERR_NO_MEMORY, "out of memory");
     if (s == NI_OK)
         s = ni_cuda_status(cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking),
@@ -349,10 +364,10 @@ static ni_status cuda_create(ni_model *m, const ni_engine_opts *o, ni_backend_ct
 /* ---- the forward pass ------------------------------------------------------------------------ */
 
 typedef struct {
-    size_t N;                           /* tokens */
-    const int32_t *tok, *slot, *pos;    /* device (N) */
-    int single;                         /* one token per sequence: decode attention */
-    size_t max_pos;                     /* bound of pos[] for decode attention */
+    size_t N;                        /* tokens */
+    const int32_t *tok, *slot, *pos; /* device (N) */
+    int single;                      /* one token per sequence: decode attention */
+    size_t max_pos;                  /* bound of pos[] for decode attention */
     const int32_t *seq_start, *seq_len, *seq_slot, *seq_pos0; /* device pieces (prefill) */
     size_t n_pieces, max_len;
 } layer_args;
@@ -370,11 +385,11 @@ static ni_status enqueue_layers(ni_backend_ctx *b, const layer_args *a) {
     for (size_t l = 0; l < c->n_layer; l++) {
         const cuda_layer *y = &b->layers[l];
         ni_bf16 *kc = b->k_cache + l * kv_layer, *vc = b->v_cache + l * kv_layer;
-        NI_CUDA_TRY(ni_cuda_residual_layernorm(b->ln, b->x, l ? b->delta : NULL, y->ln1_w,
-                                               y->ln1_b, NULL, N, C, eps, st),
+        NI_CUDA_TRY(ni_cuda_residual_layernorm(b->ln, b->x, l ? b->delta : NULL, y->ln1_w, y->ln1_b,
+                                               NULL, N, C, eps, st),
                     "layernorm kernel (ln_1)");
-        NI_TRY(ni_matmul(&b->mm, b->qkv, NULL, b->ln, y->qkv_w, y->qkv_b, N, C, 3 * C, 0,
-                         b->stream));
+        NI_TRY(
+            ni_matmul(&b->mm, b->qkv, NULL, b->ln, y->qkv_w, y->qkv_b, N, C, 3 * C, 0, b->stream));
         NI_CUDA_TRY(ni_cuda_kv_append(kc, vc, b->qkv, a->slot, a->pos, N, NH, HS, T, st),
                     "kv_append kernel");
         if (a->single)
@@ -382,12 +397,12 @@ static ni_status enqueue_layers(ni_backend_ctx *b, const layer_args *a) {
                                                  a->pos, N, a->max_pos, NH, HS, T, st),
                         "attention_decode kernel");
         else
-            NI_CUDA_TRY(ni_cuda_attention_prefill(b->att, b->qkv, kc, vc, a->seq_start,
-                                                  a->seq_len, a->seq_slot, a->seq_pos0,
-                                                  a->n_pieces, a->max_len, NH, HS, T, st),
+            NI_CUDA_TRY(ni_cuda_attention_prefill(b->att, b->qkv, kc, vc, a->seq_start, a->seq_len,
+                                                  a->seq_slot, a->seq_pos0, a->n_pieces, a->max_len,
+                                                  NH, HS, T, st),
                         "attention_prefill kernel");
-        NI_TRY(ni_matmul(&b->mm, b->delta, NULL, b->att, y->proj_w, y->proj_b, N, C, C, 0,
-                         b->stream));
+        NI_TRY(
+            ni_matmul(&b->mm, b->delta, NULL, b->att, y->proj_w, y->proj_b, N, C, C, 0, b->stream));
         NI_CUDA_TRY(ni_cuda_residual_layernorm(b->ln, b->x, b->delta, y->ln2_w, y->ln2_b, NULL, N,
                                                C, eps, st),
                     "layernorm kernel (ln_2)");
@@ -408,7 +423,7 @@ static ni_status enqueue_logits(ni_backend_ctx *b, const int32_t *rows, size_t n
     return ni_matmul(&b->mm, NULL, out, b->sel, b->wte, NULL, n, C, V, 0, b->stream);
 }
 
-/* The forward pass over the host token list b->tok/slot/pos/want[0, n). Logits of the wanted
+/* The forward pass over the host token list b->list.tok/slot/pos/want[0, n). Logits of the wanted
  * rows go to b->logits (generation: at most S rows) or block by block to host_out. */
 static ni_status forward(ni_backend_ctx *b, size_t n, float *host_out) {
     size_t S = b->max_batch, V = b->cfg->vocab_size;
@@ -422,30 +437,31 @@ static ni_status forward(ni_backend_ctx *b, size_t n, float *host_out) {
         int single = 1;
         for (size_t i = 0; i < N; i++) {
             size_t g = i0 + i;
-            h->tok[i] = b->tok[g];
-            h->slot[i] = b->slot[g];
-            h->pos[i] = b->pos[g];
-            if ((size_t)b->pos[g] > max_pos) max_pos = (size_t)b->pos[g];
-            if (i == 0 || b->slot[g] != b->slot[g - 1] || b->pos[g] != b->pos[g - 1] + 1) {
+            h->tok[i] = b->list.tok[g];
+            h->slot[i] = b->list.slot[g];
+            h->pos[i] = b->list.pos[g];
+            if ((size_t)b->list.pos[g] > max_pos) max_pos = (size_t)b->list.pos[g];
+            if (i == 0 || b->list.slot[g] != b->list.slot[g - 1] ||
+                b->list.pos[g] != b->list.pos[g - 1] + 1) {
                 if (n_pieces == S + 1)
                     return ni_fail(NI_ERR_INTERNAL, "token list has more than %zu pieces", S);
                 h->seq_start[n_pieces] = (int32_t)i;
                 h->seq_len[n_pieces] = 0;
-                h->seq_slot[n_pieces] = b->slot[g];
-                h->seq_pos0[n_pieces] = b->pos[g];
+                h->seq_slot[n_pieces] = b->list.slot[g];
+                h->seq_pos0[n_pieces] = b->list.pos[g];
                 n_pieces++;
             }
             size_t pl = (size_t)++h->seq_len[n_pieces - 1];
             if (pl > max_len) max_len = pl;
             if (pl > 1) single = 0;
-            if (b->want[g]) h->rows[n_sel++] = (int32_t)i;
+            if (b->list.want[g]) h->rows[n_sel++] = (int32_t)i;
         }
-        NI_CUDA_TRY(cudaMemcpyAsync(b->d_blk, b->h_blk, b->blk_bytes, cudaMemcpyHostToDevice,
-                                    b->stream),
-                    "cudaMemcpy (token lists)");
-        layer_args a = {N,           d->tok,       d->slot,       d->pos,       single,
-                        max_pos,     d->seq_start, d->seq_len,    d->seq_slot,  d->seq_pos0,
-                        n_pieces,    max_len};
+        NI_CUDA_TRY(
+            cudaMemcpyAsync(b->d_blk, b->h_blk, b->blk_bytes, cudaMemcpyHostToDevice, b->stream),
+            "cudaMemcpy (token lists)");
+        layer_args a = {N,           d->tok,      d->slot,      d->pos,
+                        single,      max_pos,     d->seq_start, d->seq_len,
+                        d->seq_slot, d->seq_pos0, n_pieces,     max_len};
         NI_TRY(enqueue_layers(b, &a));
         for (size_t r0 = 0; r0 < n_sel; r0 += S) {
             size_t nr = n_sel - r0 < S ? n_sel - r0 : S;
@@ -467,13 +483,14 @@ static ni_status forward(ni_backend_ctx *b, size_t n, float *host_out) {
     return NI_OK;
 }
 
-/* ---- sampling --------------------------------------------------------------------------------- */
+/* ---- sampling ---------------------------------------------------------------------------------
+ */
 
-/* Samples rows [0, rows) of b->logits; their sequences are b->row_seq. */
+/* Samples rows [0, rows) of b->logits; their sequences are b->list.row_seq. */
 static ni_status sample(ni_backend_ctx *b, size_t rows, uint32_t step, int32_t *next) {
     /* the ids and steps follow the token lists of the last chunk in the block */
     for (size_t r = 0; r < rows; r++) {
-        b->h.seq_ids[r] = (uint64_t)b->row_seq[r];
+        b->h.seq_ids[r] = (uint64_t)b->list.row_seq[r];
         b->h.steps[r] = step;
     }
     size_t off = (size_t)((uint8_t *)b->h.seq_ids - b->h_blk);
@@ -489,8 +506,8 @@ static ni_status sample(ni_backend_ctx *b, size_t rows, uint32_t step, int32_t *
     else
         NI_CUDA_TRY(ni_cuda_sample_sorted(b->d_next, b->logits, b->d.seq_ids, rows,
                                           b->cfg->vocab_size, f->temperature, f->top_k, f->top_p,
-                                          f->min_p, b->seed, step, b->sample_ws,
-                                          b->sample_ws_bytes, (ni_stream)b->stream),
+                                          f->min_p, b->seed, step, b->sample_ws, b->sample_ws_bytes,
+                                          (ni_stream)b->stream),
                     "sample_sorted kernel");
     int32_t *h_next = b->h_hist; /* pinned, free outside graph decoding */
     NI_CUDA_TRY(cudaMemcpyAsync(h_next, b->d_next, rows * 4, cudaMemcpyDeviceToHost, b->stream),
@@ -501,8 +518,8 @@ static ni_status sample(ni_backend_ctx *b, size_t rows, uint32_t step, int32_t *
             return ni_fail(NI_ERR_INTERNAL,
                            "sequence %d: the logits hold NaN or no finite value; nothing to "
                            "sample",
-                           (int)b->row_seq[r]);
-        next[b->row_seq[r]] = h_next[r];
+                           (int)b->list.row_seq[r]);
+        next[b->list.row_seq[r]] = h_next[r];
     }
     return NI_OK;
 }
@@ -525,22 +542,12 @@ static ni_status cuda_prefill(ni_backend_ctx *b, const ni_gen_request *req, int3
                                 req->filter.top_k > UINT32_MAX ? UINT32_MAX
                                                                : (uint32_t)req->filter.top_k,
                                 req->filter.top_p, req->filter.min_p, req->seed};
-        NI_CUDA_TRY(cudaMemcpyAsync(b->d_params, &prm, sizeof prm, cudaMemcpyHostToDevice,
-                                    b->stream),
-                    "cudaMemcpy (sampling parameters)");
+        NI_CUDA_TRY(
+            cudaMemcpyAsync(b->d_params, &prm, sizeof prm, cudaMemcpyHostToDevice, b->stream),
+            "cudaMemcpy (sampling parameters)");
     }
-    size_t n = 0;
-    for (size_t s = 0; s < p->n_seq; s++) {
-        b->len[s] = p->lens[s];
-        b->row_seq[s] = (int32_t)s;
-        memcpy(b->history + s * b->max_seq, p->tokens[s], p->lens[s] * 4);
-        for (size_t t = 0; t < p->lens[s]; t++, n++) {
-            b->tok[n] = p->tokens[s][t];
-            b->slot[n] = (int32_t)s;
-            b->pos[n] = (int32_t)t;
-            b->want[n] = t + 1 == p->lens[s];
-        }
-    }
+    size_t n;
+    ni_token_list_prefill(&b->list, p, &n);
     NI_TRY(forward(b, n, NULL));
     NI_TRY(sample(b, p->n_seq, 0, next));
     return b->flags->cuda_graphs ? init_graph_state(b) : NI_OK;
@@ -551,24 +558,8 @@ static ni_status cuda_decode(ni_backend_ctx *b, const int32_t *last, const uint8
 
 static ni_status eager_decode(ni_backend_ctx *b, const int32_t *last, const uint8_t *live,
                               uint32_t step, int32_t *next) {
-    size_t n = 0, rows = 0;
-    for (size_t s = 0; s < b->n_seq; s++) {
-        if (!live[s]) continue;
-        if (b->len[s] >= b->max_seq)
-            return ni_fail(NI_ERR_CONTEXT, "sequence %zu reached the engine's %zu tokens", s,
-                           b->max_seq);
-        b->history[s * b->max_seq + b->len[s]] = last[s];
-        b->len[s]++;
-        /* kv_cache: only the new token; baseline: the whole sequence again */
-        size_t from = b->flags->kv_cache ? b->len[s] - 1 : 0;
-        for (size_t t = from; t < b->len[s]; t++, n++) {
-            b->tok[n] = b->history[s * b->max_seq + t];
-            b->slot[n] = (int32_t)s;
-            b->pos[n] = (int32_t)t;
-            b->want[n] = t + 1 == b->len[s];
-        }
-        b->row_seq[rows++] = (int32_t)s;
-    }
+    size_t n, rows;
+    NI_TRY(ni_token_list_decode(&b->list, b->n_seq, last, live, b->flags->kv_cache, &n, &rows));
     if (rows == 0) return NI_OK;
     NI_TRY(forward(b, n, NULL));
     return sample(b, rows, step, next);
@@ -581,7 +572,7 @@ static ni_status eager_decode(ni_backend_ctx *b, const int32_t *last, const uint
 static ni_status init_graph_state(ni_backend_ctx *b) {
     size_t B = b->n_seq;
     for (size_t r = 0; r < B; r++) {
-        b->h.pos[r] = (int32_t)b->len[r];
+        b->h.pos[r] = (int32_t)b->list.len[r];
         b->h.slot[r] = (int32_t)r;
         b->h.steps[r] = 1;
         b->h.seq_ids[r] = (uint64_t)r;
@@ -590,7 +581,8 @@ static ni_status init_graph_state(ni_backend_ctx *b) {
     NI_CUDA_TRY(cudaMemcpyAsync(b->d_blk, b->h_blk, b->blk_bytes, cudaMemcpyHostToDevice, s),
                 "cudaMemcpy (decode state)");
     NI_CUDA_TRY(cudaMemcpyAsync(b->st.pos, b->d.pos, B * 4, cudaMemcpyDeviceToDevice, s), "state");
-    NI_CUDA_TRY(cudaMemcpyAsync(b->st.slot, b->d.slot, B * 4, cudaMemcpyDeviceToDevice, s), "state");
+    NI_CUDA_TRY(cudaMemcpyAsync(b->st.slot, b->d.slot, B * 4, cudaMemcpyDeviceToDevice, s),
+                "state");
     NI_CUDA_TRY(cudaMemcpyAsync(b->st.steps, b->d.steps, B * 4, cudaMemcpyDeviceToDevice, s),
                 "state");
     NI_CUDA_TRY(cudaMemcpyAsync(b->st.seq_ids, b->d.seq_ids, B * 8, cudaMemcpyDeviceToDevice, s),
@@ -688,7 +680,7 @@ static ni_status cuda_decode(ni_backend_ctx *b, const int32_t *last, const uint8
     (void)last; /* the device state holds every row's input token */
     size_t B = b->n_seq;
     for (size_t r = 0; r < B; r++)
-        if (b->len[r] + step > b->max_seq)
+        if (b->list.len[r] + step > b->max_seq)
             return ni_fail(NI_ERR_CONTEXT, "sequence %zu reached the engine's %zu tokens", r,
                            b->max_seq);
     if (step < b->hist_first || step >= b->hist_first + b->hist_count)
@@ -709,10 +701,10 @@ static ni_status cuda_logits(ni_backend_ctx *b, const int32_t *tokens, size_t le
     if (len > b->max_seq)
         return ni_fail(NI_ERR_CONTEXT, "%zu tokens exceed the engine's %zu", len, b->max_seq);
     for (size_t t = 0; t < len; t++) {
-        b->tok[t] = tokens[t];
-        b->slot[t] = 0;
-        b->pos[t] = (int32_t)t;
-        b->want[t] = 1;
+        b->list.tok[t] = tokens[t];
+        b->list.slot[t] = 0;
+        b->list.pos[t] = (int32_t)t;
+        b->list.want[t] = 1;
     }
     return forward(b, len, out);
 }

@@ -25,11 +25,11 @@
 #include "cuda/kernels.h"
 #include "cuda/pdl.cuh"
 
-#define GEMV_RT 2              /* 8-row weight tiles per warp: 16 output features */
-#define GEMV_U 4               /* 32-column blocks loaded per round (loads in flight) */
-#define GEMV_MIN_WARPS 8       /* warps per block when the IC split is below 8 */
-#define GEMV_MAX_SPLIT 16      /* most warps sharing one tile's IC (one block) */
-#define GEMV_MAX_WARPS 4096    /* about what 132 SMs hold at once (32 warps of <= 64 registers) */
+#define GEMV_RT 2           /* 8-row weight tiles per warp: 16 output features */
+#define GEMV_U 4            /* 32-column blocks loaded per round (loads in flight) */
+#define GEMV_MIN_WARPS 8    /* warps per block when the IC split is below 8 */
+#define GEMV_MAX_SPLIT 16   /* most warps sharing one tile's IC (one block) */
+#define GEMV_MAX_WARPS 4096 /* about what 132 SMs hold at once (32 warps of <= 64 registers) */
 
 /* Weights are read once: no L1 allocation, 256-byte L2 prefetch (the next loads of the row).
  * Predicated inside the asm (zeros when !pred) so that the unrolled round has no branches and
@@ -120,11 +120,11 @@ static __device__ __forceinline__ float gemv_gelu(float x) {
  * row g + 8 in d2, d3. */
 template <int NT, bool VEC>
 __global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, VEC ? 2 : 1)
-    gemv_kernel(__nv_bfloat16 *out,        // (N, OC) or NULL
-                float *out_f32,            // (N, OC) or NULL
-                const ni_bf16 *inp,        // (N, IC)
-                const ni_bf16 *w,          // (OC, IC)
-                const ni_bf16 *bias,       // (OC) or NULL
+    gemv_kernel(__nv_bfloat16 *out,  // (N, OC) or NULL
+                float *out_f32,      // (N, OC) or NULL
+                const ni_bf16 *inp,  // (N, IC)
+                const ni_bf16 *w,    // (OC, IC)
+                const ni_bf16 *bias, // (OC) or NULL
                 int N, size_t IC, size_t OC, int S, int gelu) {
     extern __shared__ float gemv_red[]; // (warps, GEMV_RT * 4, 32) partial sums when S > 1
     ni_pdl_wait(); /* inp comes from the previous kernel, which may also still read out */
@@ -212,8 +212,7 @@ __global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, VEC ? 2 : 1)
 #pragma unroll
                 for (int e = 0; e < 4; e++)
                     acc[rt][e] +=
-                        gemv_red[((size_t)(warp + s2) * (GEMV_RT * 4) + (size_t)(rt * 4 + e)) *
-                                     32 +
+                        gemv_red[((size_t)(warp + s2) * (GEMV_RT * 4) + (size_t)(rt * 4 + e)) * 32 +
                                  lane];
         }
     }

@@ -36,17 +36,16 @@ int ni_cuda_embedding(float *x, const int32_t *tokens, const int32_t *pos, const
  * out[r] = bf16(LayerNorm(x[i]) * w + b), statistics in f32. x (*, C) f32; delta (*, C) bf16 or
  * NULL; out (N, C) bf16; rows (N) or NULL. */
 int ni_cuda_residual_layernorm(ni_bf16 *out, float *x, const ni_bf16 *delta, const ni_bf16 *w,
-                               const ni_bf16 *b, const int32_t *rows, size_t N, size_t C,
-                               float eps, ni_stream s);
+                               const ni_bf16 *b, const int32_t *rows, size_t N, size_t C, float eps,
+                               ni_stream s);
 
 /* x += f32(delta). (N, C) */
 int ni_cuda_residual_add(float *x, const ni_bf16 *delta, size_t N, size_t C, ni_stream s);
 
 /* Writes token i's key and value from qkv (N, 3C) = [q | k | v] into the caches at
  * (slot[i], pos[i]). k_cache, v_cache (S, NH, T, HS) bf16 (one layer). */
-int ni_cuda_kv_append(ni_bf16 *k_cache, ni_bf16 *v_cache, const ni_bf16 *qkv,
-                      const int32_t *slot, const int32_t *pos, size_t N, size_t NH, size_t HS,
-                      size_t T, ni_stream s);
+int ni_cuda_kv_append(ni_bf16 *k_cache, ni_bf16 *v_cache, const ni_bf16 *qkv, const int32_t *slot,
+                      const int32_t *pos, size_t N, size_t NH, size_t HS, size_t T, ni_stream s);
 
 /* ---- attention ---------------------------------------------------------------------------- */
 

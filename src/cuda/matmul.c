@@ -50,18 +50,18 @@ static ni_status make_plan(ni_matmul_ctx *m, ni_lt_plan *p) {
     cudaDataType_t dt = p->out_f32 ? CUDA_R_32F : CUDA_R_16BF;
     cublasOperation_t opT = CUBLAS_OP_T, opN = CUBLAS_OP_N;
     NI_TRY(lt_status(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "desc"));
-    NI_TRY(lt_status(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opT,
-                                                    sizeof opT),
-                     "transa"));
-    NI_TRY(lt_status(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opN,
-                                                    sizeof opN),
-                     "transb"));
+    NI_TRY(lt_status(
+        cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opT, sizeof opT),
+        "transa"));
+    NI_TRY(lt_status(
+        cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opN, sizeof opN),
+        "transb"));
     cublasLtEpilogue_t epi = p->epilogue == 2   ? CUBLASLT_EPILOGUE_GELU_BIAS
                              : p->epilogue == 1 ? CUBLASLT_EPILOGUE_BIAS
                                                 : CUBLASLT_EPILOGUE_DEFAULT;
-    NI_TRY(lt_status(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi,
-                                                    sizeof epi),
-                     "epilogue"));
+    NI_TRY(lt_status(
+        cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi),
+        "epilogue"));
     if (p->epilogue) {
         cudaDataType_t bt = CUDA_R_16BF;
         NI_TRY(lt_status(cublasLtMatmulDescSetAttribute(
@@ -122,13 +122,13 @@ static ni_status get_plan(ni_matmul_ctx *m, size_t N, size_t IC, size_t OC, int 
 }
 
 ni_status ni_matmul(ni_matmul_ctx *m, ni_bf16 *out_bf16, float *out_f32, const ni_bf16 *inp,
-                    const ni_bf16 *w, const ni_bf16 *bias, size_t N, size_t IC, size_t OC,
-                    int gelu, cudaStream_t stream) {
+                    const ni_bf16 *w, const ni_bf16 *bias, size_t N, size_t IC, size_t OC, int gelu,
+                    cudaStream_t stream) {
     if (N == 0) return NI_OK;
     if (N <= m->gemv_max_rows) {
-        NI_CUDA_TRY(ni_cuda_gemv(out_bf16, out_f32, inp, w, bias, N, IC, OC, gelu,
-                                 (ni_stream)stream),
-                    "gemv kernel");
+        NI_CUDA_TRY(
+            ni_cuda_gemv(out_bf16, out_f32, inp, w, bias, N, IC, OC, gelu, (ni_stream)stream),
+            "gemv kernel");
         return NI_OK;
     }
     if (gelu && !bias) return ni_fail(NI_ERR_INTERNAL, "matmul: GELU needs a bias here");

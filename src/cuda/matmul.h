@@ -27,7 +27,7 @@ typedef struct {
     size_t workspace_bytes;
     ni_lt_plan plans[NI_LT_MAX_PLANS];
     size_t n_plans;
-    size_t next_evict; /* round-robin victim once the cache is full */
+    size_t next_evict;    /* round-robin victim once the cache is full */
     size_t gemv_max_rows; /* N up to this uses ni_cuda_gemv */
 } ni_matmul_ctx;
 
@@ -36,8 +36,8 @@ void ni_matmul_destroy(ni_matmul_ctx *m);
 
 /* out: bf16 (out_bf16) or f32 (out_f32), exactly one non-NULL. bias may be NULL. */
 ni_status ni_matmul(ni_matmul_ctx *m, ni_bf16 *out_bf16, float *out_f32, const ni_bf16 *inp,
-                    const ni_bf16 *w, const ni_bf16 *bias, size_t N, size_t IC, size_t OC,
-                    int gelu, cudaStream_t stream);
+                    const ni_bf16 *w, const ni_bf16 *bias, size_t N, size_t IC, size_t OC, int gelu,
+                    cudaStream_t stream);
 
 /* Turns a CUDA error code into an ni_status naming the call (NI_OK for cudaSuccess). */
 ni_status ni_cuda_status(int err, const char *what);

@@ -62,9 +62,9 @@ static __device__ __forceinline__ void ss_argmax_merge(float *v, unsigned *i, fl
 }
 
 __global__ void __launch_bounds__(SS_STATS_THREADS)
-    ss_stats_kernel(int32_t *tokens,      // (B)
-                    ss_row *rows,         // (B) or NULL when greedy
-                    const float *logits,  // (B, V)
+    ss_stats_kernel(int32_t *tokens,     // (B)
+                    ss_row *rows,        // (B) or NULL when greedy
+                    const float *logits, // (B, V)
                     size_t V, int greedy) {
     __shared__ float s_v[SS_STATS_THREADS / 32];
     __shared__ unsigned s_i[SS_STATS_THREADS / 32];
@@ -113,8 +113,10 @@ __global__ void __launch_bounds__(SS_STATS_THREADS)
         bad |= s_bad[w];
     }
     const int invalid = bad || arg == 0xFFFFFFFFu;
-    if (invalid) tokens[r] = NI_SAMPLE_INVALID;
-    else if (greedy) tokens[r] = (int32_t)arg;
+    if (invalid)
+        tokens[r] = NI_SAMPLE_INVALID;
+    else if (greedy)
+        tokens[r] = (int32_t)arg;
     if (rows) {
         ss_row row;
         row.total = 0;
@@ -161,7 +163,7 @@ __global__ void __launch_bounds__(SS_KEYS_THREADS)
         cnt += wgt != 0;
     }
     ni_pdl_launch_dependents(); /* the keys are written; only the row sums are left */
-    if (!live) return; /* block-uniform */
+    if (!live) return;          /* block-uniform */
     for (int off = 16; off > 0; off >>= 1) {
         tot += __shfl_down_sync(0xFFFFFFFFu, tot, off);
         cnt += __shfl_down_sync(0xFFFFFFFFu, cnt, off);
@@ -221,9 +223,12 @@ static __device__ size_t ss_find(const unsigned long long *key, size_t V, unsign
         for (int j = 0; j < SS_PICK_ITEMS; j++) {
             const unsigned long long incl = run + w[j];
             bool h;
-            if (MODE == SS_BELOW) h = w[j] < thr;
-            else if (MODE == SS_MASS_GE) h = (double)incl >= lim;
-            else h = incl > thr;
+            if (MODE == SS_BELOW)
+                h = w[j] < thr;
+            else if (MODE == SS_MASS_GE)
+                h = (double)incl >= lim;
+            else
+                h = incl > thr;
             if (p0 + j < V && h && myhit == SS_NONE) {
                 myhit = p0 + j;
                 myexcl = run;
@@ -280,8 +285,10 @@ __global__ void __launch_bounds__(SS_PICK_THREADS)
     /* kept = {W >= theta}, a prefix of the sorted row */
     unsigned long long mass = row.total;
     if (theta > 0) {
-        if (k && theta == tk) mass = mass_topk;
-        else ss_find<SS_BELOW>(key, V, theta, 0.0, &mass, &sm);
+        if (k && theta == tk)
+            mass = mass_topk;
+        else
+            ss_find<SS_BELOW>(key, V, theta, 0.0, &mass, &sm);
     }
     const uint64_t seq = seq_ids ? seq_ids[r] : (uint64_t)r;
     const float u = ni_rng_uniform(seed, seq, step, 0);
@@ -304,7 +311,9 @@ typedef struct {
     int end_bit;
 } ss_layout;
 
-static size_t ss_align(size_t x) { return (x + SS_ALIGN - 1) / SS_ALIGN * SS_ALIGN; }
+static size_t ss_align(size_t x) {
+    return (x + SS_ALIGN - 1) / SS_ALIGN * SS_ALIGN;
+}
 
 /* 0 on success; fails when B * V does not fit CUB's 32-bit item count. */
 static int ss_layout_for(ss_layout *L, size_t B, size_t V) {
@@ -342,18 +351,17 @@ extern "C" size_t ni_cuda_sample_sorted_workspace(size_t B, size_t V) {
     return ss_layout_for(&L, B, V) == 0 ? L.total : 0;
 }
 
-extern "C" int ni_cuda_sample_sorted(int32_t *tokens, const float *logits,
-                                     const uint64_t *seq_ids, size_t B, size_t V,
-                                     float temperature, size_t top_k, float top_p, float min_p,
-                                     uint64_t seed, uint32_t step, void *workspace,
-                                     size_t workspace_bytes, ni_stream s) {
+extern "C" int ni_cuda_sample_sorted(int32_t *tokens, const float *logits, const uint64_t *seq_ids,
+                                     size_t B, size_t V, float temperature, size_t top_k,
+                                     float top_p, float min_p, uint64_t seed, uint32_t step,
+                                     void *workspace, size_t workspace_bytes, ni_stream s) {
     cudaStream_t st = (cudaStream_t)s;
     if (B == 0) return (int)cudaGetLastError();
     if (!tokens) return (int)cudaErrorInvalidValue;
     if (B > 0x7fffffffu) return (int)cudaErrorInvalidValue;
     /* rule 1 for the whole batch: bad sizes or a NaN parameter make every row invalid */
-    if (!logits || V == 0 || V > NI_SAMPLE_MAX_V || temperature != temperature ||
-        top_p != top_p || min_p != min_p) {
+    if (!logits || V == 0 || V > NI_SAMPLE_MAX_V || temperature != temperature || top_p != top_p ||
+        min_p != min_p) {
         return ni_launch_status(ni_launch_pdl(ss_fill_invalid_kernel,
                                               dim3((unsigned)((B + 255) / 256)), dim3(256), 0, st,
                                               tokens, B));

@@ -34,8 +34,8 @@ typedef struct {
     /* Sequences with live[i] append last[i] and sample next[i]; step counts generated tokens
      * before this one (the first decode step has step 1). A backend that keeps the decode
      * state on the device (cuda_graphs) may compute finished sequences too and ignore last. */
-    ni_status (*decode)(ni_backend_ctx *b, const int32_t *last, const uint8_t *live,
-                        uint32_t step, int32_t *next);
+    ni_status (*decode)(ni_backend_ctx *b, const int32_t *last, const uint8_t *live, uint32_t step,
+                        int32_t *next);
     /* Logits of every position of one sequence: out (len, V). */
     ni_status (*logits)(ni_backend_ctx *b, const int32_t *tokens, size_t len, float *out);
     /* Peak and weight bytes of this engine. */

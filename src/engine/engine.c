@@ -137,8 +137,8 @@ static ni_status check_request(const ni_engine *e, const ni_batch *p, const ni_s
     return NI_OK;
 }
 
-ni_status ni_generate(ni_engine *e, const ni_batch *prompts, const ni_sampling *s,
-                      ni_token_cb cb, void *user) {
+ni_status ni_generate(ni_engine *e, const ni_batch *prompts, const ni_sampling *s, ni_token_cb cb,
+                      void *user) {
     if (!e) return ni_fail(NI_ERR_INVALID_ARG, "ni_generate: NULL engine");
     NI_TRY(check_request(e, prompts, s));
     ni_stats *st = &e->stats;
@@ -148,8 +148,8 @@ ni_status ni_generate(ni_engine *e, const ni_batch *prompts, const ni_sampling *
     size_t B = prompts->n_seq;
     for (size_t i = 0; i < B; i++) st->prompt_tokens += prompts->lens[i];
     int32_t eos = ni_model_config(e->model)->eos_id;
-    ni_gen_request req = {prompts, {s->temperature, s->top_k, s->top_p, s->min_p}, s->seed,
-                          s->max_new_tokens};
+    ni_gen_request req = {
+        prompts, {s->temperature, s->top_k, s->top_p, s->min_p}, s->seed, s->max_new_tokens};
 
     double t0 = now_ms();
     NI_TRY(e->ops->prefill(e->ctx, &req, e->next));

@@ -13,9 +13,9 @@ typedef struct {
 } ni_named_config;
 
 static const ni_named_config ni_named[] = {
-    {"gpt2", 12, 12, 768},        {"gpt2-medium", 24, 16, 1024}, {"gpt2-large", 36, 20, 1280},
-    {"gpt2-xl", 48, 25, 1600},    {"empty-1B", 24, 16, 1792},    {"empty-2B", 32, 32, 2304},
-    {"empty-4B", 32, 32, 3328},   {"empty-10B", 48, 48, 4128},   {"empty-16B", 64, 64, 4608},
+    {"gpt2", 12, 12, 768},      {"gpt2-medium", 24, 16, 1024}, {"gpt2-large", 36, 20, 1280},
+    {"gpt2-xl", 48, 25, 1600},  {"empty-1B", 24, 16, 1792},    {"empty-2B", 32, 32, 2304},
+    {"empty-4B", 32, 32, 3328}, {"empty-10B", 48, 48, 4128},   {"empty-16B", 64, 64, 4608},
 };
 #define NI_N_NAMED (sizeof ni_named / sizeof ni_named[0])
 
@@ -23,7 +23,9 @@ static const char *const ni_names[NI_N_NAMED + 1] = {
     "gpt2",     "gpt2-medium", "gpt2-large", "gpt2-xl",   "empty-1B",
     "empty-2B", "empty-4B",    "empty-10B",  "empty-16B", NULL};
 
-const char *const *ni_model_names(void) { return ni_names; }
+const char *const *ni_model_names(void) {
+    return ni_names;
+}
 
 ni_status ni_config_named(const char *name, ni_config *out) {
     for (size_t i = 0; i < NI_N_NAMED; i++) {
@@ -44,8 +46,10 @@ ni_status ni_config_named(const char *name, ni_config *out) {
 
 ni_status ni_config_validate(const ni_config *c, const char *where) {
     if (c->n_layer == 0 || c->n_head == 0 || c->n_embd == 0 || c->vocab_size == 0 || c->n_ctx == 0)
-        return ni_fail(NI_ERR_FORMAT, "%s: n_layer, n_head, n_embd, vocab_size and n_positions "
-                                      "must be positive", where);
+        return ni_fail(NI_ERR_FORMAT,
+                       "%s: n_layer, n_head, n_embd, vocab_size and n_positions "
+                       "must be positive",
+                       where);
     if (c->n_embd % c->n_head != 0)
         return ni_fail(NI_ERR_FORMAT, "%s: n_embd %zu is not a multiple of n_head %zu", where,
                        c->n_embd, c->n_head);
@@ -74,8 +78,7 @@ ni_status ni_config_from_json(const char *path, ni_config *out) {
     json_error_t jerr;
     json_t *root = json_load_file(path, 0, &jerr);
     if (!root) {
-        if (strstr(jerr.text, "unable to open"))
-            return ni_fail(NI_ERR_IO, "%s: cannot open", path);
+        if (strstr(jerr.text, "unable to open")) return ni_fail(NI_ERR_IO, "%s: cannot open", path);
         return ni_fail(NI_ERR_FORMAT, "%s: not valid JSON (%s, line %d)", path, jerr.text,
                        jerr.line);
     }

@@ -17,29 +17,56 @@ void ni_weight_info_get(const ni_config *cfg, ni_weight_kind k, ni_weight_info *
     size_t C = cfg->n_embd;
     ni_weight_info w = {0};
     switch (k) {
-    case NI_W_WTE: w = (ni_weight_info){"wte.weight", 0, 0, cfg->vocab_size, C, NI_INIT_NORMAL}; break;
-    case NI_W_WPE: w = (ni_weight_info){"wpe.weight", 0, 0, cfg->n_ctx, C, NI_INIT_NORMAL}; break;
-    case NI_W_LN1_W: w = (ni_weight_info){"h.%zu.ln_1.weight", 1, 0, 1, C, NI_INIT_ONE}; break;
-    case NI_W_LN1_B: w = (ni_weight_info){"h.%zu.ln_1.bias", 1, 0, 1, C, NI_INIT_ZERO}; break;
+    case NI_W_WTE:
+        w = (ni_weight_info){"wte.weight", 0, 0, cfg->vocab_size, C, NI_INIT_NORMAL};
+        break;
+    case NI_W_WPE:
+        w = (ni_weight_info){"wpe.weight", 0, 0, cfg->n_ctx, C, NI_INIT_NORMAL};
+        break;
+    case NI_W_LN1_W:
+        w = (ni_weight_info){"h.%zu.ln_1.weight", 1, 0, 1, C, NI_INIT_ONE};
+        break;
+    case NI_W_LN1_B:
+        w = (ni_weight_info){"h.%zu.ln_1.bias", 1, 0, 1, C, NI_INIT_ZERO};
+        break;
     case NI_W_QKV_W:
         w = (ni_weight_info){"h.%zu.attn.c_attn.weight", 1, 1, 3 * C, C, NI_INIT_NORMAL};
         break;
-    case NI_W_QKV_B: w = (ni_weight_info){"h.%zu.attn.c_attn.bias", 1, 0, 1, 3 * C, NI_INIT_ZERO}; break;
+    case NI_W_QKV_B:
+        w = (ni_weight_info){"h.%zu.attn.c_attn.bias", 1, 0, 1, 3 * C, NI_INIT_ZERO};
+        break;
     case NI_W_PROJ_W:
         w = (ni_weight_info){"h.%zu.attn.c_proj.weight", 1, 1, C, C, NI_INIT_RESIDUAL};
         break;
-    case NI_W_PROJ_B: w = (ni_weight_info){"h.%zu.attn.c_proj.bias", 1, 0, 1, C, NI_INIT_ZERO}; break;
-    case NI_W_LN2_W: w = (ni_weight_info){"h.%zu.ln_2.weight", 1, 0, 1, C, NI_INIT_ONE}; break;
-    case NI_W_LN2_B: w = (ni_weight_info){"h.%zu.ln_2.bias", 1, 0, 1, C, NI_INIT_ZERO}; break;
-    case NI_W_FC_W: w = (ni_weight_info){"h.%zu.mlp.c_fc.weight", 1, 1, 4 * C, C, NI_INIT_NORMAL}; break;
-    case NI_W_FC_B: w = (ni_weight_info){"h.%zu.mlp.c_fc.bias", 1, 0, 1, 4 * C, NI_INIT_ZERO}; break;
+    case NI_W_PROJ_B:
+        w = (ni_weight_info){"h.%zu.attn.c_proj.bias", 1, 0, 1, C, NI_INIT_ZERO};
+        break;
+    case NI_W_LN2_W:
+        w = (ni_weight_info){"h.%zu.ln_2.weight", 1, 0, 1, C, NI_INIT_ONE};
+        break;
+    case NI_W_LN2_B:
+        w = (ni_weight_info){"h.%zu.ln_2.bias", 1, 0, 1, C, NI_INIT_ZERO};
+        break;
+    case NI_W_FC_W:
+        w = (ni_weight_info){"h.%zu.mlp.c_fc.weight", 1, 1, 4 * C, C, NI_INIT_NORMAL};
+        break;
+    case NI_W_FC_B:
+        w = (ni_weight_info){"h.%zu.mlp.c_fc.bias", 1, 0, 1, 4 * C, NI_INIT_ZERO};
+        break;
     case NI_W_FCPROJ_W:
         w = (ni_weight_info){"h.%zu.mlp.c_proj.weight", 1, 1, C, 4 * C, NI_INIT_RESIDUAL};
         break;
-    case NI_W_FCPROJ_B: w = (ni_weight_info){"h.%zu.mlp.c_proj.bias", 1, 0, 1, C, NI_INIT_ZERO}; break;
-    case NI_W_LNF_W: w = (ni_weight_info){"ln_f.weight", 0, 0, 1, C, NI_INIT_ONE}; break;
-    case NI_W_LNF_B: w = (ni_weight_info){"ln_f.bias", 0, 0, 1, C, NI_INIT_ZERO}; break;
-    default: break;
+    case NI_W_FCPROJ_B:
+        w = (ni_weight_info){"h.%zu.mlp.c_proj.bias", 1, 0, 1, C, NI_INIT_ZERO};
+        break;
+    case NI_W_LNF_W:
+        w = (ni_weight_info){"ln_f.weight", 0, 0, 1, C, NI_INIT_ONE};
+        break;
+    case NI_W_LNF_B:
+        w = (ni_weight_info){"ln_f.bias", 0, 0, 1, C, NI_INIT_ZERO};
+        break;
+    default:
+        break;
     }
     *o = w;
 }
@@ -52,12 +79,15 @@ float ni_model_random_value(const ni_model *m, ni_weight_kind k, size_t layer, s
     ni_weight_info wi;
     ni_weight_info_get(&m->cfg, k, &wi);
     switch (wi.init) {
-    case NI_INIT_ZERO: return 0.0f;
-    case NI_INIT_ONE: return 1.0f;
+    case NI_INIT_ZERO:
+        return 0.0f;
+    case NI_INIT_ONE:
+        return 1.0f;
     case NI_INIT_RESIDUAL:
         return 0.02f / sqrtf(2.0f * (float)m->cfg.n_layer) *
                ni_rng_normal(m->seed, ni_weight_tensor_id(k, layer), index);
-    default: return 0.02f * ni_rng_normal(m->seed, ni_weight_tensor_id(k, layer), index);
+    default:
+        return 0.02f * ni_rng_normal(m->seed, ni_weight_tensor_id(k, layer), index);
     }
 }
 
@@ -120,8 +150,8 @@ static ni_status check_tensors(ni_model *m) {
                 else
                     snprintf(exp, sizeof exp, "%zu, %zu", want[0], want[1]);
                 return ni_fail(NI_ERR_FORMAT,
-                               "%s: tensor '%s' has shape (%s), the config needs (%s)", path,
-                               name, got, exp);
+                               "%s: tensor '%s' has shape (%s), the config needs (%s)", path, name,
+                               got, exp);
             }
         }
     }
@@ -171,9 +201,8 @@ ni_status ni_model_open(const char *name_or_path, const ni_model_opts *opts, ni_
             strncat(list, i ? ", " : "", sizeof list - strlen(list) - 1);
             strncat(list, names[i], sizeof list - strlen(list) - 1);
         }
-        s = ni_fail(NI_ERR_INVALID_ARG,
-                    "'%s' is neither a named model (%s) nor a model directory", name_or_path,
-                    list);
+        s = ni_fail(NI_ERR_INVALID_ARG, "'%s' is neither a named model (%s) nor a model directory",
+                    name_or_path, list);
     }
     if (s != NI_OK) {
         ni_model_close(m);
@@ -194,9 +223,15 @@ void ni_model_close(ni_model *m) {
     free(m);
 }
 
-const ni_config *ni_model_config(const ni_model *m) { return &m->cfg; }
-size_t ni_model_param_count(const ni_model *m) { return m->n_params; }
-const char *ni_model_dir(const ni_model *m) { return m->dir; }
+const ni_config *ni_model_config(const ni_model *m) {
+    return &m->cfg;
+}
+size_t ni_model_param_count(const ni_model *m) {
+    return m->n_params;
+}
+const char *ni_model_dir(const ni_model *m) {
+    return m->dir;
+}
 
 size_t ni_model_weight_bytes(const ni_model *m, size_t bytes_per_param) {
     return m->n_params * bytes_per_param;
@@ -240,8 +275,8 @@ ni_status ni_model_host_weights(ni_model *m, const ni_weights_f32 **out) {
         free(m->host.layers);
         m->host_f32 = NULL;
         m->host.layers = NULL;
-        return ni_fail(NI_ERR_NO_MEMORY, "%s: %zu bytes of host memory for the weights",
-                       m->name, m->n_params * sizeof(float));
+        return ni_fail(NI_ERR_NO_MEMORY, "%s: %zu bytes of host memory for the weights", m->name,
+                       m->n_params * sizeof(float));
     }
     float *p = m->host_f32;
     for (int k = 0; k < NI_W_KIND_COUNT; k++) {
@@ -260,23 +295,56 @@ ni_status ni_model_host_weights(ni_model *m, const ni_weights_f32 **out) {
             const float **slot = NULL;
             ni_layer_f32 *L = &m->host.layers[l];
             switch ((ni_weight_kind)k) {
-            case NI_W_WTE: slot = &m->host.wte; break;
-            case NI_W_WPE: slot = &m->host.wpe; break;
-            case NI_W_LNF_W: slot = &m->host.lnf_w; break;
-            case NI_W_LNF_B: slot = &m->host.lnf_b; break;
-            case NI_W_LN1_W: slot = &L->ln1_w; break;
-            case NI_W_LN1_B: slot = &L->ln1_b; break;
-            case NI_W_QKV_W: slot = &L->qkv_w; break;
-            case NI_W_QKV_B: slot = &L->qkv_b; break;
-            case NI_W_PROJ_W: slot = &L->proj_w; break;
-            case NI_W_PROJ_B: slot = &L->proj_b; break;
-            case NI_W_LN2_W: slot = &L->ln2_w; break;
-            case NI_W_LN2_B: slot = &L->ln2_b; break;
-            case NI_W_FC_W: slot = &L->fc_w; break;
-            case NI_W_FC_B: slot = &L->fc_b; break;
-            case NI_W_FCPROJ_W: slot = &L->fcproj_w; break;
-            case NI_W_FCPROJ_B: slot = &L->fcproj_b; break;
-            default: break;
+            case NI_W_WTE:
+                slot = &m->host.wte;
+                break;
+            case NI_W_WPE:
+                slot = &m->host.wpe;
+                break;
+            case NI_W_LNF_W:
+                slot = &m->host.lnf_w;
+                break;
+            case NI_W_LNF_B:
+                slot = &m->host.lnf_b;
+                break;
+            case NI_W_LN1_W:
+                slot = &L->ln1_w;
+                break;
+            case NI_W_LN1_B:
+                slot = &L->ln1_b;
+                break;
+            case NI_W_QKV_W:
+                slot = &L->qkv_w;
+                break;
+            case NI_W_QKV_B:
+                slot = &L->qkv_b;
+                break;
+            case NI_W_PROJ_W:
+                slot = &L->proj_w;
+                break;
+            case NI_W_PROJ_B:
+                slot = &L->proj_b;
+                break;
+            case NI_W_LN2_W:
+                slot = &L->ln2_w;
+                break;
+            case NI_W_LN2_B:
+                slot = &L->ln2_b;
+                break;
+            case NI_W_FC_W:
+                slot = &L->fc_w;
+                break;
+            case NI_W_FC_B:
+                slot = &L->fc_b;
+                break;
+            case NI_W_FCPROJ_W:
+                slot = &L->fcproj_w;
+                break;
+            case NI_W_FCPROJ_B:
+                slot = &L->fcproj_b;
+                break;
+            default:
+                break;
             }
             *slot = p;
             p += wi.rows * wi.cols;

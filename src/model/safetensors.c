@@ -20,10 +20,13 @@
 
 static size_t dtype_size(ni_st_dtype d) {
     switch (d) {
-    case NI_ST_F32: return 4;
+    case NI_ST_F32:
+        return 4;
     case NI_ST_F16:
-    case NI_ST_BF16: return 2;
-    default: return 0;
+    case NI_ST_BF16:
+        return 2;
+    default:
+        return 0;
     }
 }
 
@@ -39,7 +42,7 @@ static size_t other_dtype_size(const char *s) {
     static const struct {
         const char *name;
         size_t size;
-    } table[] = {{"F64", 8}, {"I64", 8}, {"U64", 8}, {"I32", 4}, {"U32", 4}, {"I16", 2},
+    } table[] = {{"F64", 8}, {"I64", 8}, {"U64", 8}, {"I32", 4},  {"U32", 4},     {"I16", 2},
                  {"U16", 2}, {"I8", 1},  {"U8", 1},  {"BOOL", 1}, {"F8_E4M3", 1}, {"F8_E5M2", 1}};
     for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
         if (strcmp(s, table[i].name) == 0) return table[i].size;
@@ -213,6 +216,7 @@ float ni_st_get_f32(const ni_st_tensor *t, size_t i) {
         memcpy(&h, t->data + 2 * i, 2);
         return ni_bf16_to_f32(h);
     }
-    default: return 0.0f;
+    default:
+        return 0.0f;
     }
 }

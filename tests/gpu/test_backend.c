@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gpu_test_util.h"
 #include "test_util.h"
 
 static const char *const models[] = {"tiny-f32-prefix", "tiny-f16", "tiny-bf16", "gpt2-vocab"};
@@ -126,8 +127,8 @@ static void test_fixture_greedy(void **state) {
                 int same = c.n[i] == clen[i] && !memcmp(c.tok[i], cont[i], clen[i] * 4);
                 /* a margin of 5% of the logit spread is far above bf16 noise: must agree */
                 int must = margin[i] > 0.05 * std;
-                printf("  %-16s %-9s case %zu margin %.3f: %s%s\n", models[k], ni_preset_name(p),
-                       i, margin[i], same ? "identical" : "differs",
+                printf("  %-16s %-9s case %zu margin %.3f: %s%s\n", models[k], ni_preset_name(p), i,
+                       margin[i], same ? "identical" : "differs",
                        must ? "" : " (margin within bf16 noise: not required)");
                 if (must && !same) fail_msg("%s case %zu: greedy tokens differ", models[k], i);
                 checked += must;
@@ -176,10 +177,14 @@ static void test_presets_agree(void **state) {
     int32_t p0[] = {464, 2068, 7586}, p1[] = {40, 588, 257, 1643, 286, 262, 995}, p2[] = {50256};
     const int32_t *prompts[] = {p0, p1, p2};
     size_t lens[] = {3, 7, 1};
-    ni_sampling sampled = {.temperature = 1.0f, .top_k = 20, .top_p = 0.9f, .seed = 11,
-                           .max_new_tokens = 21, .ignore_eos = 1};
-    ni_sampling greedy = {.temperature = 0.0f, .top_p = 1.0f, .max_new_tokens = 21,
-                          .ignore_eos = 1};
+    ni_sampling sampled = {.temperature = 1.0f,
+                           .top_k = 20,
+                           .top_p = 0.9f,
+                           .seed = 11,
+                           .max_new_tokens = 21,
+                           .ignore_eos = 1};
+    ni_sampling greedy = {
+        .temperature = 0.0f, .top_p = 1.0f, .max_new_tokens = 21, .ignore_eos = 1};
     collected ref[4][2];
     ni_preset presets[] = {NI_PRESET_SAMPLING, NI_PRESET_CUDA_GRAPHS, NI_PRESET_KV_CACHE};
     for (size_t k = 0; k < 3; k++) {
@@ -204,7 +209,8 @@ static void test_presets_agree(void **state) {
         memset(&g, 0, sizeof g);
         ni_batch b = {3, prompts, lens};
         assert_int_equal(ni_generate(e, &b, &greedy, collect, &g), NI_OK);
-        if (k == 0) ref[1][1] = g;
+        if (k == 0)
+            ref[1][1] = g;
         else if (memcmp(g.tok, ref[1][1].tok, sizeof g.tok) != 0)
             fail_msg("%s: greedy tokens differ", ni_preset_name(presets[k]));
         ni_engine_destroy(e);
@@ -217,8 +223,10 @@ static void test_errors(void **state) {
     ni_model *m = NULL;
     assert_int_equal(ni_model_open("gpt2-xl", NULL, &m), NI_OK);
     /* a KV cache far beyond any card: refused up front with the bytes needed and free */
-    ni_engine_opts o = {.backend = NI_BACKEND_CUDA, .preset = NI_PRESET_KV_CACHE,
-                        .max_batch = 100000, .max_seq = 1024};
+    ni_engine_opts o = {.backend = NI_BACKEND_CUDA,
+                        .preset = NI_PRESET_KV_CACHE,
+                        .max_batch = 100000,
+                        .max_seq = 1024};
     ni_engine *e = NULL;
     assert_int_equal(ni_engine_create(m, &o, &e), NI_ERR_NO_MEMORY);
     printf("  %s\n", ni_last_error());
@@ -228,11 +236,7 @@ static void test_errors(void **state) {
 }
 
 int main(void) {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-        printf("skipped: no GPU\n");
-        return NI_TEST_SKIP;
-    }
+    if (ni_test_no_gpu()) return NI_TEST_SKIP;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fixture_logits),
         cmocka_unit_test(test_fixture_greedy),

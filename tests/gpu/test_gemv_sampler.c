@@ -17,6 +17,7 @@
 #include "cpu/ops.h"
 #include "cuda/kernels.h"
 #include "sampling/sampling.h"
+#include "gpu_test_util.h"
 #include "test_util.h"
 
 #define CK(call)                                                                                   \
@@ -78,7 +79,7 @@ static int cmp_float(const void *a, const void *b) {
  *          is also scaled by 1 + 2^-8. */
 typedef struct {
     size_t IC, OC;
-    ni_bf16 *x, *w, *b; /* host bf16: (16, IC), (OC, IC), (OC) */
+    ni_bf16 *x, *w, *b;            /* host bf16: (16, IC), (OC, IC), (OC) */
     float *ref, *ref_gelu, *absum; /* (16, OC) */
     ni_bf16 *dx, *dw, *db;
     ni_bf16 *dout;   /* (16, OC) */
@@ -178,8 +179,8 @@ static double gemv_check(const gemv_case *c, size_t N, int f32, int gelu, const 
                 int poisoned = f32 ? ((const uint32_t *)bits)[i] == 0xFFFFFFFFu
                                    : ((const uint16_t *)bits)[i] == 0xFFFFu;
                 if (!poisoned) {
-                    fprintf(stderr, "gemv IC=%zu OC=%zu N=%zu f32=%d: row %zu written\n", c->IC,
-                            OC, N, f32, n);
+                    fprintf(stderr, "gemv IC=%zu OC=%zu N=%zu f32=%d: row %zu written\n", c->IC, OC,
+                            N, f32, n);
                     fail();
                 }
                 continue;
@@ -273,8 +274,8 @@ static void test_gemv_args(void **state) {
     assert_int_not_equal(ni_cuda_gemv(NULL, (float *)8, (const ni_bf16 *)8, (const ni_bf16 *)8,
                                       NULL, 17, 8, 8, 0, NULL),
                          0);
-    assert_int_equal(ni_cuda_gemv(NULL, (float *)8, (const ni_bf16 *)8, (const ni_bf16 *)8, NULL,
-                                  0, 8, 8, 0, NULL),
+    assert_int_equal(ni_cuda_gemv(NULL, (float *)8, (const ni_bf16 *)8, (const ni_bf16 *)8, NULL, 0,
+                                  8, 8, 0, NULL),
                      0);
     /* IC = 0: the output is the bias (through GELU) */
     const size_t OC = 37;
@@ -327,8 +328,7 @@ static void samp_free(samp_ctx *c) {
 }
 
 static void samp_upload(samp_ctx *c) {
-    CK(cudaMemcpy(c->dlogits, c->logits, c->B * c->V * sizeof *c->logits,
-                  cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(c->dlogits, c->logits, c->B * c->V * sizeof *c->logits, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(c->dseq, c->seq, c->B * sizeof *c->seq, cudaMemcpyHostToDevice));
 }
 
@@ -402,8 +402,8 @@ static void test_sample_greedy_and_invalid(void **state) {
                     }
                 }
                 if (tok[r] != want) {
-                    fprintf(stderr, "greedy V=%zu filter %zu row %zu: got %d, want %d\n", V, fi,
-                            r, tok[r], want);
+                    fprintf(stderr, "greedy V=%zu filter %zu row %zu: got %d, want %d\n", V, fi, r,
+                            tok[r], want);
                     fail();
                 }
                 /* the CPU's canonical sampler agrees */
@@ -423,8 +423,10 @@ static void test_sample_greedy_and_invalid(void **state) {
             if (r == 6) assert_int_equal(tok[r], (int32_t)(V / 3));
         }
         /* NaN parameters: every row invalid */
-        static const ni_filter bad[] = {{NAN, 20, 0.9f, 0.0f}, {1.0f, 20, NAN, 0.0f},
-                                        {1.0f, 20, 0.9f, NAN}, {NAN, 1, 0.9f, 0.0f}};
+        static const ni_filter bad[] = {{NAN, 20, 0.9f, 0.0f},
+                                        {1.0f, 20, NAN, 0.0f},
+                                        {1.0f, 20, 0.9f, NAN},
+                                        {NAN, 1, 0.9f, 0.0f}};
         for (size_t fi = 0; fi < 4; fi++) {
             samp_run(&c, &bad[fi], 5, 3, tok);
             for (size_t r = 0; r < B; r++) assert_int_equal(tok[r], -1);
@@ -439,13 +441,13 @@ static void test_sample_greedy_and_invalid(void **state) {
 static void test_sample_matches_cpu(void **state) {
     (void)state;
     static const ni_filter filters[] = {
-        {1.0f, 20, 0.9f, 0.0f},   /* the seed's benchmark */
-        {0.7f, 0, 0.95f, 0.0f},   /* top-p alone */
-        {1.3f, 50, 1.0f, 0.05f},  /* top-k + min-p */
-        {1.0f, 0, 1.0f, 0.0f},    /* plain softmax */
-        {1.0f, 5, 0.0f, 0.0f},    /* top-p 0: the max group only */
+        {1.0f, 20, 0.9f, 0.0f},    /* the seed's benchmark */
+        {0.7f, 0, 0.95f, 0.0f},    /* top-p alone */
+        {1.3f, 50, 1.0f, 0.05f},   /* top-k + min-p */
+        {1.0f, 0, 1.0f, 0.0f},     /* plain softmax */
+        {1.0f, 5, 0.0f, 0.0f},     /* top-p 0: the max group only */
         {2.0f, 1000, 0.5f, 0.01f}, /* top-k off when >= V */
-        {0.5f, 3, 0.8f, 0.0f},    /* small k, ties at the cut */
+        {0.5f, 3, 0.8f, 0.0f},     /* small k, ties at the cut */
         {INFINITY, 7, 1.0f, 0.0f}, /* T = inf: uniform over the finite logits */
     };
     static const size_t Vs[] = {1000, 50257};
@@ -647,9 +649,8 @@ static void test_bench(void **state) {
         for (int greedy = 0; greedy < 2; greedy++) {
             for (size_t i = 0; i < RUNS + WARM; i++) {
                 CK(cudaEventRecord(ev[2 * i], NULL));
-                CK(ni_cuda_sample_sorted(tok, lg, seq, B, V, greedy ? 0.0f : f.temperature,
-                                         f.top_k, f.top_p, f.min_p, 1, (uint32_t)i, ws, wsb,
-                                         NULL));
+                CK(ni_cuda_sample_sorted(tok, lg, seq, B, V, greedy ? 0.0f : f.temperature, f.top_k,
+                                         f.top_p, f.min_p, 1, (uint32_t)i, ws, wsb, NULL));
                 CK(cudaEventRecord(ev[2 * i + 1], NULL));
             }
             CK(cudaDeviceSynchronize());
@@ -669,11 +670,7 @@ static void test_bench(void **state) {
 }
 
 int main(void) {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-        printf("skipped: no GPU\n");
-        return NI_TEST_SKIP;
-    }
+    if (ni_test_no_gpu()) return NI_TEST_SKIP;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gemv_args),
         cmocka_unit_test(test_gemv_shapes),

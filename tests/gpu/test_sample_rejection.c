@@ -17,6 +17,7 @@
 
 #include "cuda/kernels.h"
 #include "sampling/sampling.h"
+#include "gpu_test_util.h"
 #include "test_util.h"
 
 #define CK(call)                                                                                   \
@@ -700,11 +701,7 @@ static void test_bench(void **state) {
 }
 
 int main(void) {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-        printf("skipped: no GPU\n");
-        return NI_TEST_SKIP;
-    }
+    if (ni_test_no_gpu()) return NI_TEST_SKIP;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_greedy_and_invalid),
         cmocka_unit_test(test_matches_cpu),

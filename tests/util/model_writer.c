@@ -32,16 +32,16 @@ typedef struct {
 static size_t list_tensors(const tm_spec *s, tm_tensor *t) {
     size_t C = s->n_embd, n = 0;
     const char *pre = s->prefix ? "transformer." : "";
-#define ADD1(d0, ...)                                                                               \
+#define ADD1(d0, ...)                                                                              \
     do {                                                                                           \
-        snprintf(t[n].name, sizeof t[n].name, __VA_ARGS__);                                                \
+        snprintf(t[n].name, sizeof t[n].name, __VA_ARGS__);                                        \
         t[n].ndim = 1;                                                                             \
         t[n].shape[0] = (d0);                                                                      \
         n++;                                                                                       \
     } while (0)
 #define ADD2(d0, d1, ...)                                                                          \
     do {                                                                                           \
-        snprintf(t[n].name, sizeof t[n].name, __VA_ARGS__);                                                \
+        snprintf(t[n].name, sizeof t[n].name, __VA_ARGS__);                                        \
         t[n].ndim = 2;                                                                             \
         t[n].shape[0] = (d0);                                                                      \
         t[n].shape[1] = (d1);                                                                      \
@@ -133,7 +133,8 @@ int tm_write_model(const char *dir, const tm_spec *s) {
                     uint32_t man = (u >> 13) & 0x3ffu;
                     /* subnormal halves: magnitude in units of 2^-24 */
                     uint32_t sub = (uint32_t)(fabsf(v) * 16777216.0f);
-                    h = e <= 0 ? (uint16_t)(sign | sub) : (uint16_t)(sign | ((uint32_t)e << 10) | man);
+                    h = e <= 0 ? (uint16_t)(sign | sub)
+                               : (uint16_t)(sign | ((uint32_t)e << 10) | man);
                 }
                 fwrite(&h, 2, 1, f);
             }
