@@ -22,8 +22,10 @@
 #include "engine/token_list.h"
 #include "model/model.h"
 
-/* Steps a cuda_graphs engine runs between two host wake-ups (tokens come back in batches). */
+/* Steps a cuda_graphs engine runs between two host wake-ups (tokens come back in batches);
+ * the environment variable NI_GRAPH_STEPS (1 .. NI_GRAPH_STEPS_MAX) overrides it. */
 #define NI_GRAPH_STEPS 8
+#define NI_GRAPH_STEPS_MAX 64
 #define NI_MAX_GRAPHS 8
 
 typedef struct {
@@ -81,7 +83,8 @@ struct ni_backend_ctx {
     uint8_t *h_blk; /* pinned mirror of d_blk */
     chunk_block h;
     size_t blk_bytes;
-    int32_t *h_hist;               /* pinned (NI_GRAPH_STEPS, S) tokens copied back from st.hist */
+    int32_t *h_hist;               /* pinned (graph_steps, S) tokens copied back from st.hist */
+    size_t graph_steps;            /* decode steps between host wake-ups (cuda_graphs) */
     size_t hist_first, hist_count; /* steps held in h_hist */
 
     ni_token_list list; /* host: the token list of one forward call */
@@ -304,6 +307,9 @@ static ni_status cuda_create(ni_model *m, const ni_engine_opts *o, ni_backend_ct
     b->flags = ni_preset_get(o->preset);
     b->max_batch = o->max_batch;
     b->max_seq = o->max_seq;
+    b->graph_steps = NI_GRAPH_STEPS;
+    const char *gs = getenv("NI_GRAPH_STEPS");
+    if (gs && atoi(gs) >= 1 && atoi(gs) <= NI_GRAPH_STEPS_MAX) b->graph_steps = (size_t)atoi(gs);
     size_t S = b->max_batch, T = b->max_seq, V = b->cfg->vocab_size;
     /* a chunk holds a whole decode step; 4096 tokens bound prefill activations */
     b->chunk = S * T < 4096 ? S * T : 4096;
@@ -345,7 +351,7 @@ static ni_status cuda_create(ni_model *m, const ni_engine_opts *o, ni_backend_ct
         arena_layout(b, b->arena);
         block_layout(&b->d, b->d_blk, S, b->chunk);
         if (cudaMallocHost((void **)&b->h_blk, b->blk_bytes) != cudaSuccess ||
-            cudaMallocHost((void **)&b->h_hist, (size_t)NI_GRAPH_STEPS * S * 4) != cudaSuccess)
+            cudaMallocHost((void **)&b->h_hist, b->graph_steps * S * 4) != cudaSuccess)
             s = ni_fail(NI_ERR_NO_MEMORY, "pinned host memory");
     }
     if (s == NI_OK) {
@@ -652,7 +658,7 @@ static ni_status graph_for(ni_backend_ctx *b, size_t B, cudaGraphExec_t *out) {
 static ni_status graph_run_ahead(ni_backend_ctx *b, uint32_t step) {
     size_t B = b->n_seq;
     size_t k = b->max_new > step ? b->max_new - step : 1;
-    if (k > NI_GRAPH_STEPS) k = NI_GRAPH_STEPS;
+    if (k > b->graph_steps) k = b->graph_steps;
     for (size_t j = 0; j < k; j++) {
         if (b->warm_batch != B) {
             /* the first step of a batch size runs eagerly: cuBLASLt plans and kernel attributes
