@@ -16,6 +16,8 @@ static const char logits_help[] =
 int cmd_logits(int argc, char **argv) {
     cli_model_args ma;
     cli_model_args_init(&ma);
+    ma.preset = NI_PRESET_KV_CACHE; /* logits only: no sampler, no graphs */
+    ma.preset_set = 1;
     const char *out_path = NULL, *v;
     int32_t *ids = NULL;
     size_t n_ids = 0;

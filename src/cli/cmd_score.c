@@ -34,7 +34,8 @@ static double token_nll(const float *row, size_t V, int32_t target) {
 int cmd_score(int argc, char **argv) {
     cli_model_args ma;
     cli_model_args_init(&ma);
-    ma.preset = NI_PRESET_KV_CACHE;
+    ma.preset = NI_PRESET_KV_CACHE; /* logits only: no sampler, no graphs */
+    ma.preset_set = 1;
     const char *file = NULL, *tok_dir = NULL, *v;
     size_t window = 0;
     int json = 0;
