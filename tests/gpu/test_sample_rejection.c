@@ -18,6 +18,7 @@
 #include "cuda/kernels.h"
 #include "sampling/sampling.h"
 #include "gpu_test_util.h"
+#include "stat_util.h"
 #include "test_util.h"
 
 #define CK(call)                                                                                   \
@@ -31,19 +32,6 @@
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
-static uint64_t rng_next(uint64_t *s) { /* splitmix64 */
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-static float rng_normal(uint64_t *s) {
-    float u1 = ((float)(rng_next(s) >> 40) + 1.0f) / 16777216.0f;
-    float u2 = (float)(rng_next(s) >> 40) / 16777216.0f;
-    return sqrtf(-2.0f * logf(u1)) * cosf(6.2831853f * u2);
-}
-
 static void *dmalloc(size_t bytes) {
     void *p = NULL;
     CK(cudaMalloc(&p, bytes ? bytes : 1));
@@ -54,23 +42,6 @@ static void *hmalloc(size_t bytes) {
     void *p = malloc(bytes ? bytes : 1);
     assert_non_null(p);
     return p;
-}
-
-static int cmp_float(const void *a, const void *b) {
-    float x = *(const float *)a, y = *(const float *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(float *v, size_t n) {
-    qsort(v, n, sizeof *v, cmp_float);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-/* Upper quantile of chi-square with d degrees of freedom at normal score z (Wilson-Hilferty). */
-static double chi2_quantile(double d, double z) {
-    double a = 2.0 / (9.0 * d);
-    double t = 1.0 - a + z * sqrt(a);
-    return d * t * t * t;
 }
 
 /* Logit rows of several kinds: 0 normal * 3; 1 quantized to 0.5 (many exact ties, top-k and
@@ -342,35 +313,9 @@ static void test_chi_square(void **state) {
                 count[tok[r]] += 1.0;
             }
         }
-        /* kept tokens by decreasing probability, merged into bins of expected count >= 5 (a
-         * remainder below 5 joins the last bin) */
-        const double n = (double)B * steps;
-        size_t order[50];
-        int kept = 0;
-        for (size_t i = 0; i < V; i++)
-            if (probs[i] > 0.0) order[kept++] = i;
-        for (int i = 1; i < kept; i++)
-            for (int j = i; j > 0 && probs[order[j]] > probs[order[j - 1]]; j--) {
-                size_t t = order[j];
-                order[j] = order[j - 1];
-                order[j - 1] = t;
-            }
-        double be[50], bo[50], e = 0, o = 0;
-        int bins = 0;
-        for (int i = 0; i < kept; i++) {
-            e += n * probs[order[i]];
-            o += count[order[i]];
-            if (e >= 5.0) {
-                be[bins] = e;
-                bo[bins++] = o;
-                e = o = 0;
-            }
-        }
+        int kept, bins;
+        double chi2 = binned_chi2(probs, count, V, (double)B * steps, &kept, &bins);
         assert_true(bins > 0);
-        be[bins - 1] += e;
-        bo[bins - 1] += o;
-        double chi2 = 0;
-        for (int i = 0; i < bins; i++) chi2 += (bo[i] - be[i]) * (bo[i] - be[i]) / be[i];
         const double dof = bins > 1 ? bins - 1 : 1;
         const double limit = chi2_quantile(dof, 4.75); /* p ~ 1e-6 */
         printf("  chi-square filter %zu: %d kept, %d bins, chi2 %.1f (limit %.1f)\n", fi, kept,
