@@ -98,18 +98,6 @@ static void test_logits_match_transformers(void **state) {
     }
 }
 
-typedef struct {
-    int32_t tok[8][64];
-    size_t n[8];
-} collected;
-
-static int collect(void *user, size_t seq, size_t step, int32_t token) {
-    collected *c = user;
-    (void)step;
-    c->tok[seq][c->n[seq]++] = token;
-    return 0;
-}
-
 static void test_greedy_matches_transformers(void **state) {
     (void)state;
     for (size_t k = 0; k < N_MODELS; k++) {
@@ -129,11 +117,11 @@ static void test_greedy_matches_transformers(void **state) {
                 .temperature = 0.0f, .top_p = 1.0f, .max_new_tokens = f.cases[0].n_cont};
             /* each case alone, then all of them as one ragged batch */
             for (size_t i = 0; i <= f.n_cases; i++) {
-                collected c;
+                ni_test_tokens c;
                 memset(&c, 0, sizeof c);
                 size_t first = i < f.n_cases ? i : 0, count = i < f.n_cases ? 1 : f.n_cases;
                 ni_batch b = {count, prompts + first, lens + first};
-                if (ni_generate(e, &b, &s, collect, &c) != NI_OK)
+                if (ni_generate(e, &b, &s, ni_test_collect, &c) != NI_OK)
                     fail_msg("%s: %s", fixture_models[k], ni_last_error());
                 for (size_t j = 0; j < count; j++) {
                     const greedy_case *gc = &f.cases[first + j];

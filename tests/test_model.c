@@ -400,23 +400,12 @@ static void test_forward_matches_naive_reference(void **state) {
 
 /* ---- generation: presets, ragged batches, errors ------------------------------------------ */
 
-typedef struct {
-    int32_t tok[8][64];
-    size_t n[8];
-} gen_out;
-
-static int collect(void *user, size_t seq, size_t step, int32_t token) {
-    gen_out *g = user;
-    assert_int_equal(step, g->n[seq]);
-    g->tok[seq][g->n[seq]++] = token;
-    return 0;
-}
-
 static void generate(ni_engine *e, const int32_t *const *prompts, const size_t *lens, size_t B,
-                     const ni_sampling *s, gen_out *out) {
+                     const ni_sampling *s, ni_test_tokens *out) {
     memset(out, 0, sizeof *out);
     ni_batch b = {B, prompts, lens};
-    if (ni_generate(e, &b, s, collect, out) != NI_OK) fail_msg("generate: %s", ni_last_error());
+    if (ni_generate(e, &b, s, ni_test_collect, out) != NI_OK)
+        fail_msg("generate: %s", ni_last_error());
 }
 
 static void test_presets_and_ragged_batches_agree(void **state) {
@@ -436,7 +425,7 @@ static void test_presets_and_ragged_batches_agree(void **state) {
                            .seed = 99,
                            .max_new_tokens = 12,
                            .ignore_eos = 1};
-    gen_out single[4], batch;
+    ni_test_tokens single[4], batch;
     ni_engine *kv = make_engine(m, NI_PRESET_KV_CACHE, 4, 24);
     ni_engine *base = make_engine(m, NI_PRESET_BASELINE, 4, 24);
     for (size_t i = 0; i < 4; i++) generate(kv, &prompts[i], &lens[i], 1, &greedy, &single[i]);
@@ -451,7 +440,7 @@ static void test_presets_and_ragged_batches_agree(void **state) {
     }
     /* sampling: the seed reproduces, a sequence's draws do not depend on the batch, and the
      * baseline (recompute) samples the very tokens of the KV-cache engine */
-    gen_out a, b2, c;
+    ni_test_tokens a, b2, c;
     generate(kv, prompts, lens, 4, &sampled, &a);
     generate(kv, prompts, lens, 4, &sampled, &b2);
     assert_memory_equal(&a, &b2, sizeof a);
@@ -478,24 +467,24 @@ static void test_generation_errors_and_eos(void **state) {
     size_t lens[] = {40, 3, 3};
     ni_sampling s = {.temperature = 0.0f, .top_p = 1.0f, .max_new_tokens = 9};
     ni_batch b = {1, prompts, lens};
-    gen_out g;
+    ni_test_tokens g;
     memset(&g, 0, sizeof g);
     /* prompt + new tokens beyond the context: refused before any work */
-    assert_int_equal(ni_generate(e, &b, &s, collect, &g), NI_ERR_CONTEXT);
+    assert_int_equal(ni_generate(e, &b, &s, ni_test_collect, &g), NI_ERR_CONTEXT);
     assert_non_null(strstr(ni_last_error(), "context"));
     assert_int_equal(g.n[0], 0);
     /* batch beyond the engine */
     b = (ni_batch){3, prompts, lens + 0};
-    assert_int_equal(ni_generate(e, &b, &s, collect, &g), NI_ERR_INVALID_ARG);
+    assert_int_equal(ni_generate(e, &b, &s, ni_test_collect, &g), NI_ERR_INVALID_ARG);
     /* a token outside the vocabulary */
     p[1] = 97;
     b = (ni_batch){1, prompts + 1, lens + 1};
-    assert_int_equal(ni_generate(e, &b, &s, collect, &g), NI_ERR_INVALID_ARG);
+    assert_int_equal(ni_generate(e, &b, &s, ni_test_collect, &g), NI_ERR_INVALID_ARG);
     assert_non_null(strstr(ni_last_error(), "vocabulary"));
     p[1] = 0;
     /* the engine still works after refusals, and stops at <|endoftext|> (the config's eos is
      * V-1 here): find the greedy token after a prompt and use a model whose eos it is */
-    assert_int_equal(ni_generate(e, &b, &s, collect, &g), NI_OK);
+    assert_int_equal(ni_generate(e, &b, &s, ni_test_collect, &g), NI_OK);
     assert_int_equal(g.n[0], 9);
     ni_engine_destroy(e);
     ni_model_close(m);
@@ -508,16 +497,16 @@ static void test_generation_errors_and_eos(void **state) {
     write_config(dir, cfg);
     assert_int_equal(ni_model_open(dir, NULL, &m), NI_OK);
     e = make_engine(m, NI_PRESET_KV_CACHE, 2, 0);
-    gen_out h;
+    ni_test_tokens h;
     memset(&h, 0, sizeof h);
-    assert_int_equal(ni_generate(e, &b, &s, collect, &h), NI_OK);
+    assert_int_equal(ni_generate(e, &b, &s, ni_test_collect, &h), NI_OK);
     /* stops right after emitting eos (the first time it appears) */
     size_t first = 0;
     while (g.tok[0][first] != g.tok[0][3]) first++;
     assert_int_equal(h.n[0], first + 1);
     s.ignore_eos = 1;
     memset(&h, 0, sizeof h);
-    assert_int_equal(ni_generate(e, &b, &s, collect, &h), NI_OK);
+    assert_int_equal(ni_generate(e, &b, &s, ni_test_collect, &h), NI_OK);
     assert_int_equal(h.n[0], 9);
     ni_stats st;
     assert_int_equal(ni_engine_stats(e, &st), NI_OK);

@@ -175,18 +175,12 @@ static void sample_rows(ni_backend_ctx *b, size_t n, uint32_t step, int32_t *nex
 static ni_status check_sampled(const ni_backend_ctx *b, size_t rows, const int32_t *next) {
     for (size_t r = 0; r < rows; r++)
         if (next[b->list.row_seq[r]] == NI_SAMPLE_INVALID)
-            return ni_fail(NI_ERR_INTERNAL,
-                           "sequence %d: the logits hold NaN or no finite value; nothing to "
-                           "sample",
-                           (int)b->list.row_seq[r]);
+            return ni_fail_invalid_logits((size_t)b->list.row_seq[r]);
     return NI_OK;
 }
 
 static ni_status cpu_prefill(ni_backend_ctx *b, const ni_gen_request *req, int32_t *next) {
     const ni_batch *p = req->prompts;
-    if (p->n_seq > b->max_batch)
-        return ni_fail(NI_ERR_INVALID_ARG, "batch of %zu exceeds the engine's max batch %zu",
-                       p->n_seq, b->max_batch);
     b->n_seq = p->n_seq;
     b->filter = req->filter;
     b->seed = req->seed;

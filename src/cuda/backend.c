@@ -520,11 +520,7 @@ static ni_status sample(ni_backend_ctx *b, size_t rows, uint32_t step, int32_t *
                 "cudaMemcpy (tokens)");
     NI_CUDA_TRY(cudaStreamSynchronize(b->stream), "sampling");
     for (size_t r = 0; r < rows; r++) {
-        if (h_next[r] < 0)
-            return ni_fail(NI_ERR_INTERNAL,
-                           "sequence %d: the logits hold NaN or no finite value; nothing to "
-                           "sample",
-                           (int)b->list.row_seq[r]);
+        if (h_next[r] < 0) return ni_fail_invalid_logits((size_t)b->list.row_seq[r]);
         next[b->list.row_seq[r]] = h_next[r];
     }
     return NI_OK;
@@ -536,9 +532,6 @@ static ni_status init_graph_state(ni_backend_ctx *b);
 
 static ni_status cuda_prefill(ni_backend_ctx *b, const ni_gen_request *req, int32_t *next) {
     const ni_batch *p = req->prompts;
-    if (p->n_seq > b->max_batch)
-        return ni_fail(NI_ERR_INVALID_ARG, "batch of %zu exceeds the engine's max batch %zu",
-                       p->n_seq, b->max_batch);
     b->n_seq = p->n_seq;
     b->filter = req->filter;
     b->seed = req->seed;
@@ -558,9 +551,6 @@ static ni_status cuda_prefill(ni_backend_ctx *b, const ni_gen_request *req, int3
     NI_TRY(sample(b, p->n_seq, 0, next));
     return b->flags->cuda_graphs ? init_graph_state(b) : NI_OK;
 }
-
-static ni_status cuda_decode(ni_backend_ctx *b, const int32_t *last, const uint8_t *live,
-                             uint32_t step, int32_t *next);
 
 static ni_status eager_decode(ni_backend_ctx *b, const int32_t *last, const uint8_t *live,
                               uint32_t step, int32_t *next) {
@@ -693,11 +683,7 @@ static ni_status cuda_decode(ni_backend_ctx *b, const int32_t *last, const uint8
         NI_TRY(graph_run_ahead(b, step));
     const int32_t *tokens = b->h_hist + (size_t)(step - b->hist_first) * B;
     for (size_t r = 0; r < B; r++) {
-        if (tokens[r] < 0 && live[r])
-            return ni_fail(NI_ERR_INTERNAL,
-                           "sequence %zu: the logits hold NaN or no finite value; nothing to "
-                           "sample",
-                           r);
+        if (tokens[r] < 0 && live[r]) return ni_fail_invalid_logits(r);
         next[r] = tokens[r];
     }
     return NI_OK;

@@ -16,6 +16,9 @@ typedef struct {
 
 const ni_preset_flags *ni_preset_get(ni_preset p);
 
+/* The error of a sampler that found nothing to sample in sequence seq's logits. */
+ni_status ni_fail_invalid_logits(size_t seq);
+
 typedef struct ni_backend_ctx ni_backend_ctx;
 
 /* What one generation asks: the prompts, the filter and the random stream's seed. */

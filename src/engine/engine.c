@@ -20,6 +20,11 @@ const ni_preset_flags *ni_preset_get(ni_preset p) {
     return (p >= 0 && p < NI_PRESET_COUNT) ? &ni_presets[p] : NULL;
 }
 
+ni_status ni_fail_invalid_logits(size_t seq) {
+    return ni_fail(NI_ERR_INTERNAL,
+                   "sequence %zu: the logits hold NaN or no finite value; nothing to sample", seq);
+}
+
 const char *ni_preset_name(ni_preset p) {
     const ni_preset_flags *f = ni_preset_get(p);
     return f ? f->name : "unknown";

@@ -81,18 +81,6 @@ static void test_fixture_logits(void **state) {
     }
 }
 
-typedef struct {
-    int32_t tok[8][64];
-    size_t n[8];
-} collected;
-
-static int collect(void *user, size_t seq, size_t step, int32_t token) {
-    collected *c = user;
-    (void)step;
-    c->tok[seq][c->n[seq]++] = token;
-    return 0;
-}
-
 static void test_fixture_greedy(void **state) {
     (void)state;
     size_t checked = 0;
@@ -118,10 +106,10 @@ static void test_fixture_greedy(void **state) {
         for (ni_preset p = NI_PRESET_BASELINE; p <= NI_PRESET_KV_CACHE; p++) {
             ni_engine *e = engine(m, NI_BACKEND_CUDA, p, n, 0);
             ni_sampling s = {.temperature = 0.0f, .top_p = 1.0f, .max_new_tokens = clen[0]};
-            collected c;
+            ni_test_tokens c;
             memset(&c, 0, sizeof c);
             ni_batch b = {n, pp, plen};
-            if (ni_generate(e, &b, &s, collect, &c) != NI_OK)
+            if (ni_generate(e, &b, &s, ni_test_collect, &c) != NI_OK)
                 fail_msg("generate: %s", ni_last_error());
             for (size_t i = 0; i < n; i++) {
                 int same = c.n[i] == clen[i] && !memcmp(c.tok[i], cont[i], clen[i] * 4);
@@ -167,7 +155,7 @@ static void test_random_model_against_cpu(void **state) {
 }
 
 /* The engines that share a forward pass give the same tokens: cuda_graphs (device-side state,
- * tokens collected every few steps) exactly as sampling for the same seed, across batch sizes
+ * tokens ni_test_tokens every few steps) exactly as sampling for the same seed, across batch sizes
  * (one graph each) and generations; greedy the same in all four. */
 static void test_presets_agree(void **state) {
     (void)state;
@@ -185,17 +173,17 @@ static void test_presets_agree(void **state) {
                            .ignore_eos = 1};
     ni_sampling greedy = {
         .temperature = 0.0f, .top_p = 1.0f, .max_new_tokens = 21, .ignore_eos = 1};
-    collected ref[4][2];
+    ni_test_tokens ref[4][2];
     ni_preset presets[] = {NI_PRESET_SAMPLING, NI_PRESET_CUDA_GRAPHS, NI_PRESET_KV_CACHE};
     for (size_t k = 0; k < 3; k++) {
         ni_engine *e = engine(m, NI_BACKEND_CUDA, presets[k], 3, 64);
         for (size_t B = 3; B >= 2; B--) {
             const ni_sampling *s = presets[k] == NI_PRESET_KV_CACHE ? &greedy : &sampled;
             for (int rep = 0; rep < 2; rep++) {
-                collected c;
+                ni_test_tokens c;
                 memset(&c, 0, sizeof c);
                 ni_batch b = {B, prompts, lens};
-                if (ni_generate(e, &b, s, collect, &c) != NI_OK)
+                if (ni_generate(e, &b, s, ni_test_collect, &c) != NI_OK)
                     fail_msg("%s: %s", ni_preset_name(presets[k]), ni_last_error());
                 for (size_t i = 0; i < B; i++) assert_int_equal(c.n[i], 21);
                 if (k == 0 && rep == 0) ref[B][0] = c;
@@ -205,10 +193,10 @@ static void test_presets_agree(void **state) {
             }
         }
         /* greedy: every engine agrees */
-        collected g;
+        ni_test_tokens g;
         memset(&g, 0, sizeof g);
         ni_batch b = {3, prompts, lens};
-        assert_int_equal(ni_generate(e, &b, &greedy, collect, &g), NI_OK);
+        assert_int_equal(ni_generate(e, &b, &greedy, ni_test_collect, &g), NI_OK);
         if (k == 0)
             ref[1][1] = g;
         else if (memcmp(g.tok, ref[1][1].tok, sizeof g.tok) != 0)

@@ -63,3 +63,11 @@ char *ni_test_run(const char *cmd, int *status) {
     if (status) *status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
     return buf;
 }
+
+int ni_test_collect(void *user, size_t seq, size_t step, int32_t token) {
+    ni_test_tokens *t = user;
+    assert_true(seq < 8 && t->n[seq] < 64);
+    assert_int_equal(step, t->n[seq]);
+    t->tok[seq][t->n[seq]++] = token;
+    return 0;
+}

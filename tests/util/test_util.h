@@ -25,4 +25,12 @@ void ni_test_tmpdir(char *buf, size_t cap);
  * status. free() the result. */
 char *ni_test_run(const char *cmd, int *status);
 
+/* Tokens of up to 8 sequences of up to 64 tokens, filled by ni_test_collect as an ni_token_cb
+ * (which also checks that each sequence's tokens come in step order). Zero it before use. */
+typedef struct {
+    int32_t tok[8][64];
+    size_t n[8];
+} ni_test_tokens;
+int ni_test_collect(void *user, size_t seq, size_t step, int32_t token);
+
 #endif
