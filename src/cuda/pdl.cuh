@@ -34,22 +34,42 @@ static inline int ni_pdl_enabled(void) {
     return !e || e[0] == '\0' || (e[0] == '0' && e[1] == '\0');
 }
 
-/* kernel<<<grid, block, smem, s>>>(args...) with programmatic stream serialization allowed. The
- * arguments convert to the kernel's parameter types as in a <<< >>> launch. */
+/* kernel<<<grid, block, smem, s>>>(args...) with programmatic stream serialization allowed and,
+ * cluster_x > 1, thread-block clusters of cluster_x blocks along x (sm_90; grid.x a multiple of
+ * it). The arguments convert to the kernel's parameter types as in a <<< >>> launch. */
 template <typename... KArgs, typename... Args>
-static inline cudaError_t ni_launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block,
-                                        size_t smem, cudaStream_t s, Args... args) {
-    cudaLaunchAttribute attr[1] = {};
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
+static inline cudaError_t ni_launch_pdl_cluster(void (*kernel)(KArgs...), dim3 grid, dim3 block,
+                                                size_t smem, cudaStream_t s, unsigned cluster_x,
+                                                Args... args) {
+    cudaLaunchAttribute attr[2] = {};
+    unsigned n = 0;
+    if (ni_pdl_enabled()) {
+        attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[n].val.programmaticStreamSerializationAllowed = 1;
+        n++;
+    }
+    if (cluster_x > 1) {
+        attr[n].id = cudaLaunchAttributeClusterDimension;
+        attr[n].val.clusterDim.x = cluster_x;
+        attr[n].val.clusterDim.y = 1;
+        attr[n].val.clusterDim.z = 1;
+        n++;
+    }
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;
     cfg.dynamicSmemBytes = smem;
     cfg.stream = s;
     cfg.attrs = attr;
-    cfg.numAttrs = ni_pdl_enabled() ? 1 : 0;
+    cfg.numAttrs = n;
     return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
+
+/* kernel<<<grid, block, smem, s>>>(args...) with programmatic stream serialization allowed. */
+template <typename... KArgs, typename... Args>
+static inline cudaError_t ni_launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block,
+                                        size_t smem, cudaStream_t s, Args... args) {
+    return ni_launch_pdl_cluster(kernel, grid, block, smem, s, 1u, args...);
 }
 
 /* A launcher's result: the launch's own error, else (and in any case clearing it) the last one. */
