@@ -114,12 +114,12 @@ typedef struct {
     uint64_t seed;
 } ni_sample_params;
 
-/* One launch for the whole batch, one block per row: row r of logits (B, V) f32 is sampled with
- * the random stream (params->seed, seq_ids[r], steps[r]) exactly as ni_sample_rejection (CPU)
- * does, the same token for the same stream; tokens[r] gets the id or -1 (invalid row: NaN or
- * +inf, no finite logit, NaN parameters). seq_ids, steps: device arrays (B) (NULL: the row index,
- * step 0); params: device memory. No workspace, no allocation, no synchronization; the launch
- * shape depends only on (B, V). */
+/* One launch for the whole batch, one cluster of blocks per row: row r of logits (B, V) f32 is
+ * sampled with the random stream (params->seed, seq_ids[r], steps[r]) exactly as
+ * ni_sample_rejection (CPU) does, the same token for the same stream; tokens[r] gets the id or -1
+ * (invalid row: NaN or +inf, no finite logit, NaN parameters). seq_ids, steps: device arrays (B)
+ * (NULL: the row index, step 0); params: device memory. No workspace, no allocation, no
+ * synchronization; the launch shape depends only on (B, V). */
 int ni_cuda_sample_rejection(int32_t *tokens, const float *logits, const uint64_t *seq_ids,
                              const uint32_t *steps, const ni_sample_params *params, size_t B,
                              size_t V, ni_stream s);
@@ -129,6 +129,12 @@ int ni_cuda_sample_rejection(int32_t *tokens, const float *logits, const uint64_
 int ni_cuda_sample_rejection_ex(int32_t *tokens, const float *logits, const uint64_t *seq_ids,
                                 const uint32_t *steps, const ni_sample_params *params, size_t B,
                                 size_t V, uint32_t max_rounds, int force_global, ni_stream s);
+/* The same with a chosen cluster size: the blocks that share a row (1, 2, 4, 8 or 16; 0 = the
+ * automatic choice from (B, V)). The token does not depend on it (tests). */
+int ni_cuda_sample_rejection_cfg(int32_t *tokens, const float *logits, const uint64_t *seq_ids,
+                                 const uint32_t *steps, const ni_sample_params *params, size_t B,
+                                 size_t V, uint32_t max_rounds, int force_global, uint32_t cluster,
+                                 ni_stream s);
 
 #ifdef __cplusplus
 }

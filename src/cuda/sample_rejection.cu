@@ -1,26 +1,44 @@
 /* The fused, sorting-free sampler on the GPU: the twin of the CPU's ni_sample_rejection
- * (src/sampling/sample_rejection.c), token for token. One launch for the batch, one block of
- * 1024 threads per row of logits (B, V):
- * (1) the row is read once with 16-byte loads (scalar ones at the unaligned ends) into shared
- *     memory while the block finds the max, the argmax (lowest index on ties) and whether the
- *     row is valid; greedy and invalid rows stop here;
- * (2) each thread owns a contiguous chunk of the row and replaces its logits by q, the
+ * (src/sampling/sample_rejection.c), token for token. One launch for the batch; each row of
+ * logits (B, V) is sampled by a thread-block cluster of ncl blocks of 1024 threads (sm_90), the
+ * row cut into ncl contiguous slices in index order, block rank b holding slice b:
+ * (1) each block reads its slice once with 16-byte loads (scalar ones at the unaligned ends) into
+ *     shared memory while finding the max, the argmax (lowest index on ties) and whether the
+ *     slice is valid; the blocks swap these through distributed shared memory (DSMEM); greedy
+ *     and invalid rows stop here;
+ * (2) each thread owns a contiguous chunk of its slice and replaces its logits by q, the
  *     fixed-point exponent from which the canonical weight W (sampling.h, rule 3) follows by
- *     integer arithmetic alone: one 32-bit word per token, so V = 50257 (201 KB) stays on chip.
+ *     integer arithmetic alone: one 32-bit word per token (V = 50257: 201 KB in one block).
  *     W does not increase with q, so "W > w" is "q < lim(w)" with lim(w) found by a warp-wide
- *     search; the passes below compare 32-bit words and re-derive W only for the tokens whose
- *     weight they add up;
+ *     search; the passes compare 32-bit words and re-derive W only where they add weights up;
  * (3) rounds as on the CPU: round r takes draw r of (seed, seq, step) and inverts the CDF of the
- *     tokens above the pivot in index order (a block scan of per-thread sums, then one warp walks
- *     the crossing chunk); one pass counts and sums the tokens above and at the candidate's
- *     weight, which decides exactly whether the candidate is kept (the top-k mass by radix
- *     select over q when the cheap bounds do not decide); a rejected candidate's weight becomes
- *     the pivot. After max_rounds rounds, the exact fallback: the kept threshold by radix select
- *     and one draw (index max_rounds). Every decision is exact and the picks use the CPU's order
- *     and draws, so the token equals the CPU's for the same (seed, seq, step).
- * A row too long for shared memory is re-read from global memory (L2) in every pass instead.
+ *     tokens above the pivot in index order; one pass counts and sums the tokens above and at the
+ *     candidate's weight, which decides exactly whether the candidate is kept (the top-k mass by
+ *     a cluster-wide radix select over q when the cheap bounds do not decide); a rejected
+ *     candidate's weight becomes the pivot. After max_rounds rounds, the exact fallback: the kept
+ *     threshold by radix select and one draw (index max_rounds). Every decision is exact and the
+ *     picks use the CPU's order and draws, so the token equals the CPU's for the same
+ *     (seed, seq, step), whatever ncl is.
+ * Why it is fast. One block per row left most SMs idle at small B and paid, per round, several
+ * block barriers and a pass of ~50 tokens per thread. Now:
+ * - a row is spread over ncl = 8 blocks (B <= 16), 4 (B <= 32), 2 (B <= 64), 1 (larger B; at
+ *   least 2048 tokens per block): a function of (B, V) alone, and the token does not depend on it;
+ * - a round costs two cluster barriers and no block barrier: every reduction is a warp scan whose
+ *   32 warp totals each block pushes into every block of the cluster (DSMEM stores, double
+ *   buffered), so that after one barrier each block reads, locally, the cluster totals, its
+ *   block's offset and its warps' offsets; the crossing warp (the one whose prefix interval holds
+ *   the target) walks the chunk, finds the candidate, its two limits, and pushes them to every
+ *   block before the second barrier. Only pushes cross blocks, so a block may exit after any
+ *   barrier;
+ * - once a block's tokens above the pivot fit in its compaction buffers (cap entries of q and
+ *   token, two of them), a pass copies them there in index order (the offsets are the previous
+ *   pass's count prefixes, hence at most every other round), and later rounds, and the top-k
+ *   radix select when at least k tokens lie above the pivot, read that short list instead of the
+ *   slice. Flat rows (~8 rounds) then touch about two slices' worth of tokens in all.
+ * A slice too long for shared memory is re-read from global memory (L2) in every pass instead.
  * The parameters and steps are read from device memory, so a captured CUDA graph samples with
  * the current settings; nothing is allocated and the launch shape depends only on (B, V). */
+#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
@@ -38,42 +56,96 @@
 #define SR_BINS0 640u        /* first radix digit q >> 20, below SR_QMAX >> 20 */
 #define SR_WMAX (1ull << 40) /* the weight of the max */
 #define SR_NONE 0xFFFFFFFFu
-#define SR_ROUNDS_CAP 64u /* largest max_rounds (ni_cuda_sample_rejection_ex) */
+#define SR_ROUNDS_CAP 64u      /* largest max_rounds (ni_cuda_sample_rejection_ex) */
+#define SR_CMAX 16u            /* largest cluster */
+#define SR_CAPMAX 8192u        /* largest compaction buffer (entries) */
+#define SR_MIN_PER_BLOCK 2048u /* tokens per block at least, for the automatic cluster size */
 
 typedef unsigned long long sr_u64;
+namespace cg = cooperative_groups;
 
-/* The fixed part of the dynamic shared memory; the row's q (SMEM mode) follows it. */
+/* The fixed part of the dynamic shared memory; the exchange arrays, histograms, the slice's q
+ * (SMEM mode) and the compaction buffers follow it (sr_lay). */
 typedef struct {
-    sr_u64 hist[SR_BINS0];  /* radix select: counts or masses per digit */
-    sr_u64 red_s[SR_WARPS]; /* block scan: warp totals, then their exclusive prefixes */
-    sr_u64 tot_s;
-    sr_u64 cand_w;    /* the round's candidate: weight */
-    sr_u64 cross_rem; /* target minus the prefix of the crossing thread */
+    sr_u64 cand_w;    /* the round's candidate (pushed by the crossing warp): weight */
     sr_u64 sel_below; /* radix select: acc below the chosen bin */
-    unsigned red_a[SR_WARPS], red_b[SR_WARPS];
-    unsigned tot_a, tot_b;
+    unsigned cand_q, cand_lge, cand_lgt, cand_stamp;
+    int cand;
+    unsigned sel_bin, lim;
     unsigned tab[16];           /* 2^(-j/16) in Q31, the table of ni_canon_weight */
     float u[SR_ROUNDS_CAP + 1]; /* the row's draws */
     float wmaxv[SR_WARPS];      /* max and argmax per warp */
     unsigned wmaxi[SR_WARPS];
     int wbad[SR_WARPS];
-    unsigned cand_q, lim, lim2, sel_bin;
-    int cand, cross;
+    float xmax[SR_CMAX]; /* max, argmax, invalid per block of the cluster */
+    unsigned xarg[SR_CMAX];
+    int xbad[SR_CMAX];
 } sr_smem;
 
 #define SR_FIXED_BYTES ((sizeof(sr_smem) + 15) / 16 * 16)
 
-/* One row: where its q live and how to make them. Slot s holds token s - h0, so that 16-byte
- * groups of slots are 16-byte groups of the logits in global memory too; slots outside the row
- * have q = SR_QZ. Thread t owns the groups [t * c4, (t + 1) * c4) (c4 odd: conflict-free 16-byte
- * shared loads), so a block scan in thread order is a scan in index order. */
+/* Byte offsets of the parts of the dynamic shared memory (host and device agree). */
+typedef struct {
+    size_t xs, xa, xb, lhist, ghist, row, cq, ci, total;
+} sr_offs;
+
+static __host__ __device__ sr_offs sr_offsets(unsigned ncl, unsigned G, int smem, unsigned cap) {
+    sr_offs o;
+    o.xs = SR_FIXED_BYTES;                        /* [2][ncl][32] u64 */
+    o.xa = o.xs + 2 * (size_t)ncl * SR_WARPS * 8; /* [2][ncl][32] u32 */
+    o.xb = o.xa + 2 * (size_t)ncl * SR_WARPS * 4;
+    o.lhist = o.xb + 2 * (size_t)ncl * SR_WARPS * 4;    /* [SR_BINS0] u64 */
+    o.ghist = o.lhist + SR_BINS0 * 8;                   /* [2][SR_BINS0] u64, ncl > 1 */
+    o.row = o.ghist + (ncl > 1 ? 2 * SR_BINS0 * 8 : 0); /* [G] uint4, SMEM mode */
+    o.cq = o.row + (smem ? (size_t)G * 16 : 0);         /* [2][cap] u32 */
+    o.ci = o.cq + 2 * (size_t)cap * 4;                  /* [2][cap] u32 */
+    o.total = o.ci + 2 * (size_t)cap * 4;
+    return o;
+}
+
+/* Pointers into the dynamic shared memory of this block. */
+typedef struct {
+    sr_smem *sm;
+    sr_u64 *xs;    /* (2, ncl, 32) exchange: sums per block and warp */
+    unsigned *xa;  /* (2, ncl, 32) exchange: counts */
+    unsigned *xb;  /* (2, ncl, 32) */
+    sr_u64 *lhist; /* (SR_BINS0) this block's histogram */
+    sr_u64 *ghist; /* (2, SR_BINS0) the cluster's histogram (ncl > 1) */
+    unsigned *cq;  /* (2, cap) compacted q */
+    unsigned *ci;  /* (2, cap) compacted token ids */
+    unsigned ncl, rank, cap;
+} sr_lay;
+
+/* One block's slice of a row: where its q live and how to make them. Slot s of the row holds
+ * token s - h0, so that 16-byte groups of slots are 16-byte groups of the logits in global memory
+ * too; slots outside the row have q = SR_QZ. The block holds groups [g0, g0 + ng) (local group j
+ * is global group g0 + j); thread t owns the local groups [t * c4, (t + 1) * c4) (c4 odd:
+ * conflict-free 16-byte shared loads), so a scan in (rank, thread) order is in index order. */
 typedef struct {
     const float *row; /* (V) this row's logits */
-    uint4 *q4;        /* (ns4) q per slot in shared memory (SMEM mode) */
-    unsigned V, h0, ns4, c4;
+    uint4 *q4;        /* (ng) q per slot in shared memory (SMEM mode) */
+    unsigned V, h0, ns4, g0, ng, c4;
     float m, s; /* max logit, ni_canon_scale(temperature) */
     const unsigned *tab;
 } sr_row;
+
+/* The list a pass reads: the block's slice (buf < 0) or compacted buffer buf with n entries,
+ * thread t owning entries [t * cc, (t + 1) * cc). */
+typedef struct {
+    int buf;
+    unsigned n, cc;
+} sr_list;
+
+/* What an exchange returns (sr_exchange). */
+typedef struct {
+    sr_u64 S;       /* the cluster's total of s */
+    sr_u64 blk_off; /* the total of s over the blocks of lower rank */
+    sr_u64 blk_s;   /* this block's total of s */
+    sr_u64 texcl;   /* this thread's exclusive prefix of s within the block */
+    unsigned A, B;  /* the cluster's totals of a and b */
+    unsigned blk_a; /* this block's total of a */
+    unsigned aexcl; /* this thread's exclusive prefix of a within the block */
+} sr_xres;
 
 /* ---- canonical arithmetic ------------------------------------------------------------------ */
 
@@ -113,11 +185,11 @@ static __device__ __forceinline__ sr_u64 sr_weight(unsigned q, const unsigned *t
 
 /* ---- row access ------------------------------------------------------------------------------ */
 
-/* Logits of slots 4j .. 4j + 3, -inf outside the row: one 16-byte load when all four are in the
- * row (the address is 16-byte aligned by the choice of h0), else scalar loads. Plain (coherent)
- * loads: the logits come from the previous kernel (cuda/pdl.cuh). */
-static __device__ __forceinline__ float4 sr_ld4(const sr_row *R, unsigned j) {
-    const int i0 = (int)(4u * j) - (int)R->h0;
+/* Logits of the global group g (slots 4g .. 4g + 3), -inf outside the row: one 16-byte load when
+ * all four are in the row (the address is 16-byte aligned by the choice of h0), else scalar
+ * loads. Plain (coherent) loads: the logits come from the previous kernel (cuda/pdl.cuh). */
+static __device__ __forceinline__ float4 sr_ld4(const sr_row *R, unsigned g) {
+    const int i0 = (int)(4u * g) - (int)R->h0;
     if (i0 >= 0 && (unsigned)i0 + 4u <= R->V) return *(const float4 *)(R->row + i0);
     float4 x;
     x.x = (i0 >= 0 && (unsigned)i0 < R->V) ? R->row[i0] : -INFINITY;
@@ -127,25 +199,45 @@ static __device__ __forceinline__ float4 sr_ld4(const sr_row *R, unsigned j) {
     return x;
 }
 
-/* q of slots 4j .. 4j + 3 (SR_QZ past the last group). */
+/* q of the local group j (SR_QZ past the block's last group). */
 template <int SMEM> static __device__ __forceinline__ uint4 sr_q4(const sr_row *R, unsigned j) {
-    if (j >= R->ns4) return make_uint4(SR_QZ, SR_QZ, SR_QZ, SR_QZ);
+    if (j >= R->ng) return make_uint4(SR_QZ, SR_QZ, SR_QZ, SR_QZ);
     if (SMEM) return R->q4[j];
-    const float4 x = sr_ld4(R, j);
+    const float4 x = sr_ld4(R, R->g0 + j);
     return make_uint4(sr_q(x.x, R->m, R->s), sr_q(x.y, R->m, R->s), sr_q(x.z, R->m, R->s),
                       sr_q(x.w, R->m, R->s));
 }
 
-/* q of one slot (SR_QZ outside the row). */
+/* q of one local slot (SR_QZ outside the row). */
 template <int SMEM>
 static __device__ __forceinline__ unsigned sr_q1(const sr_row *R, unsigned slot) {
-    if (slot >= 4u * R->ns4) return SR_QZ;
+    if (slot >= 4u * R->ng) return SR_QZ;
     if (SMEM) return ((const unsigned *)R->q4)[slot];
-    const int i = (int)slot - (int)R->h0;
+    const int i = (int)(4u * R->g0 + slot) - (int)R->h0;
     return (i >= 0 && (unsigned)i < R->V) ? sr_q(R->row[i], R->m, R->s) : SR_QZ;
 }
 
-/* ---- block and warp primitives ------------------------------------------------------------ */
+/* The token of a local slot (meaningful for slots inside the row). */
+static __device__ __forceinline__ unsigned sr_tok(const sr_row *R, unsigned slot) {
+    return 4u * R->g0 + slot - R->h0;
+}
+
+/* ---- cluster, block and warp primitives ----------------------------------------------------- */
+
+/* A barrier over the cluster (release / acquire: pushes before it are seen after it), the
+ * block's barrier when the cluster is one block. Called by every thread of every block. */
+static __device__ __forceinline__ void sr_csync(unsigned ncl) {
+    if (ncl > 1)
+        cg::this_cluster().sync();
+    else
+        __syncthreads();
+}
+
+/* p in the shared memory of block rank r of the cluster (p itself for this block). */
+template <typename T>
+static __device__ __forceinline__ T *sr_peer(const sr_lay *Y, T *p, unsigned r) {
+    return (Y->ncl == 1 || r == Y->rank) ? p : cg::this_cluster().map_shared_rank(p, r);
+}
 
 static __device__ __forceinline__ sr_u64 sr_warp_incl(sr_u64 x) {
     const unsigned lane = threadIdx.x & 31u;
@@ -157,46 +249,77 @@ static __device__ __forceinline__ sr_u64 sr_warp_incl(sr_u64 x) {
     return x;
 }
 
-/* The exclusive prefix of s in thread order; the block's totals of s, a, b. Every thread
- * calls it (it synchronizes first, so the scratch of an earlier call is free). */
-static __device__ sr_u64 sr_block_scan(sr_smem *sm, sr_u64 s, unsigned a, unsigned b, sr_u64 *ts,
-                                       unsigned *ta, unsigned *tb) {
+static __device__ __forceinline__ unsigned sr_warp_incl32(unsigned x) {
+    const unsigned lane = threadIdx.x & 31u;
+#pragma unroll
+    for (unsigned off = 1; off < 32; off <<= 1) {
+        const unsigned y = __shfl_up_sync(SR_FULL, x, off);
+        if (lane >= off) x += y;
+    }
+    return x;
+}
+
+static __device__ __forceinline__ sr_u64 sr_warp_sum(sr_u64 x) {
+#pragma unroll
+    for (unsigned off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(SR_FULL, x, off);
+    return x;
+}
+
+static __device__ __forceinline__ unsigned sr_warp_sum32(unsigned x) {
+#pragma unroll
+    for (unsigned off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(SR_FULL, x, off);
+    return x;
+}
+
+/* Cluster-wide sums of (s, a, b) over every thread of every block, with the prefixes in index
+ * order (sr_xres). Every thread of every block calls it, with *xk the same count of earlier
+ * exchanges in every block: exchange k uses buffer k & 1, so its pushes cannot overwrite values
+ * that a slow block still reads from exchange k - 1 (every block has passed exchange k - 1's
+ * barrier, and so finished reading exchange k - 2, before anyone pushes for exchange k). */
+static __device__ void sr_exchange(const sr_lay *Y, unsigned *xk, sr_u64 s, unsigned a, unsigned b,
+                                   sr_xres *o) {
     const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
-    const sr_u64 incl = sr_warp_incl(s);
-#pragma unroll
-    for (unsigned off = 16; off > 0; off >>= 1) {
-        a += __shfl_xor_sync(SR_FULL, a, off);
-        b += __shfl_xor_sync(SR_FULL, b, off);
+    const unsigned ncl = Y->ncl, rank = Y->rank;
+    const size_t base = (size_t)(*xk & 1u) * ncl * SR_WARPS;
+    *xk += 1;
+    const sr_u64 is = sr_warp_incl(s);
+    const unsigned ia = sr_warp_incl32(a);
+    const unsigned wb = sr_warp_sum32(b);
+    const sr_u64 ws = __shfl_sync(SR_FULL, is, 31);
+    const unsigned wa = __shfl_sync(SR_FULL, ia, 31);
+    if (lane < ncl) { /* lane l pushes this warp's totals to block l */
+        const size_t at = base + (size_t)rank * SR_WARPS + warp;
+        *sr_peer(Y, Y->xs + at, lane) = ws;
+        *sr_peer(Y, Y->xa + at, lane) = wa;
+        *sr_peer(Y, Y->xb + at, lane) = wb;
     }
-    __syncthreads();
-    if (lane == 31) {
-        sm->red_s[warp] = incl;
-        sm->red_a[warp] = a;
-        sm->red_b[warp] = b;
-    }
-    __syncthreads();
-    if (warp == 0) {
-        const sr_u64 ws = lane < SR_WARPS ? sm->red_s[lane] : 0;
-        unsigned wa = lane < SR_WARPS ? sm->red_a[lane] : 0;
-        unsigned wb = lane < SR_WARPS ? sm->red_b[lane] : 0;
-        const sr_u64 wi = sr_warp_incl(ws);
-#pragma unroll
-        for (unsigned off = 16; off > 0; off >>= 1) {
-            wa += __shfl_xor_sync(SR_FULL, wa, off);
-            wb += __shfl_xor_sync(SR_FULL, wb, off);
+    sr_csync(ncl);
+    /* lane l: warp l of every block */
+    sr_u64 below = 0, all = 0, mine = 0;
+    unsigned aall = 0, amine = 0, ball = 0;
+    for (unsigned r = 0; r < ncl; r++) {
+        const size_t at = base + (size_t)r * SR_WARPS + lane;
+        const sr_u64 v = Y->xs[at];
+        const unsigned va = Y->xa[at];
+        all += v;
+        aall += va;
+        ball += Y->xb[at];
+        if (r < rank) below += v;
+        if (r == rank) {
+            mine = v;
+            amine = va;
         }
-        if (lane < SR_WARPS) sm->red_s[lane] = wi - ws;
-        if (lane == 31) {
-            sm->tot_s = wi;
-            sm->tot_a = wa;
-            sm->tot_b = wb;
-        }
     }
-    __syncthreads();
-    *ts = sm->tot_s;
-    *ta = sm->tot_a;
-    *tb = sm->tot_b;
-    return sm->red_s[warp] + incl - s;
+    o->S = sr_warp_sum(all);
+    o->blk_off = sr_warp_sum(below);
+    const sr_u64 mi = sr_warp_incl(mine);
+    o->blk_s = __shfl_sync(SR_FULL, mi, 31);
+    o->texcl = __shfl_sync(SR_FULL, mi - mine, warp) + is - s;
+    const unsigned ai = sr_warp_incl32(amine);
+    o->blk_a = __shfl_sync(SR_FULL, ai, 31);
+    o->aexcl = __shfl_sync(SR_FULL, ai - amine, warp) + ia - a;
+    o->A = sr_warp_sum32(aall);
+    o->B = sr_warp_sum32(ball);
 }
 
 /* Warp-wide: the smallest q in [lo, hi] with W(q) < w, where that predicate is false below its
@@ -245,7 +368,7 @@ static __device__ unsigned sr_lim_down(sr_u64 w, unsigned a, const unsigned *tab
 }
 
 /* Block-wide lim(w) for w >= 1 (warp 0 searches, from an anchor a with W(a) >= w when
- * anchored, else over [0, SR_QMAX]). */
+ * anchored, else over [0, SR_QMAX]). Every block of the cluster gets the same answer. */
 static __device__ unsigned sr_lim_block(sr_smem *sm, sr_u64 w, int anchored, unsigned a) {
     if (threadIdx.x < 32) {
         const unsigned l = anchored ? sr_lim_up(w, a, sm->tab) : sr_search(w, 0, SR_QMAX, sm->tab);
@@ -257,56 +380,84 @@ static __device__ unsigned sr_lim_block(sr_smem *sm, sr_u64 w, int anchored, uns
     return l;
 }
 
-/* ---- passes over the row ----------------------------------------------------------------- */
+/* ---- passes over a list ------------------------------------------------------------------- */
 
-/* Per thread over its chunk: the count of q < lgt, of q < lge, and the sum of W over q < lgt
- * (W > w and W >= w for lgt = lim(w + 1), lge = lim(w)). W is derived only in the warps that
- * need it (every lane runs the same c4 groups, so the vote is converged). */
-template <int SMEM>
-static __device__ void sr_count(const sr_row *R, unsigned lgt, unsigned lge, unsigned *cgt,
-                                unsigned *cge, sr_u64 *sgt) {
-    unsigned a = 0, b = 0;
-    sr_u64 s = 0;
-    const unsigned j0 = threadIdx.x * R->c4;
-    for (unsigned i = 0; i < R->c4; i++) {
-        const uint4 v = sr_q4<SMEM>(R, j0 + i);
-        const unsigned qq[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            const unsigned q = qq[e];
-            a += q < lgt;
-            b += q < lge;
-            if (__any_sync(SR_FULL, q < lgt)) {
-                const sr_u64 w = sr_weight(q, R->tab);
-                s += q < lgt ? w : 0;
-            }
-        }
+/* Per-thread accumulators of a pass. */
+typedef struct {
+    unsigned a, b, woff;
+    sr_u64 s;
+} sr_acc;
+
+/* One token of a pass: counts q < lgt and q < lge, sums W over q < lgt (W derived only in the
+ * warps that need it: every lane runs the same trip count, so the vote is converged) and, when
+ * wq is set, appends the token to the compaction buffer if q < plim (a member of the list). */
+static __device__ __forceinline__ void sr_acc1(sr_acc *A, unsigned q, unsigned tok, unsigned plim,
+                                               unsigned lgt, unsigned lge, unsigned *wq,
+                                               unsigned *wi, const unsigned *tab) {
+    A->a += q < lgt;
+    A->b += q < lge;
+    if (__any_sync(SR_FULL, q < lgt)) {
+        const sr_u64 w = sr_weight(q, tab);
+        A->s += q < lgt ? w : 0;
     }
-    *cgt = a;
-    *cge = b;
-    *sgt = s;
+    if (wq && q < plim) {
+        wq[A->woff] = q;
+        wi[A->woff] = tok;
+        A->woff++;
+    }
 }
 
-/* Sum of W over q < L: per thread (*mine, its exclusive prefix returned) and in all (*total). */
+/* A pass over this thread's chunk of list L: the count of q < lgt, of q < lge and the sum of W
+ * over q < lgt (W > w and W >= w for lgt = lim(w + 1), lge = lim(w)); with wq set, the members
+ * (q < plim) are copied to wq / wi from index woff on, in order. lgt, lge <= plim. */
 template <int SMEM>
-static __device__ sr_u64 sr_mass_below(sr_smem *sm, const sr_row *R, unsigned L, sr_u64 *mine,
-                                       sr_u64 *total) {
-    unsigned a, b, ta, tb;
-    sr_count<SMEM>(R, L, 0, &a, &b, mine);
-    return sr_block_scan(sm, *mine, a, 0, total, &ta, &tb);
+static __device__ sr_acc sr_pass(const sr_lay *Y, const sr_row *R, const sr_list *L, unsigned plim,
+                                 unsigned lgt, unsigned lge, unsigned *wq, unsigned *wi,
+                                 unsigned woff) {
+    sr_acc A = {0, 0, woff, 0};
+    if (L->buf < 0) {
+        const unsigned j0 = threadIdx.x * R->c4;
+        for (unsigned i = 0; i < R->c4; i++) {
+            const uint4 v = sr_q4<SMEM>(R, j0 + i);
+            const unsigned s0 = 4u * (j0 + i);
+            sr_acc1(&A, v.x, sr_tok(R, s0), plim, lgt, lge, wq, wi, R->tab);
+            sr_acc1(&A, v.y, sr_tok(R, s0 + 1), plim, lgt, lge, wq, wi, R->tab);
+            sr_acc1(&A, v.z, sr_tok(R, s0 + 2), plim, lgt, lge, wq, wi, R->tab);
+            sr_acc1(&A, v.w, sr_tok(R, s0 + 3), plim, lgt, lge, wq, wi, R->tab);
+        }
+    } else {
+        const unsigned *cq = Y->cq + (size_t)L->buf * Y->cap, *ci = Y->ci + (size_t)L->buf * Y->cap;
+        const unsigned e0 = threadIdx.x * L->cc;
+        for (unsigned i = 0; i < L->cc; i++) {
+            const unsigned e = e0 + i;
+            const unsigned q = e < L->n ? cq[e] : SR_QZ;
+            sr_acc1(&A, q, e < L->n ? ci[e] : 0u, plim, lgt, lge, wq, wi, R->tab);
+        }
+    }
+    return A;
+}
+
+/* Sum of W over the members of L with q < lim (lim <= the list's own limit): per thread
+ * (*mine) and the exchange's prefixes and totals (*x). */
+template <int SMEM>
+static __device__ void sr_mass_below(const sr_lay *Y, unsigned *xk, const sr_row *R,
+                                     const sr_list *L, unsigned lim, sr_u64 *mine, sr_xres *x) {
+    const sr_acc A = sr_pass<SMEM>(Y, R, L, SR_QMAX, lim, 0, NULL, NULL, 0);
+    *mine = A.s;
+    sr_exchange(Y, xk, A.s, A.a, 0, x);
 }
 
 /* Warp 0: the first of the nb bins of sm->hist where below plus the running sum reaches the
  * goal (count: >= goal; MASS: as a double >= goal_d); sm->sel_bin gets it, sm->sel_below the
  * acc before it. */
 template <int MASS>
-static __device__ void sr_find_bin(sr_smem *sm, unsigned nb, sr_u64 below, sr_u64 goal,
-                                   double goal_d) {
+static __device__ void sr_find_bin(sr_smem *sm, const sr_u64 *hist, unsigned nb, sr_u64 below,
+                                   sr_u64 goal, double goal_d) {
     const unsigned lane = threadIdx.x & 31u;
     const unsigned per = (nb + 31u) / 32u, b0 = lane * per;
     const unsigned b1 = b0 + per < nb ? b0 + per : nb;
     sr_u64 ls = 0;
-    for (unsigned b = b0; b < b1; b++) ls += sm->hist[b];
+    for (unsigned b = b0; b < b1; b++) ls += hist[b];
     const sr_u64 incl = sr_warp_incl(ls);
     const sr_u64 acc = below + incl;
     const unsigned hit = __ballot_sync(SR_FULL, MASS ? (double)acc >= goal_d : acc >= goal);
@@ -316,135 +467,194 @@ static __device__ void sr_find_bin(sr_smem *sm, unsigned nb, sr_u64 below, sr_u6
         sr_u64 run = acc - ls;
         unsigned b = b0;
         for (; b < b1; b++) {
-            const sr_u64 nx = run + sm->hist[b];
+            const sr_u64 nx = run + hist[b];
             if (MASS ? (double)nx >= goal_d : nx >= goal) break;
             run = nx;
         }
         if (b >= b1) { /* only without a hit (then f = 31 and acc is the whole) */
             b = nb - 1;
-            run = acc - sm->hist[nb - 1];
+            run = acc - hist[nb - 1];
         }
         sm->sel_bin = b;
         sm->sel_below = run;
     }
 }
 
-/* One radix level over the row: among the tokens with q >> hs == prefix (and q < SR_QMAX), a
- * histogram of (q >> sh) & (2^(hs - sh) - 1) by count or by W; returns the prefix extended by
- * the bin where the acc (starting at *below) reaches the goal, and updates *below. */
+/* One token of a radix level: among the tokens with q < flim, q < SR_QMAX and q >> hs == prefix,
+ * adds 1 (count) or W (MASS) to hist[(q >> sh) & mask]. Counts: the lanes sharing the first
+ * lane's digit add once (rows of equal weights would otherwise serialize 32 atomics on one
+ * address), the others one by one. Every lane calls it the same number of times. */
+template <int MASS>
+static __device__ __forceinline__ void sr_hist1(sr_u64 *hist, unsigned q, unsigned flim,
+                                                unsigned prefix, unsigned hs, unsigned sh,
+                                                unsigned mask, const unsigned *tab) {
+    const unsigned lane = threadIdx.x & 31u;
+    const int in = q < flim && q < SR_QMAX && (q >> hs) == prefix;
+    const unsigned d = (q >> sh) & mask;
+    if (MASS) {
+        if (in) atomicAdd(&hist[d], sr_weight(q, tab));
+        return;
+    }
+    const unsigned inm = __ballot_sync(SR_FULL, in);
+    if (!inm) return;
+    const int l0 = __ffs(inm) - 1;
+    const unsigned d0 = __shfl_sync(SR_FULL, d, l0);
+    const unsigned same = __ballot_sync(SR_FULL, in && d == d0);
+    if ((int)lane == l0)
+        atomicAdd(&hist[d0], (sr_u64)__popc(same));
+    else if (in && d != d0)
+        atomicAdd(&hist[d], 1ull);
+}
+
+/* One radix level over the members of L with q < flim: a histogram of (q >> sh) & (2^(hs - sh)
+ * - 1) by count or by W among those with q >> hs == prefix, summed over the cluster; returns the
+ * prefix extended by the bin where the acc (starting at *below) reaches the goal, and updates
+ * *below. Level *lvl sums into ghist[*lvl & 1] and clears the other half for the next level
+ * (whose pushes come only after this level's cluster barrier; its last readers, the previous
+ * level's find_bin, are done by the block barrier below). Every block of the cluster calls it. */
 template <int SMEM, int MASS>
-static __device__ unsigned sr_radix_level(sr_smem *sm, const sr_row *R, unsigned prefix,
+static __device__ unsigned sr_radix_level(const sr_lay *Y, unsigned *lvl, const sr_row *R,
+                                          const sr_list *L, unsigned flim, unsigned prefix,
                                           unsigned hs, unsigned sh, unsigned nb, sr_u64 *below,
                                           sr_u64 goal, double goal_d) {
-    const unsigned mask = (1u << (hs - sh)) - 1u;
-    __syncthreads(); /* earlier readers of hist and sel_* are done */
-    for (unsigned i = threadIdx.x; i < nb; i += SR_THREADS) sm->hist[i] = 0;
+    sr_smem *sm = Y->sm;
+    const unsigned mask = (1u << (hs - sh)) - 1u, tid = threadIdx.x;
+    sr_u64 *gh = Y->ghist + (size_t)(*lvl & 1u) * SR_BINS0;
+    sr_u64 *gnext = Y->ghist + (size_t)((*lvl + 1u) & 1u) * SR_BINS0;
+    *lvl += 1;
+    __syncthreads(); /* earlier readers of lhist, ghist and sel_* are done */
+    for (unsigned i = tid; i < nb; i += SR_THREADS) Y->lhist[i] = 0;
+    if (Y->ncl > 1)
+        for (unsigned i = tid; i < SR_BINS0; i += SR_THREADS) gnext[i] = 0;
     __syncthreads();
-    const unsigned lane = threadIdx.x & 31u, j0 = threadIdx.x * R->c4;
-    for (unsigned i = 0; i < R->c4; i++) { /* the same trip count in every lane */
-        const uint4 v = sr_q4<SMEM>(R, j0 + i);
-        const unsigned qq[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            const unsigned q = qq[e];
-            const int in = q < SR_QMAX && (q >> hs) == prefix;
-            const unsigned d = (q >> sh) & mask;
-            if (MASS) {
-                if (in) atomicAdd(&sm->hist[d], sr_weight(q, R->tab));
-                continue;
-            }
-            /* counts: the lanes sharing the first lane's digit add once (rows of equal weights
-             * would otherwise serialize 32 atomics on one address), the others one by one */
-            const unsigned inm = __ballot_sync(SR_FULL, in);
-            if (!inm) continue;
-            const int l0 = __ffs(inm) - 1;
-            const unsigned d0 = __shfl_sync(SR_FULL, d, l0);
-            const unsigned same = __ballot_sync(SR_FULL, in && d == d0);
-            if ((int)lane == l0)
-                atomicAdd(&sm->hist[d0], (sr_u64)__popc(same));
-            else if (in && d != d0)
-                atomicAdd(&sm->hist[d], 1ull);
+    if (L->buf < 0) {
+        const unsigned j0 = tid * R->c4;
+        for (unsigned i = 0; i < R->c4; i++) { /* the same trip count in every lane */
+            const uint4 v = sr_q4<SMEM>(R, j0 + i);
+            sr_hist1<MASS>(Y->lhist, v.x, flim, prefix, hs, sh, mask, R->tab);
+            sr_hist1<MASS>(Y->lhist, v.y, flim, prefix, hs, sh, mask, R->tab);
+            sr_hist1<MASS>(Y->lhist, v.z, flim, prefix, hs, sh, mask, R->tab);
+            sr_hist1<MASS>(Y->lhist, v.w, flim, prefix, hs, sh, mask, R->tab);
+        }
+    } else {
+        const unsigned *cq = Y->cq + (size_t)L->buf * Y->cap;
+        const unsigned e0 = tid * L->cc;
+        for (unsigned i = 0; i < L->cc; i++) {
+            const unsigned e = e0 + i;
+            sr_hist1<MASS>(Y->lhist, e < L->n ? cq[e] : SR_QZ, flim, prefix, hs, sh, mask, R->tab);
         }
     }
     __syncthreads();
-    if (threadIdx.x < 32) sr_find_bin<MASS>(sm, nb, *below, goal, goal_d);
+    const sr_u64 *hist = Y->lhist;
+    if (Y->ncl > 1) { /* add this block's histogram into every block's ghist half */
+        for (unsigned i = tid; i < nb; i += SR_THREADS) {
+            const sr_u64 v = Y->lhist[i];
+            if (v)
+                for (unsigned r = 0; r < Y->ncl; r++) atomicAdd(sr_peer(Y, gh + i, r), v);
+        }
+        sr_csync(Y->ncl);
+        hist = gh;
+    }
+    if (tid < 32) sr_find_bin<MASS>(sm, hist, nb, *below, goal, goal_d);
     __syncthreads();
     *below = sm->sel_below;
     return (prefix << (hs - sh)) | sm->sel_bin;
 }
 
-/* The smallest X such that the tokens with q <= X reach the goal: their count >= goal (the
- * goal-th smallest q, whose W is the goal-th largest weight) or, MASS, their summed W as a
- * double >= goal_d. Four passes, one per digit of q: [29:20], [19:12], [11:4], [3:0]. */
+/* The smallest X such that the members of L with q < flim and q <= X reach the goal: their
+ * count >= goal (the goal-th smallest q, whose W is the goal-th largest weight) or, MASS, their
+ * summed W as a double >= goal_d. Four passes, one per digit of q: [29:20], [19:12], [11:4],
+ * [3:0]. */
 template <int SMEM, int MASS>
-static __device__ unsigned sr_select(sr_smem *sm, const sr_row *R, sr_u64 goal, double goal_d) {
+static __device__ unsigned sr_select(const sr_lay *Y, unsigned *lvl, const sr_row *R,
+                                     const sr_list *L, unsigned flim, sr_u64 goal, double goal_d) {
     sr_u64 below = 0;
-    unsigned prefix = sr_radix_level<SMEM, MASS>(sm, R, 0, 30, 20, SR_BINS0, &below, goal, goal_d);
-    prefix = sr_radix_level<SMEM, MASS>(sm, R, prefix, 20, 12, 256, &below, goal, goal_d);
-    prefix = sr_radix_level<SMEM, MASS>(sm, R, prefix, 12, 4, 256, &below, goal, goal_d);
-    prefix = sr_radix_level<SMEM, MASS>(sm, R, prefix, 4, 0, 16, &below, goal, goal_d);
-    return prefix;
+    unsigned p =
+        sr_radix_level<SMEM, MASS>(Y, lvl, R, L, flim, 0, 30, 20, SR_BINS0, &below, goal, goal_d);
+    p = sr_radix_level<SMEM, MASS>(Y, lvl, R, L, flim, p, 20, 12, 256, &below, goal, goal_d);
+    p = sr_radix_level<SMEM, MASS>(Y, lvl, R, L, flim, p, 12, 4, 256, &below, goal, goal_d);
+    p = sr_radix_level<SMEM, MASS>(Y, lvl, R, L, flim, p, 4, 0, 16, &below, goal, goal_d);
+    return p;
 }
 
-/* The top-k mass M_K (rule 4): the k-th largest weight tk (k below the count of positive
- * weights) by radix select, then the sum of W >= tk. */
+/* The top-k mass M_K (rule 4): the k-th largest weight tk by radix select over the members of L
+ * with q < flim (which must hold the k largest weights: the whole row, or every token above a
+ * pivot when at least k are), then the sum of W >= tk. */
 template <int SMEM>
-static __device__ sr_u64 sr_topk_mass(sr_smem *sm, const sr_row *R, unsigned k, sr_u64 *tk) {
-    const unsigned X = sr_select<SMEM, 0>(sm, R, k, 0.0);
+static __device__ sr_u64 sr_topk_mass(const sr_lay *Y, unsigned *xk, unsigned *lvl, const sr_row *R,
+                                      const sr_list *L, unsigned flim, unsigned k, sr_u64 *tk) {
+    const unsigned X = sr_select<SMEM, 0>(Y, lvl, R, L, flim, k, 0.0);
     *tk = sr_weight(X, R->tab);
-    const unsigned L = sr_lim_block(sm, *tk, 1, X);
-    sr_u64 mine, total;
-    sr_mass_below<SMEM>(sm, R, L, &mine, &total);
-    return total;
+    const unsigned lim = sr_lim_block(Y->sm, *tk, 1, X);
+    sr_u64 mine;
+    sr_xres x;
+    sr_mass_below<SMEM>(Y, xk, R, L, lim, &mine, &x);
+    return x.S;
 }
 
-/* Inverse CDF in index order over the tokens with W >= lo (lo >= 1): the thread whose chunk
- * holds the target (exclusive prefix texcl <= target < texcl + tsum) hands it to warp 0, which
- * walks that chunk 32 slots at a time. sm->cand gets the token (-1 if none: impossible when
- * the sums are consistent), sm->cand_w its weight, sm->cand_q its q. Every thread calls it. */
+/* Inverse CDF in index order over the members of L with q < plim (W >= lo for plim = lim(lo)),
+ * from the last exchange over them (X, this thread's sum tsum): the block whose interval holds
+ * the target, in it the warp whose lane's interval holds it, walks that lane's chunk 32 entries
+ * at a time; with lims it also finds lim(W_c) and lim(W_c + 1); then it pushes the candidate
+ * (-1 if none: impossible when the sums are consistent) with the stamp to every block. The
+ * caller's cluster barrier follows; a block whose cand_stamp differs got no candidate. */
 template <int SMEM>
-static __device__ void sr_pick(sr_smem *sm, const sr_row *R, sr_u64 tsum, sr_u64 texcl,
-                               sr_u64 target, sr_u64 lo) {
-    if (tsum > 0 && texcl <= target && target - texcl < tsum) {
-        sm->cross = (int)threadIdx.x;
-        sm->cross_rem = target - texcl;
+static __device__ void sr_pick(const sr_lay *Y, const sr_row *R, const sr_list *L, unsigned plim,
+                               sr_u64 tsum, const sr_xres *X, sr_u64 target, unsigned stamp,
+                               int lims) {
+    if (!(X->blk_s > 0 && X->blk_off <= target && target - X->blk_off < X->blk_s)) return;
+    const unsigned lane = threadIdx.x & 31u;
+    const sr_u64 tb = target - X->blk_off;
+    const unsigned hit = __ballot_sync(SR_FULL, tsum > 0 && X->texcl <= tb && tb - X->texcl < tsum);
+    if (!hit) return; /* another warp's */
+    const int f = __ffs(hit) - 1;
+    const unsigned owner = (threadIdx.x & ~31u) + (unsigned)f;
+    const sr_u64 rem = __shfl_sync(SR_FULL, tb - X->texcl, f);
+    const unsigned *bq = NULL, *bi = NULL;
+    unsigned s0, s1;
+    if (L->buf < 0) {
+        s0 = owner * 4u * R->c4;
+        s1 = s0 + 4u * R->c4;
+    } else {
+        bq = Y->cq + (size_t)L->buf * Y->cap;
+        bi = Y->ci + (size_t)L->buf * Y->cap;
+        s0 = owner * L->cc;
+        s1 = s0 + L->cc < L->n ? s0 + L->cc : L->n;
     }
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        const unsigned lane = threadIdx.x;
-        const int tc = sm->cross;
-        int c = -1;
-        unsigned cq = SR_QZ;
-        sr_u64 cw = 0;
-        if (tc >= 0) {
-            const sr_u64 rem = sm->cross_rem;
-            const unsigned s0 = (unsigned)tc * 4u * R->c4, s1 = s0 + 4u * R->c4;
-            sr_u64 carry = 0;
-            for (unsigned base = s0; base < s1; base += 32) {
-                const unsigned slot = base + lane;
-                const unsigned q = slot < s1 ? sr_q1<SMEM>(R, slot) : SR_QZ;
-                const sr_u64 w = sr_weight(q, R->tab);
-                const sr_u64 take = w >= lo ? w : 0;
-                const sr_u64 incl = sr_warp_incl(take);
-                const unsigned hit = __ballot_sync(SR_FULL, take != 0 && carry + incl > rem);
-                if (hit) {
-                    const int f = __ffs(hit) - 1;
-                    c = (int)(base + (unsigned)f) - (int)R->h0;
-                    cq = __shfl_sync(SR_FULL, q, f);
-                    cw = __shfl_sync(SR_FULL, take, f);
-                    break;
-                }
-                carry += __shfl_sync(SR_FULL, incl, 31);
-            }
+    int c = -1;
+    unsigned cq = SR_QZ;
+    sr_u64 cw = 0, carry = 0;
+    for (unsigned base = s0; base < s1; base += 32) {
+        const unsigned p = base + lane;
+        unsigned q = SR_QZ;
+        if (p < s1) q = bq ? bq[p] : sr_q1<SMEM>(R, p);
+        const sr_u64 take = q < plim ? sr_weight(q, R->tab) : 0;
+        const sr_u64 incl = sr_warp_incl(take);
+        const unsigned h = __ballot_sync(SR_FULL, take != 0 && carry + incl > rem);
+        if (h) {
+            const int g = __ffs(h) - 1;
+            const unsigned pg = base + (unsigned)g;
+            c = (int)(bq ? bi[pg] : sr_tok(R, pg));
+            cq = __shfl_sync(SR_FULL, q, g);
+            cw = __shfl_sync(SR_FULL, take, g);
+            break;
         }
-        if (lane == 0) {
-            sm->cand = c;
-            sm->cand_q = cq;
-            sm->cand_w = cw;
-            sm->cross = -1;
-        }
+        carry += __shfl_sync(SR_FULL, incl, 31);
     }
-    __syncthreads();
+    unsigned lge = 0, lgt = 0;
+    if (lims && c >= 0) {
+        lge = sr_lim_up(cw, cq, R->tab);
+        lgt = sr_lim_down(cw + 1, cq, R->tab);
+    }
+    if (lane < Y->ncl) {
+        sr_smem *d = sr_peer(Y, Y->sm, lane);
+        d->cand = c;
+        d->cand_w = cw;
+        d->cand_q = cq;
+        d->cand_lge = lge;
+        d->cand_lgt = lgt;
+        d->cand_stamp = stamp;
+    }
 }
 
 /* ---- the kernel ---------------------------------------------------------------------------- */
@@ -456,51 +666,75 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
               const uint64_t *seq_ids,        // (B) or NULL (then the row index)
               const uint32_t *steps,          // (B) or NULL (then 0)
               const ni_sample_params *params, // (1)
-              size_t V, unsigned max_rounds) {
+              size_t V, unsigned max_rounds, unsigned ncl, unsigned cap) {
     extern __shared__ uint4 sr_dyn[];
     ni_pdl_wait(); /* logits, steps and parameters come from earlier kernels or copies */
     sr_smem *sm = (sr_smem *)sr_dyn;
-    const size_t r = blockIdx.x;
+    const size_t r = blockIdx.x / ncl;
+    const unsigned rank = blockIdx.x % ncl; /* the cluster is ncl consecutive blocks */
     const unsigned tid = threadIdx.x, lane = tid & 31u, warp = tid >> 5;
+    const int writer = rank == 0 && tid == 0;
     const ni_sample_params P = *params;
 
     /* rule 1 for the parameters, rule 2 */
     if (P.temperature != P.temperature || P.top_p != P.top_p || P.min_p != P.min_p) {
-        if (tid == 0) tokens[r] = NI_SAMPLE_INVALID;
+        if (writer) tokens[r] = NI_SAMPLE_INVALID;
         return;
     }
     const int greedy = P.top_k == 1 || ni_canon_temp_greedy(P.temperature);
+
+    const unsigned ns4 = (unsigned)((V + 6) / 4), G = (ns4 + ncl - 1) / ncl;
+    const sr_offs O = sr_offsets(ncl, G, SMEM, cap);
+    sr_lay Y;
+    Y.sm = sm;
+    Y.xs = (sr_u64 *)((char *)sr_dyn + O.xs);
+    Y.xa = (unsigned *)((char *)sr_dyn + O.xa);
+    Y.xb = (unsigned *)((char *)sr_dyn + O.xb);
+    Y.lhist = (sr_u64 *)((char *)sr_dyn + O.lhist);
+    Y.ghist = (sr_u64 *)((char *)sr_dyn + O.ghist);
+    Y.cq = (unsigned *)((char *)sr_dyn + O.cq);
+    Y.ci = (unsigned *)((char *)sr_dyn + O.ci);
+    Y.ncl = ncl;
+    Y.rank = rank;
+    Y.cap = cap;
 
     sr_row R;
     R.row = logits + r * V;
     R.V = (unsigned)V;
     R.h0 = (unsigned)(((uintptr_t)R.row >> 2) & 3u);
-    R.ns4 = (unsigned)((V + 6) / 4);
-    R.c4 = ((R.ns4 + SR_THREADS - 1) / SR_THREADS) | 1u;
-    R.q4 = (uint4 *)((char *)sr_dyn + SR_FIXED_BYTES);
+    R.ns4 = ns4;
+    R.g0 = rank * G;
+    R.ng = R.g0 < ns4 ? (ns4 - R.g0 < G ? ns4 - R.g0 : G) : 0u;
+    R.c4 = ((R.ng + SR_THREADS - 1) / SR_THREADS) | 1u;
+    R.q4 = (uint4 *)((char *)sr_dyn + O.row);
     R.m = 0.0f;
     R.s = 0.0f;
     R.tab = sm->tab;
 
-    if (tid == 0) sr_init_tab(sm->tab);
+    /* before the first cluster barrier: nothing is pushed here until every block passed it */
+    if (tid == 0) {
+        sr_init_tab(sm->tab);
+        sm->cand_stamp = SR_NONE;
+    }
+    if (ncl > 1)
+        for (unsigned i = tid; i < 2 * SR_BINS0; i += SR_THREADS) Y.ghist[i] = 0;
     if (!greedy && tid <= max_rounds) {
         const uint64_t seq = seq_ids ? seq_ids[r] : (uint64_t)r;
         const uint32_t step = steps ? steps[r] : 0u;
         sm->u[tid] = ni_rng_uniform(P.seed, seq, step, tid);
     }
-    if (tid == 0) sm->cross = -1;
 
-    /* (1) read the row: max, argmax, validity; keep it in shared memory */
+    /* (1) read the slice: max, argmax, validity; keep it in shared memory */
     float best = -INFINITY;
     unsigned arg = SR_NONE;
     int bad = 0;
-    for (unsigned j0 = tid; j0 < R.ns4; j0 += SR_THREADS * SR_UNROLL) {
+    for (unsigned j0 = tid; j0 < R.ng; j0 += SR_THREADS * SR_UNROLL) {
         float4 x[SR_UNROLL];
 #pragma unroll
         for (int u = 0; u < SR_UNROLL; u++) {
             const unsigned j = j0 + (unsigned)u * SR_THREADS;
-            x[u] =
-                j < R.ns4 ? sr_ld4(&R, j) : make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
+            x[u] = j < R.ng ? sr_ld4(&R, R.g0 + j)
+                            : make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
         }
 #pragma unroll
         for (int u = 0; u < SR_UNROLL; u++) {
@@ -511,10 +745,10 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
                 bad |= (xv[e] != xv[e]) | (xv[e] == INFINITY);
                 if (xv[e] > best) { /* increasing index per thread: the lowest wins ties */
                     best = xv[e];
-                    arg = 4u * j + (unsigned)e - R.h0;
+                    arg = sr_tok(&R, 4u * j + (unsigned)e);
                 }
             }
-            if (SMEM && !greedy && j < R.ns4)
+            if (SMEM && !greedy && j < R.ng)
                 R.q4[j] = make_uint4(__float_as_uint(x[u].x), __float_as_uint(x[u].y),
                                      __float_as_uint(x[u].z), __float_as_uint(x[u].w));
         }
@@ -536,10 +770,10 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
         sm->wbad[warp] = bad;
     }
     __syncthreads();
-    if (warp == 0) {
-        best = lane < SR_WARPS ? sm->wmaxv[lane] : -INFINITY;
-        arg = lane < SR_WARPS ? sm->wmaxi[lane] : SR_NONE;
-        bad = lane < SR_WARPS ? sm->wbad[lane] : 0;
+    if (warp == 0) { /* the block's result, pushed to every block of the cluster */
+        best = sm->wmaxv[lane];
+        arg = sm->wmaxi[lane];
+        bad = sm->wbad[lane];
 #pragma unroll
         for (unsigned off = 16; off > 0; off >>= 1) {
             const float ov = __shfl_down_sync(SR_FULL, best, off);
@@ -550,22 +784,35 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
                 arg = oi;
             }
         }
-        if (lane == 0) {
-            sm->wmaxv[0] = best;
-            sm->wmaxi[0] = arg;
-            sm->wbad[0] = bad;
+        best = __shfl_sync(SR_FULL, best, 0);
+        arg = __shfl_sync(SR_FULL, arg, 0);
+        bad = __shfl_sync(SR_FULL, bad, 0);
+        if (lane < ncl) {
+            sr_smem *d = sr_peer(&Y, sm, lane);
+            d->xmax[rank] = best;
+            d->xarg[rank] = arg;
+            d->xbad[rank] = bad;
         }
     }
-    __syncthreads();
-    best = sm->wmaxv[0];
-    arg = sm->wmaxi[0];
-    bad = sm->wbad[0];
+    sr_csync(ncl);
+    best = sm->xmax[0];
+    arg = sm->xarg[0];
+    bad = sm->xbad[0];
+    for (unsigned b = 1; b < ncl; b++) { /* rank order is index order */
+        const float ov = sm->xmax[b];
+        const unsigned oi = sm->xarg[b];
+        bad |= sm->xbad[b];
+        if (ov > best || (ov == best && oi < arg)) {
+            best = ov;
+            arg = oi;
+        }
+    }
     if (bad || arg == SR_NONE) { /* NaN or +inf, or no finite logit */
-        if (tid == 0) tokens[r] = NI_SAMPLE_INVALID;
+        if (writer) tokens[r] = NI_SAMPLE_INVALID;
         return;
     }
     if (greedy) {
-        if (tid == 0) tokens[r] = (int32_t)arg;
+        if (writer) tokens[r] = (int32_t)arg;
         return;
     }
     R.m = best;
@@ -578,7 +825,7 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
         const unsigned j0 = tid * R.c4;
         for (unsigned i = 0; i < R.c4; i++) {
             const unsigned j = j0 + i;
-            if (j >= R.ns4) break;
+            if (j >= R.ng) break;
             uint4 v;
             if (SMEM) {
                 const uint4 raw = R.q4[j];
@@ -598,9 +845,13 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
             }
         }
     }
-    sr_u64 total;
-    unsigned n_pos, unused;
-    sr_u64 texcl = sr_block_scan(sm, tsum, npos, 0, &total, &n_pos, &unused);
+    /* the tokens of positive weight are q < lim(1) (a few q just below SR_QMAX give W = 0) */
+    unsigned plim = sr_lim_block(sm, 1, 0, 0);
+    unsigned xk = 0, lvl = 0; /* exchanges and radix levels so far (the same in every block) */
+    sr_xres X;
+    sr_exchange(&Y, &xk, tsum, npos, 0, &X);
+    const sr_u64 total = X.S;
+    const unsigned n_pos = X.A;
 
     /* the filter in the weight domain (as ni_samp_prepare and ni_samp_finish_row) */
     unsigned k = (P.top_k >= 2 && (size_t)P.top_k < V) ? P.top_k : 0u;
@@ -608,45 +859,53 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
     const int top_p_on = P.top_p < 1.0f;
     const sr_u64 wmin = ni_canon_minp_weight(P.min_p);
 
-    /* (3) rounds */
-    sr_u64 pivot = 0, mass_above = total, mass_topk = total;
+    /* (3) rounds. Lp: the list the last pass read (the pick walks it: X and tsum are over it);
+     * Ln: the list the next pass reads (Lp, or the compacted copy the last pass wrote). */
+    const sr_list Lfull = {-1, 0, 0};
+    sr_list Lp = Lfull, Ln = Lfull;
+    sr_u64 mass_above = total, mass_topk = total;
     unsigned n_above = n_pos;
     int have_mk = !k || !top_p_on;
     for (unsigned rd = 0; rd < max_rounds; rd++) {
         const sr_u64 target = ni_canon_target(sm->u[rd], mass_above);
-        sr_pick<SMEM>(sm, &R, tsum, texcl, target, pivot + 1);
+        sr_pick<SMEM>(&Y, &R, &Lp, plim, tsum, &X, target, rd, 1);
+        sr_csync(ncl);
         const int c = sm->cand;
         const sr_u64 wc = sm->cand_w;
-        const unsigned qc = sm->cand_q;
-        if (c < 0) { /* inconsistent sums: impossible, but never a wrong token */
-            if (tid == 0) tokens[r] = NI_SAMPLE_INVALID;
+        const unsigned lge = sm->cand_lge, lgt = sm->cand_lgt;
+        if (sm->cand_stamp != rd ||
+            c < 0) { /* inconsistent sums: impossible, never a wrong token */
+            if (writer) tokens[r] = NI_SAMPLE_INVALID;
             return;
         }
         /* the max is always kept; with neither top-k nor top-p only min-p decides */
         if (wc == SR_WMAX || (!k && !top_p_on && wc >= wmin)) {
-            if (tid == 0) tokens[r] = c;
+            if (writer) tokens[r] = c;
             return;
         }
-        /* the tokens above and at the candidate's weight */
-        if (tid < 32) {
-            const unsigned lge = sr_lim_up(wc, qc, R.tab);
-            const unsigned lgt = sr_lim_down(wc + 1, qc, R.tab);
-            if (tid == 0) {
-                sm->lim = lge;
-                sm->lim2 = lgt;
-            }
+        /* the tokens above and at the candidate's weight; the members of Ln (q < plim) are
+         * copied to the other buffer when they fit and the offsets (the last exchange's count
+         * prefixes) are in Ln's layout, i.e. when the last pass did not compact */
+        const unsigned len = Ln.buf < 0 ? 4u * R.ng : Ln.n;
+        const int wr = cap > 0 && Ln.buf == Lp.buf && X.blk_a <= cap && X.blk_a < len;
+        const int dst = Ln.buf < 0 ? 0 : 1 - Ln.buf;
+        const sr_acc A =
+            sr_pass<SMEM>(&Y, &R, &Ln, plim, lgt, lge, wr ? Y.cq + (size_t)dst * cap : NULL,
+                          wr ? Y.ci + (size_t)dst * cap : NULL, X.aexcl);
+        sr_xres Xn;
+        sr_exchange(&Y, &xk, A.s, A.a, A.b, &Xn);
+        const sr_list Lread = Ln;
+        if (wr) {
+            Ln.buf = dst;
+            Ln.n = X.blk_a;
+            Ln.cc = ((X.blk_a + SR_THREADS - 1) / SR_THREADS) | 1u;
         }
-        __syncthreads();
-        const unsigned lge = sm->lim, lgt = sm->lim2;
-        unsigned cgt, cge;
-        sr_u64 sgt;
-        sr_count<SMEM>(&R, lgt, lge, &cgt, &cge, &sgt);
-        sr_u64 s_gt;
-        unsigned cnt_gt, cnt_ge;
-        const sr_u64 excl = sr_block_scan(sm, sgt, cgt, cge, &s_gt, &cnt_gt, &cnt_ge);
+        Lp = Lread;
+        const sr_u64 s_gt = Xn.S;
+        const unsigned cnt_gt = Xn.A, cnt_ge = Xn.B;
         const sr_u64 s_ge = s_gt + wc * (sr_u64)(cnt_ge - cnt_gt);
 
-        /* exactly the CPU's decision (block-uniform: every input is) */
+        /* exactly the CPU's decision (cluster-uniform: every input is) */
         int ok = wc >= wmin && (!k || cnt_gt < k);
         if (ok && top_p_on && s_gt > 0) {
             if (!have_mk && cnt_ge >= k) { /* c's tie group holds the k-th largest */
@@ -660,42 +919,49 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
             } else if (n_above >= k && !((double)s_gt < ni_canon_topp_limit(P.top_p, mass_above))) {
                 ok = 0; /* M_K <= mass above the pivot */
             } else {
+                /* the k largest lie above the pivot when at least k tokens do: select among
+                 * the list just read (members q < plim), else over the whole row */
+                const int above = n_above >= k;
                 sr_u64 tk;
-                mass_topk = sr_topk_mass<SMEM>(sm, &R, k, &tk);
+                mass_topk = sr_topk_mass<SMEM>(&Y, &xk, &lvl, &R, above ? &Lread : &Lfull,
+                                               above ? plim : SR_QMAX, k, &tk);
                 have_mk = 1;
                 ok = (double)s_gt < ni_canon_topp_limit(P.top_p, mass_topk);
             }
         }
         if (ok) {
-            if (tid == 0) tokens[r] = c;
+            if (writer) tokens[r] = c;
             return;
         }
-        pivot = wc;
+        plim = lgt; /* the pivot is wc now */
         mass_above = s_gt;
         n_above = cnt_gt;
-        tsum = sgt;
-        texcl = excl;
+        tsum = A.s;
+        X = Xn;
     }
 
     /* exact fallback: the kept threshold (as ni_samp_kept_threshold), one draw */
     sr_u64 theta = wmin, mk = total;
     if (k) {
         sr_u64 tk;
-        mk = sr_topk_mass<SMEM>(sm, &R, k, &tk);
+        mk = sr_topk_mass<SMEM>(&Y, &xk, &lvl, &R, &Lfull, SR_QMAX, k, &tk);
         if (tk > theta) theta = tk;
     }
     if (top_p_on) {
         const double lim = ni_canon_topp_limit(P.top_p, mk);
-        const unsigned X = sr_select<SMEM, 1>(sm, &R, 0, lim);
-        const sr_u64 tp = sr_weight(X, R.tab);
+        const unsigned Xp = sr_select<SMEM, 1>(&Y, &lvl, &R, &Lfull, SR_QMAX, 0, lim);
+        const sr_u64 tp = sr_weight(Xp, R.tab);
         if (tp > theta) theta = tp;
     }
     const sr_u64 lo = theta ? theta : 1;
     const unsigned L = sr_lim_block(sm, lo, 0, 0);
-    sr_u64 mass;
-    texcl = sr_mass_below<SMEM>(sm, &R, L, &tsum, &mass);
-    sr_pick<SMEM>(sm, &R, tsum, texcl, ni_canon_target(sm->u[max_rounds], mass), lo);
-    if (tid == 0) tokens[r] = sm->cand;
+    sr_u64 mine;
+    sr_xres Xf;
+    sr_mass_below<SMEM>(&Y, &xk, &R, &Lfull, L, &mine, &Xf);
+    sr_pick<SMEM>(&Y, &R, &Lfull, L, mine, &Xf, ni_canon_target(sm->u[max_rounds], Xf.S),
+                  max_rounds, 0);
+    sr_csync(ncl);
+    if (writer) tokens[r] = sm->cand_stamp == max_rounds ? sm->cand : NI_SAMPLE_INVALID;
 }
 
 /* ---- launch ------------------------------------------------------------------------------- */
@@ -706,34 +972,64 @@ __global__ void sr_fill_invalid_kernel(int32_t *tokens, size_t B) {
     if (i < B) tokens[i] = NI_SAMPLE_INVALID;
 }
 
-extern "C" int ni_cuda_sample_rejection_ex(int32_t *tokens, const float *logits,
-                                           const uint64_t *seq_ids, const uint32_t *steps,
-                                           const ni_sample_params *params, size_t B, size_t V,
-                                           uint32_t max_rounds, int force_global, ni_stream s) {
+/* The cluster size: the blocks of a row, so that a batch fills about 128 SMs, with at least
+ * SR_MIN_PER_BLOCK tokens per block. A function of (B, V) alone. */
+static unsigned sr_auto_cluster(size_t B, size_t V) {
+    unsigned c = B <= 16 ? 8u : B <= 32 ? 4u : B <= 64 ? 2u : 1u;
+    while (c > 1 && V < (size_t)c * SR_MIN_PER_BLOCK) c >>= 1;
+    return c;
+}
+
+extern "C" int ni_cuda_sample_rejection_cfg(int32_t *tokens, const float *logits,
+                                            const uint64_t *seq_ids, const uint32_t *steps,
+                                            const ni_sample_params *params, size_t B, size_t V,
+                                            uint32_t max_rounds, int force_global, uint32_t cluster,
+                                            ni_stream s) {
     cudaStream_t st = (cudaStream_t)s;
     if (B == 0) return (int)cudaGetLastError();
-    if (!tokens || !params || B > 0x7fffffffu || max_rounds > SR_ROUNDS_CAP)
+    if (!tokens || !params || B > 0x7fffffffu / SR_CMAX || max_rounds > SR_ROUNDS_CAP ||
+        (cluster != 0 && (cluster > SR_CMAX || (cluster & (cluster - 1)) != 0)))
         return (int)cudaErrorInvalidValue;
     if (!logits || V == 0 || V > NI_SAMPLE_MAX_V) { /* rule 1: every row invalid */
         return ni_launch_status(ni_launch_pdl(sr_fill_invalid_kernel,
                                               dim3((unsigned)((B + 255) / 256)), dim3(256), 0, st,
                                               tokens, B));
     }
+    const unsigned ncl = cluster ? cluster : sr_auto_cluster(B, V);
     int dev = 0, optin = 0;
     cudaError_t e = cudaGetDevice(&dev);
     if (e == cudaSuccess)
         e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
     if (e != cudaSuccess) return (int)e;
-    const size_t row_bytes = (V + 6) / 4 * 16;
-    const int smem = !force_global && SR_FIXED_BYTES + row_bytes <= (size_t)optin;
-    const size_t bytes = SR_FIXED_BYTES + (smem ? row_bytes : 0);
+    const unsigned ns4 = (unsigned)((V + 6) / 4), G = (ns4 + ncl - 1) / ncl;
+    const int smem = !force_global && sr_offsets(ncl, G, 1, 0).total <= (size_t)optin;
+    /* compaction buffers from what is left, no longer than the slice */
+    const size_t base = sr_offsets(ncl, G, smem, 0).total;
+    size_t cap = base < (size_t)optin ? ((size_t)optin - base) / 16 : 0;
+    if (cap > SR_CAPMAX) cap = SR_CAPMAX;
+    if (cap > 4 * (size_t)G) cap = 4 * (size_t)G;
+    cap &= ~(size_t)3;
+    if (cap < 64) cap = 0;
+    const size_t bytes = sr_offsets(ncl, G, smem, (unsigned)cap).total;
+    if (bytes > (size_t)optin) return (int)cudaErrorInvalidValue; /* fixed part too large */
     void (*kernel)(int32_t *, const float *, const uint64_t *, const uint32_t *,
-                   const ni_sample_params *, size_t, unsigned) = smem ? sr_kernel<1> : sr_kernel<0>;
+                   const ni_sample_params *, size_t, unsigned, unsigned, unsigned) =
+        smem ? sr_kernel<1> : sr_kernel<0>;
     e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+    if (e == cudaSuccess && ncl > 8)
+        e = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
     if (e != cudaSuccess) return (int)e;
-    return ni_launch_status(ni_launch_pdl(kernel, dim3((unsigned)B), dim3(SR_THREADS), bytes, st,
-                                          tokens, logits, seq_ids, steps, params, V,
-                                          (unsigned)max_rounds));
+    return ni_launch_status(ni_launch_pdl_cluster(
+        kernel, dim3((unsigned)(B * ncl)), dim3(SR_THREADS), bytes, st, ncl, tokens, logits,
+        seq_ids, steps, params, V, (unsigned)max_rounds, ncl, (unsigned)cap));
+}
+
+extern "C" int ni_cuda_sample_rejection_ex(int32_t *tokens, const float *logits,
+                                           const uint64_t *seq_ids, const uint32_t *steps,
+                                           const ni_sample_params *params, size_t B, size_t V,
+                                           uint32_t max_rounds, int force_global, ni_stream s) {
+    return ni_cuda_sample_rejection_cfg(tokens, logits, seq_ids, steps, params, B, V, max_rounds,
+                                        force_global, 0, s);
 }
 
 extern "C" int ni_cuda_sample_rejection(int32_t *tokens, const float *logits,
