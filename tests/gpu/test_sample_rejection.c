@@ -7,8 +7,9 @@
  * against ni_sample_distribution, never return a token outside the kept set over millions of
  * draws, be deterministic and independent of a row's place in the batch, return -1 for invalid
  * rows and NaN parameters, and follow parameters and steps changed in device memory under a
- * captured CUDA graph. A micro-benchmark prints its latency beside the sort-based sampler's
- * (printed, not asserted). Exits 77 without a GPU. */
+ * captured CUDA graph, whatever the cluster size (the blocks sharing a row). A micro-benchmark
+ * prints its latency beside the sort-based sampler's (printed, not asserted). Exits 77 without a
+ * GPU. */
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdio.h>
@@ -117,16 +118,26 @@ static void rj_set_steps(rj_ctx *c, uint32_t step) {
     CK(cudaMemcpy(c->dsteps, c->steps, c->B * sizeof *c->steps, cudaMemcpyHostToDevice));
 }
 
-/* Samples every row (max_rounds, force_global as ni_cuda_sample_rejection_ex) into tok. */
-static void rj_run(rj_ctx *c, const ni_filter *f, uint64_t seed, uint32_t max_rounds,
-                   int force_global, int32_t *tok) {
+/* Samples every row (max_rounds, force_global, cluster as ni_cuda_sample_rejection_cfg) into
+ * tok; returns the launcher's status (CK'd by the caller or tolerated for cluster 16). */
+static int rj_run_cfg(rj_ctx *c, const ni_filter *f, uint64_t seed, uint32_t max_rounds,
+                      int force_global, uint32_t cluster, int32_t *tok) {
     const ni_sample_params p = params_of(f, seed);
     CK(cudaMemcpy(c->dparams, &p, sizeof p, cudaMemcpyHostToDevice));
     CK(cudaMemset(c->dtok, 0x7F, c->B * sizeof *c->dtok)); /* poison: 0x7F7F7F7F */
-    CK(ni_cuda_sample_rejection_ex(c->dtok, c->dlogits, c->dseq, c->dsteps, c->dparams, c->B, c->V,
-                                   max_rounds, force_global, NULL));
+    const int st =
+        ni_cuda_sample_rejection_cfg(c->dtok, c->dlogits, c->dseq, c->dsteps, c->dparams, c->B,
+                                     c->V, max_rounds, force_global, cluster, NULL);
+    if (st != 0) return st;
     CK(cudaDeviceSynchronize());
     CK(cudaMemcpy(tok, c->dtok, c->B * sizeof *tok, cudaMemcpyDeviceToHost));
+    return 0;
+}
+
+/* Samples every row (max_rounds, force_global as ni_cuda_sample_rejection_ex) into tok. */
+static void rj_run(rj_ctx *c, const ni_filter *f, uint64_t seed, uint32_t max_rounds,
+                   int force_global, int32_t *tok) {
+    CK(rj_run_cfg(c, f, seed, max_rounds, force_global, 0, tok));
 }
 
 /* What the CPU rejection sampler did over the compared draws. */
@@ -271,6 +282,60 @@ static void test_fallback_and_global(void **state) {
                "CPU's (CPU fallbacks: %zu)\n",
                V, cp.draws - bad, cp.fallback);
         assert_int_equal(bad, 0);
+        free(scratch);
+        free(tok);
+        rj_free(&c);
+    }
+}
+
+/* Every cluster size (the blocks sharing a row: 1 .. 16, also more blocks than the row has
+ * groups) gives the CPU's token, in both memory paths and through the fallback, on short rows
+ * (compacted at once) and long ones (compacted after some rounds). */
+static void test_cluster_sizes(void **state) {
+    (void)state;
+    static const size_t Vs[] = {1, 3, 50, 1000, 5003, 50257};
+    static const uint32_t clusters[] = {1, 2, 4, 8, 16};
+    static const size_t fis[] = {0, 2, 3, 5, 9, 12};
+    for (size_t vi = 0; vi < sizeof Vs / sizeof *Vs; vi++) {
+        const size_t V = Vs[vi], B = V > 10000 ? 16 : 40;
+        rj_ctx c;
+        rj_init(&c, B, V);
+        rj_fill(&c, 4321 + V);
+        rj_upload(&c);
+        int32_t *tok = hmalloc(B * sizeof *tok);
+        void *scratch = hmalloc(ni_sampler_scratch_bytes(V));
+        for (size_t ci = 0; ci < sizeof clusters / sizeof *clusters; ci++) {
+            const uint32_t cl = clusters[ci];
+            cpu_paths cp = {0, 0, 0, 0};
+            size_t bad = 0;
+            int skipped = 0;
+            for (size_t i = 0; i < sizeof fis / sizeof *fis && !skipped; i++) {
+                const ni_filter *f = &common_filters[fis[i]];
+                const uint64_t seed = 77 + fis[i];
+                rj_set_steps(&c, (uint32_t)(i * 13));
+                for (int run = 0; run < 3; run++) {
+                    const uint32_t mr = run == 1 ? 2u : NI_REJECTION_MAX_ROUNDS;
+                    const int st = rj_run_cfg(&c, f, seed, mr, run == 2, cl, tok);
+                    if (st != 0 && cl == 16) { /* non-portable size: the GPU may not place it */
+                        printf("  cluster 16 not launchable here (%s): skipped\n",
+                               cudaGetErrorString((cudaError_t)st));
+                        skipped = 1;
+                        break;
+                    }
+                    CK(st);
+                    bad += rj_compare(&c, f, seed, mr, tok, NULL, scratch, &cp, "cluster");
+                }
+            }
+            if (!skipped)
+                printf("  V=%-5zu cluster %2u: %4zu draws equal to the CPU's (CPU: %zu needed "
+                       "several rounds, %zu fell back)\n",
+                       V, cl, cp.draws - bad, cp.multi_round, cp.fallback);
+            assert_int_equal(bad, 0);
+        }
+        /* a bad cluster size is refused */
+        assert_int_not_equal(ni_cuda_sample_rejection_cfg(c.dtok, c.dlogits, c.dseq, c.dsteps,
+                                                          c.dparams, B, V, 4, 0, 3, NULL),
+                             0);
         free(scratch);
         free(tok);
         rj_free(&c);
@@ -578,7 +643,7 @@ static void test_greedy_and_invalid(void **state) {
 static void test_bench(void **state) {
     (void)state;
     enum { RUNS = 20, WARM = 3 };
-    static const size_t Bs[] = {1, 8, 64, 256, 512};
+    static const size_t Bs[] = {1, 8, 16, 32, 64, 128, 256, 512};
     const size_t V = 50257, BMAX = 512;
     const ni_filter f = {1.0f, 20, 0.9f, 0.0f};
     cudaEvent_t ev[2 * (RUNS + WARM)];
@@ -651,6 +716,7 @@ int main(void) {
         cmocka_unit_test(test_greedy_and_invalid),
         cmocka_unit_test(test_matches_cpu),
         cmocka_unit_test(test_fallback_and_global),
+        cmocka_unit_test(test_cluster_sizes),
         cmocka_unit_test(test_chi_square),
         cmocka_unit_test(test_kept_set),
         cmocka_unit_test(test_deterministic_and_batch_invariant),
