@@ -91,6 +91,8 @@ const char *ni_preset_name(ni_preset p);
 /* Parses "baseline", "kv_cache", "sampling", "cuda_graphs"; NI_ERR_INVALID_ARG otherwise. */
 ni_status ni_preset_parse(const char *name, ni_preset *out);
 const char *ni_backend_name(ni_backend b);
+/* "f32", "bf16", "fp16" (as `--dtype` takes them). */
+const char *ni_dtype_name(ni_dtype d);
 
 /* ---- generation -------------------------------------------------------------------------- */
 

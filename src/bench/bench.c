@@ -14,6 +14,7 @@
 void ni_bench_default_opts(ni_bench_opts *o, ni_backend backend) {
     memset(o, 0, sizeof *o);
     o->backend = backend;
+    o->dtype = NI_DTYPE_BF16;
     o->model = backend == NI_BACKEND_CUDA ? "gpt2-xl" : "gpt2";
     /* every engine the backend has */
     o->engines[o->n_engines++] = NI_PRESET_BASELINE;
@@ -78,7 +79,7 @@ static void run_config(bench_state *st, ni_preset engine, size_t B, size_t P, ni
     row->bandwidth_frac = -1.0;
     ni_engine_opts eo = {.backend = o->backend,
                          .preset = engine,
-                         .dtype = NI_DTYPE_BF16,
+                         .dtype = o->dtype,
                          .max_batch = B,
                          .max_seq = P + o->max_new_tokens,
                          .n_threads = o->n_threads};
@@ -132,7 +133,7 @@ static void run_config(bench_state *st, ni_preset engine, size_t B, size_t P, ni
     row->prefill_tok_s = row->ttft_ms > 0 ? (double)(B * P) / (row->ttft_ms / 1e3) : 0.0;
     if (st->dev->copy_bytes_per_s > 0 && row->itl_ms > 0) {
         /* bytes a decode step must read: the weights once, and the KV cache of every sequence
-         * at its mean length over the decode steps (bf16 on the GPU) */
+         * at its mean length over the decode steps (16-bit on the GPU) */
         double mean_len = (double)P + (double)o->max_new_tokens / 2.0;
         double kv = 2.0 * (double)c->n_layer * (double)B * mean_len * (double)c->n_embd * 2.0;
         double bytes = (double)row->weight_bytes + kv;

@@ -16,6 +16,7 @@
 typedef struct {
     const char *model;
     ni_backend backend;
+    ni_dtype dtype; /* GPU weights, activations and KV cache: bf16 (default) or fp16 */
     ni_preset engines[NI_PRESET_COUNT];
     size_t n_engines;
     size_t batch_sizes[NI_BENCH_MAX];

@@ -19,8 +19,10 @@ static const ni_bench_row *find(const ni_bench_result *r, ni_preset e, size_t B,
 }
 
 void ni_bench_print_table(FILE *f, const ni_bench_opts *o, const ni_bench_result *r) {
-    fprintf(f, "%s on %s (%s), %zu new tokens, median of %zu runs after %zu warm-up\n", o->model,
-            r->device.name, ni_backend_name(o->backend), o->max_new_tokens, o->runs, o->warmup);
+    fprintf(f, "%s on %s (%s, %s), %zu new tokens, median of %zu runs after %zu warm-up\n",
+            o->model, r->device.name, ni_backend_name(o->backend),
+            ni_dtype_name(o->backend == NI_BACKEND_CUDA ? o->dtype : NI_DTYPE_F32),
+            o->max_new_tokens, o->runs, o->warmup);
     for (size_t pi = 0; pi < o->n_prompt_lens; pi++) {
         size_t P = o->prompt_lens[pi];
         for (size_t bi = 0; bi < o->n_batch_sizes; bi++) {
@@ -84,7 +86,9 @@ ni_status ni_bench_write_json(const char *path, const ni_bench_opts *o, const ni
         json_object_set_new(run, "cuda_runtime", json_string(r->device.runtime));
     json_object_set_new(run, "model", json_string(o->model));
     json_object_set_new(run, "params", json_integer((json_int_t)r->params));
-    json_object_set_new(run, "dtype", json_string(o->backend == NI_BACKEND_CUDA ? "bf16" : "f32"));
+    json_object_set_new(run, "dtype",
+                        json_string(o->backend == NI_BACKEND_CUDA ? ni_dtype_name(o->dtype)
+                                                                  : ni_dtype_name(NI_DTYPE_F32)));
     json_object_set_new(run, "max_new_tokens", json_integer((json_int_t)o->max_new_tokens));
     json_object_set_new(run, "runs", json_integer((json_int_t)o->runs));
     json_object_set_new(run, "warmup", json_integer((json_int_t)o->warmup));

@@ -154,6 +154,10 @@ int cli_model_arg(cli_model_args *a, int argc, char **argv, int *i) {
     return 1;
 }
 
+const char *cli_dtype_name(const cli_model_args *a) {
+    return ni_dtype_name(a->backend == NI_BACKEND_CUDA ? a->dtype : NI_DTYPE_F32);
+}
+
 int cli_open(const cli_model_args *a, size_t max_batch, size_t max_seq, ni_model **m,
              ni_engine **e) {
     if (!a->model) return cli_usage_error("--model is required");

@@ -40,6 +40,9 @@ void cli_model_args_init(cli_model_args *a);
 int cli_model_arg(cli_model_args *a, int argc, char **argv, int *i);
 extern const char cli_model_help[];
 
+/* The type the engine computes in: "f32" on the cpu, the --dtype ("bf16", "fp16") on cuda. */
+const char *cli_dtype_name(const cli_model_args *a);
+
 /* Opens the model and an engine for max_batch sequences of max_seq tokens (0: the context). */
 int cli_open(const cli_model_args *a, size_t max_batch, size_t max_seq, ni_model **m,
              ni_engine **e);

@@ -18,6 +18,7 @@ static const char bench_help[] =
     "bench.csv into --out.\n\n"
     "  --model M            model (default gpt2-xl on cuda, gpt2 on cpu)\n"
     "  --backend B          cpu or cuda (default cpu)\n"
+    "  --dtype D            GPU weights, activations and KV cache: bf16 or fp16 (default bf16)\n"
     "  --engines A,B        engines to compare (default: every engine of the backend)\n"
     "  --batch-sizes 1,2,4  batch sizes (default 1..512 on cuda, 1..16 on cpu)\n"
     "  --prompt-len N[,M]   prompt lengths (default 32)\n"
@@ -164,6 +165,13 @@ int cmd_bench(int argc, char **argv) {
             if (cli_parse_size(v, &n) || n == 0 || n > 1024)
                 return cli_usage_error("--threads takes a count from 1 to 1024");
             o.n_threads = (int)n;
+        } else if (cli_is(a, "--dtype")) {
+            if (strcmp(v, "bf16") == 0)
+                o.dtype = NI_DTYPE_BF16;
+            else if (strcmp(v, "fp16") == 0 || strcmp(v, "f16") == 0)
+                o.dtype = NI_DTYPE_F16;
+            else
+                return cli_usage_error("--dtype takes bf16 or fp16, not '%s'", v);
         } else if (cli_is(a, "--out")) {
             out_dir = v;
         } else {

@@ -187,6 +187,7 @@ static void print_results(const generate_args *g, const collected *c, const ni_s
             }
             json_object_set_new(o, "ttft_ms", json_real(st->ttft_ms));
             json_object_set_new(o, "decode_tok_s", json_real(decode_tok_s));
+            json_object_set_new(o, "dtype", json_string(cli_dtype_name(&g->model)));
             char *line = json_dumps(o, JSON_COMPACT);
             if (line) puts(line);
             free(line);
@@ -207,8 +208,8 @@ static void print_results(const generate_args *g, const collected *c, const ni_s
     }
     fflush(stdout);
     if (!g->json)
-        fprintf(stderr, "ttft %.2f ms, decode %.1f tokens/s (batch %zu)\n", st->ttft_ms,
-                decode_tok_s, g->n_seq);
+        fprintf(stderr, "ttft %.2f ms, decode %.1f tokens/s (batch %zu, %s)\n", st->ttft_ms,
+                decode_tok_s, g->n_seq, cli_dtype_name(&g->model));
 }
 
 int cmd_generate(int argc, char **argv) {

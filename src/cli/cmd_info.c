@@ -35,7 +35,9 @@ int cmd_info(int argc, char **argv) {
     printf("eos_id       %d\n", (int)c->eos_id);
     printf("parameters   %zu (%.1f M)\n", n, (double)n / 1e6);
     printf("weights f32  %zu bytes (%.2f GB)\n", n * 4, (double)n * 4 / 1e9);
-    printf("weights bf16 %zu bytes (%.2f GB)\n", n * 2, (double)n * 2 / 1e9);
+    /* the GPU's 16-bit type (--dtype): bf16 or fp16, two bytes either way */
+    printf("weights %-4s %zu bytes (%.2f GB)\n", ni_dtype_name(ma.dtype), n * 2,
+           (double)n * 2 / 1e9);
     ni_model_close(m);
     return 0;
 }

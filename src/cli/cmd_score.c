@@ -122,9 +122,10 @@ int cmd_score(int argc, char **argv) {
     if (rc == 0) {
         double mean = total / (double)(L - 1);
         if (json) {
-            json_t *o = json_pack("{s:s, s:I, s:I, s:I, s:f, s:f}", "file", file, "tokens",
+            json_t *o = json_pack("{s:s, s:I, s:I, s:I, s:f, s:f, s:s}", "file", file, "tokens",
                                   (json_int_t)n_ids, "window", (json_int_t)window, "windows",
-                                  (json_int_t)n_windows, "mean_nll", mean, "ppl", exp(mean));
+                                  (json_int_t)n_windows, "mean_nll", mean, "ppl", exp(mean),
+                                  "dtype", cli_dtype_name(&ma));
             char *line = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(10));
             if (line) puts(line);
             free(line);
@@ -134,6 +135,7 @@ int cmd_score(int argc, char **argv) {
                    n_windows, n_windows == 1 ? "" : "s", window);
             printf("mean NLL    %.6f nats/token\n", mean);
             printf("perplexity  %.4f\n", exp(mean));
+            printf("dtype       %s\n", cli_dtype_name(&ma));
         }
     }
     free(logits);

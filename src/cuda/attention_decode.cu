@@ -12,13 +12,13 @@
  * one chunk writes its
  * output directly; longer rows write (max, sum, unnormalized acc[HS]) per chunk to `partial`
  * and a small merge kernel combines them with the usual rescaling. Scores and softmax are f32
- * (the probabilities are not rounded to bf16), in the log2 domain with the 1/sqrt(HS) scale
+ * (the probabilities are not rounded to 16 bits), in the log2 domain with the 1/sqrt(HS) scale
  * folded in. Cache rows past pos[r] are never read. */
-#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
 
+#include "cuda/dtype.cuh"
 #include "cuda/kernels.h"
 #include "cuda/pdl.cuh"
 
@@ -27,35 +27,32 @@
 #define AD_WARPS (AD_THREADS / 32)
 #define AD_MAX_HS 128
 
-/* W bf16 elements as one load, and their conversion to f32 */
+/* W 16-bit elements as one load */
 template <int W> struct ad_vec;
 template <> struct ad_vec<8> {
     typedef uint4 t;
-    static __device__ __forceinline__ void cvt(uint4 u, float *f) {
-        float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u.x));
-        float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u.y));
-        float2 c = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u.z));
-        float2 d = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u.w));
-        f[0] = a.x, f[1] = a.y, f[2] = b.x, f[3] = b.y, f[4] = c.x, f[5] = c.y, f[6] = d.x,
-        f[7] = d.y;
-    }
     static __device__ __forceinline__ uint4 zero(void) { return make_uint4(0u, 0u, 0u, 0u); }
 };
 template <> struct ad_vec<2> {
     typedef uint32_t t;
-    static __device__ __forceinline__ void cvt(uint32_t u, float *f) {
-        f[0] = __uint_as_float(u << 16);
-        f[1] = __uint_as_float(u & 0xffff0000u);
-    }
     static __device__ __forceinline__ uint32_t zero(void) { return 0u; }
 };
 template <> struct ad_vec<1> {
     typedef uint16_t t;
-    static __device__ __forceinline__ void cvt(uint16_t u, float *f) {
-        f[0] = __uint_as_float((uint32_t)u << 16);
-    }
     static __device__ __forceinline__ uint16_t zero(void) { return 0; }
 };
+
+/* A load's elements in f32, for 16-bit type D (dtype.cuh) */
+template <typename D> static __device__ __forceinline__ void ad_cvt(uint4 u, float *f) {
+    ni_unpack8<D>(u, f);
+}
+template <typename D> static __device__ __forceinline__ void ad_cvt(uint32_t u, float *f) {
+    float2 a = D::unpack2(u);
+    f[0] = a.x, f[1] = a.y;
+}
+template <typename D> static __device__ __forceinline__ void ad_cvt(uint16_t u, float *f) {
+    f[0] = D::to_float(u);
+}
 
 /* Rows (s0 + u) * KPS + grp (u < U) of a chunk, this lane's loads of each; rows at or past
  * n_valid and elements at or past HS are never read (zeros instead). */
@@ -87,15 +84,16 @@ static __device__ __forceinline__ void ad_copy_rows(typename ad_vec<W>::t (&dst)
         for (int i = 0; i < CPL; i++) dst[u][i] = src[u][i];
 }
 
-/* One block per (chunk c, head h, row r). W: elements per load; L: lanes per cached row (a power
- * of two up to 32); CPL: loads per lane and row (L * CPL * W >= HS). */
-template <int W, int L, int CPL>
+/* One block per (chunk c, head h, row r). D: the 16-bit type (dtype.cuh); W: elements per load;
+ * L: lanes per cached row (a power of two up to 32); CPL: loads per lane and row
+ * (L * CPL * W >= HS). */
+template <typename D, int W, int L, int CPL>
 __global__ void __launch_bounds__(AD_THREADS)
-    attention_decode_chunk_kernel(uint16_t *out,           // (B, C) bf16
+    attention_decode_chunk_kernel(uint16_t *out,           // (B, C) 16-bit
                                   float *partial,          // (B, NH, NCH, HS + 2)
-                                  const uint16_t *qkv,     // (B, 3C) bf16
-                                  const uint16_t *k_cache, // (S, NH, T, HS) bf16
-                                  const uint16_t *v_cache, // (S, NH, T, HS) bf16
+                                  const uint16_t *qkv,     // (B, 3C) 16-bit
+                                  const uint16_t *k_cache, // (S, NH, T, HS) 16-bit
+                                  const uint16_t *v_cache, // (S, NH, T, HS) 16-bit
                                   const int32_t *slot,     // (B)
                                   const int32_t *pos,      // (B)
                                   int NH, int HS, int T, int NCH, float scale_log2) {
@@ -130,7 +128,7 @@ __global__ void __launch_bounds__(AD_THREADS)
         for (int i = 0; i < CPL; i++) {
             int d = (gl + i * L) * W;
             vec_t u = d < HS ? *reinterpret_cast<const vec_t *>(q + d) : V::zero();
-            V::cvt(u, qv[i]);
+            ad_cvt<D>(u, qv[i]);
         }
     }
 
@@ -152,7 +150,7 @@ __global__ void __launch_bounds__(AD_THREADS)
 #pragma unroll
             for (int i = 0; i < CPL; i++) {
                 float kf[W];
-                V::cvt(kb[u][i], kf);
+                ad_cvt<D>(kb[u][i], kf);
 #pragma unroll
                 for (int e = 0; e < W; e++) dot += qv[i][e] * kf[e];
             }
@@ -192,7 +190,7 @@ __global__ void __launch_bounds__(AD_THREADS)
 #pragma unroll
             for (int i = 0; i < CPL; i++) {
                 float vf[W];
-                V::cvt(vb[u][i], vf);
+                ad_cvt<D>(vb[u][i], vf);
 #pragma unroll
                 for (int e = 0; e < W; e++) acc[i][e] += pw * vf[e];
             }
@@ -225,8 +223,7 @@ __global__ void __launch_bounds__(AD_THREADS)
             float a = 0.0f;
 #pragma unroll
             for (int w = 0; w < AD_WARPS; w++) a += s_red[w][d];
-            __nv_bfloat16 b = __float2bfloat16_rn(a * inv);
-            o[d] = *reinterpret_cast<uint16_t *>(&b);
+            o[d] = D::from_float(a * inv);
         }
     } else {
         float *pp = partial + (((size_t)r * NH + h) * NCH + c) * (size_t)(HS + 2);
@@ -245,7 +242,8 @@ __global__ void __launch_bounds__(AD_THREADS)
 
 /* One block per (head, row) whose positions span several chunks: out = sum_c 2^(m_c - M) acc_c
  * / sum_c 2^(m_c - M) l_c. */
-__global__ void attention_decode_merge_kernel(uint16_t *out,        // (B, C) bf16
+template <typename D>
+__global__ void attention_decode_merge_kernel(uint16_t *out,        // (B, C) 16-bit
                                               const float *partial, // (B, NH, NCH, HS + 2)
                                               const int32_t *pos,   // (B)
                                               int NH, int HS, int NCH) {
@@ -266,8 +264,7 @@ __global__ void attention_decode_merge_kernel(uint16_t *out,        // (B, C) bf
     for (int d = threadIdx.x; d < HS; d += blockDim.x) {
         float a = 0.0f;
         for (int c = 0; c < nc; c++) a += base[c * stride + 2 + d] * exp2f(base[c * stride] - M);
-        __nv_bfloat16 b = __float2bfloat16_rn(a * inv);
-        o[d] = *reinterpret_cast<uint16_t *>(&b);
+        o[d] = D::from_float(a * inv);
     }
 }
 
@@ -280,12 +277,12 @@ extern "C" size_t ni_cuda_attention_decode_partial_floats(size_t B, size_t NH, s
     return B * NH * ad_n_chunks(T) * (HS + 2);
 }
 
-template <int W, int L, int CPL>
+template <typename D, int W, int L, int CPL>
 static cudaError_t ad_launch(dim3 grid, uint16_t *out, float *partial, const uint16_t *qkv,
                              const uint16_t *k_cache, const uint16_t *v_cache, const int32_t *slot,
                              const int32_t *pos, int NH, int HS, int T, int NCH, float scale_log2,
                              cudaStream_t s) {
-    return ni_launch_pdl(attention_decode_chunk_kernel<W, L, CPL>, grid, dim3(AD_THREADS), 0, s,
+    return ni_launch_pdl(attention_decode_chunk_kernel<D, W, L, CPL>, grid, dim3(AD_THREADS), 0, s,
                          out, partial, qkv, k_cache, v_cache, slot, pos, NH, HS, T, NCH,
                          scale_log2);
 }
@@ -294,47 +291,51 @@ typedef cudaError_t (*ad_launch_fn)(dim3, uint16_t *, float *, const uint16_t *,
                                     const uint16_t *, const int32_t *, const int32_t *, int, int,
                                     int, int, float, cudaStream_t);
 
-/* The instance for load width W and nck loads per row (nck <= 64, or <= 128 for W == 1). */
-static ad_launch_fn ad_pick(int W, size_t nck) {
+/* The instance for type D, load width W and nck loads per row (nck <= 64, or <= 128 for
+ * W == 1). */
+template <typename D> static ad_launch_fn ad_pick(int W, size_t nck) {
     int L = 1;
     while ((size_t)L < nck && L < 32) L *= 2;
     size_t cpl = (nck + (size_t)L - 1) / (size_t)L;
 #define AD_BY_L(w)                                                                                 \
     switch (L) {                                                                                   \
     case 1:                                                                                        \
-        return ad_launch<w, 1, 1>;                                                                 \
+        return ad_launch<D, w, 1, 1>;                                                              \
     case 2:                                                                                        \
-        return ad_launch<w, 2, 1>;                                                                 \
+        return ad_launch<D, w, 2, 1>;                                                              \
     case 4:                                                                                        \
-        return ad_launch<w, 4, 1>;                                                                 \
+        return ad_launch<D, w, 4, 1>;                                                              \
     case 8:                                                                                        \
-        return ad_launch<w, 8, 1>;                                                                 \
+        return ad_launch<D, w, 8, 1>;                                                              \
     case 16:                                                                                       \
-        return ad_launch<w, 16, 1>;                                                                \
+        return ad_launch<D, w, 16, 1>;                                                             \
     default:                                                                                       \
         break;                                                                                     \
     }
     if (W == 8) {
         AD_BY_L(8)
-        return ad_launch<8, 32, 1>;
+        return ad_launch<D, 8, 32, 1>;
     }
     if (W == 2) {
         AD_BY_L(2)
-        return cpl <= 1 ? ad_launch<2, 32, 1> : ad_launch<2, 32, 2>;
+        return cpl <= 1 ? ad_launch<D, 2, 32, 1> : ad_launch<D, 2, 32, 2>;
     }
     AD_BY_L(1)
-    return cpl <= 1 ? ad_launch<1, 32, 1> : cpl <= 2 ? ad_launch<1, 32, 2> : ad_launch<1, 32, 4>;
+    return cpl <= 1   ? ad_launch<D, 1, 32, 1>
+           : cpl <= 2 ? ad_launch<D, 1, 32, 2>
+                      : ad_launch<D, 1, 32, 4>;
 #undef AD_BY_L
 }
 
 /* Contract beyond kernels.h: 0 <= pos[r] <= max_pos < T (a row with pos[r] > max_pos loses its
  * last chunks, one with pos[r] < 0 is not written); HS <= 128, else cudaErrorInvalidValue and
  * nothing runs. */
-extern "C" int ni_cuda_attention_decode(ni_bf16 *out, float *partial, const ni_bf16 *qkv,
-                                        const ni_bf16 *k_cache, const ni_bf16 *v_cache,
+extern "C" int ni_cuda_attention_decode(ni_half16 *out, float *partial, const ni_half16 *qkv,
+                                        const ni_half16 *k_cache, const ni_half16 *v_cache,
                                         const int32_t *slot, const int32_t *pos, size_t B,
                                         size_t max_pos, size_t NH, size_t HS, size_t T,
-                                        ni_stream s) {
+                                        ni_cuda_dtype dt, ni_stream s) {
+    if (dt != NI_CUDA_BF16 && dt != NI_CUDA_F16) return (int)cudaErrorInvalidValue;
     if (B == 0 || NH == 0 || T == 0) return (int)cudaGetLastError();
     if (HS == 0 || HS > AD_MAX_HS || B > 65535 || NH > 65535) return (int)cudaErrorInvalidValue;
     uintptr_t align = (uintptr_t)qkv | (uintptr_t)k_cache | (uintptr_t)v_cache;
@@ -344,16 +345,22 @@ extern "C" int ni_cuda_attention_decode(ni_bf16 *out, float *partial, const ni_b
     if (grid_chunks > nch) grid_chunks = nch;
     float scale_log2 = 1.4426950408889634f / sqrtf((float)HS);
     cudaStream_t st = (cudaStream_t)s;
-    ad_launch_fn fn = ad_pick(W, (HS + (size_t)W - 1) / (size_t)W);
+    size_t nck = (HS + (size_t)W - 1) / (size_t)W;
+    ad_launch_fn fn = dt == NI_CUDA_F16 ? ad_pick<ni_dt_f16>(W, nck) : ad_pick<ni_dt_bf16>(W, nck);
     cudaError_t e =
         fn(dim3((unsigned int)grid_chunks, (unsigned int)NH, (unsigned int)B), (uint16_t *)out,
            partial, (const uint16_t *)qkv, (const uint16_t *)k_cache, (const uint16_t *)v_cache,
            slot, pos, (int)NH, (int)HS, (int)T, (int)nch, scale_log2, st);
     if (e == cudaSuccess && grid_chunks > 1) {
         unsigned int threads = (unsigned int)((HS + 31) / 32 * 32);
-        e = ni_launch_pdl(attention_decode_merge_kernel, dim3((unsigned int)NH, (unsigned int)B),
-                          dim3(threads), 0, st, (uint16_t *)out, (const float *)partial, pos,
-                          (int)NH, (int)HS, (int)nch);
+        dim3 grid((unsigned int)NH, (unsigned int)B);
+        e = dt == NI_CUDA_F16
+                ? ni_launch_pdl(attention_decode_merge_kernel<ni_dt_f16>, grid, dim3(threads), 0,
+                                st, (uint16_t *)out, (const float *)partial, pos, (int)NH, (int)HS,
+                                (int)nch)
+                : ni_launch_pdl(attention_decode_merge_kernel<ni_dt_bf16>, grid, dim3(threads), 0,
+                                st, (uint16_t *)out, (const float *)partial, pos, (int)NH, (int)HS,
+                                (int)nch);
     }
     return ni_launch_status(e);
 }

@@ -2,26 +2,27 @@
  * warps takes a tile of 64 queries of one sequence and one head (grid: query tiles x heads x
  * sequences, the heaviest tiles of a sequence first); each warp owns 16 query rows, keeps their
  * Q fragments in registers and their output accumulator in registers, and walks the sequence's
- * cached keys in tiles of BK: S = Q K^T and O += P V with mma.sync m16n8k16 (bf16 in, f32
- * accumulate), the online softmax in f32 between them (running max and sum per row, exp2 with the
- * 1/sqrt(HS) scale folded into log2 e). Key and value tiles are staged in shared memory through
- * cp.async, two stages deep, so that the next tile loads while this one is multiplied; rows are
- * padded by 16 bytes so that the ldmatrix reads (plain for K, transposed for V) are free of bank
- * conflicts. Nothing of size T x T exists anywhere. The head size is padded to DP, a multiple of
- * 16 (the mma's k), with zeros: one kernel instance per DP in 16..128 serves every HS up to 128
- * (HS 8 and 16 use DP 16, HS 64 uses DP 64, HS 86 uses DP 96); loads are 16 bytes wide when
- * HS % 8 == 0, 4 bytes when HS is even and 2 bytes (synchronous) for odd HS. Causality: query j
- * of a sequence whose first listed token has position pos0 sees cache positions 0 .. pos0 + j;
- * the block stops at the last key its last query sees, a warp skips the key tiles that lie wholly
- * after its rows (and all of them when its rows are past the sequence's end), and the mask is
- * applied only to tiles that cross a row's limit. Keys past the block's last position are never
- * read (zeros take their place), so stale or poisoned cache entries cannot leak in. P is rounded to
- * bf16 for the P V product (as in FlashAttention); the softmax sum uses the f32 values. */
-#include <cuda_bf16.h>
+ * cached keys in tiles of BK: S = Q K^T and O += P V with mma.sync m16n8k16 (bf16 or f16 in as
+ * the engine's dtype says, dtype.cuh; f32 accumulate), the online softmax in f32 between them
+ * (running max and sum per row, exp2 with the 1/sqrt(HS) scale folded into log2 e). Key and value
+ * tiles are staged in shared memory through cp.async, two stages deep, so that the next tile loads
+ * while this one is multiplied; rows are padded by 16 bytes so that the ldmatrix reads (plain for
+ * K, transposed for V) are free of bank conflicts. Nothing of size T x T exists anywhere. The head
+ * size is padded to DP, a multiple of 16 (the mma's k), with zeros: one kernel instance per DP
+ * in 16..128 serves every HS up to 128 (HS 8 and 16 use DP 16, HS 64 uses DP 64, HS 86 uses DP 96);
+ * loads are 16 bytes wide when HS % 8 == 0, 4 bytes when HS is even and 2 bytes (synchronous) for
+ * odd HS. Causality: query j of a sequence whose first listed token has position pos0 sees cache
+ * positions 0 .. pos0 + j; the block stops at the last key its last query sees, a warp skips the
+ * key tiles that lie wholly after its rows (and all of them when its rows are past the sequence's
+ * end), and the mask is applied only to tiles that cross a row's limit. Keys past the block's last
+ * position are never read (zeros take their place), so stale or poisoned cache entries cannot leak
+ * in. P is rounded to 16 bits for the P V product (as in FlashAttention); the softmax sum uses the
+ * f32 values. */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
 
+#include "cuda/dtype.cuh"
 #include "cuda/kernels.h"
 #include "cuda/pdl.cuh"
 
@@ -67,21 +68,14 @@ static __device__ __forceinline__ void ap_ldmatrix_x4_trans(uint32_t *r, const v
                  : "memory");
 }
 
-/* c (16x8 f32) += a (16x16 bf16, row-major fragment) * b (16x8 bf16, column fragment). */
+/* c (16x8 f32) += a (16x16 16-bit, row-major fragment) * b (16x8 16-bit, column fragment). */
+template <typename D>
 static __device__ __forceinline__ void ap_mma(float *c, const uint32_t *a, uint32_t b0,
                                               uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    D::mma_volatile(c, a[0], a[1], a[2], a[3], b0, b1);
 }
 
-static __device__ __forceinline__ uint32_t ap_pack2(float lo, float hi) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t *>(&h);
-}
-
-/* Elements (d, d + 1) of a row of bf16 as one 32-bit fragment register, zeros past HS. */
+/* Elements (d, d + 1) of a row of 16-bit values as one 32-bit fragment register, zeros past HS. */
 static __device__ __forceinline__ uint32_t ap_load_pair(const uint16_t *row, int d, int HS,
                                                         int vec2) {
     if (vec2) return d < HS ? *reinterpret_cast<const uint32_t *>(row + d) : 0u;
@@ -125,12 +119,12 @@ static __device__ __forceinline__ void ap_load_tile(uint16_t *dst, const uint16_
     }
 }
 
-template <int DP, int BK>
+template <typename D, int DP, int BK>
 __global__ void __launch_bounds__(AP_THREADS)
-    attention_prefill_kernel(uint16_t *out,            // (N, C) bf16
-                             const uint16_t *qkv,      // (N, 3C) bf16
-                             const uint16_t *k_cache,  // (S, NH, T, HS) bf16
-                             const uint16_t *v_cache,  // (S, NH, T, HS) bf16
+    attention_prefill_kernel(uint16_t *out,            // (N, C) 16-bit
+                             const uint16_t *qkv,      // (N, 3C) 16-bit
+                             const uint16_t *k_cache,  // (S, NH, T, HS) 16-bit
+                             const uint16_t *v_cache,  // (S, NH, T, HS) 16-bit
                              const int32_t *seq_start, // (n_seq)
                              const int32_t *seq_len,   // (n_seq)
                              const int32_t *seq_slot,  // (n_seq)
@@ -218,8 +212,8 @@ __global__ void __launch_bounds__(AP_THREADS)
                     int key = n2 * 16 + (lane & 7) + ((lane >> 4) & 1) * 8;
                     int d = kc * 16 + ((lane >> 3) & 1) * 8;
                     ap_ldmatrix_x4(b, kt + key * LD + d);
-                    ap_mma(s[2 * n2], qf[kc], b[0], b[1]);
-                    ap_mma(s[2 * n2 + 1], qf[kc], b[2], b[3]);
+                    ap_mma<D>(s[2 * n2], qf[kc], b[0], b[1]);
+                    ap_mma<D>(s[2 * n2 + 1], qf[kc], b[2], b[3]);
                 }
             }
 
@@ -278,18 +272,18 @@ __global__ void __launch_bounds__(AP_THREADS)
 #pragma unroll
             for (int kc = 0; kc < BK / 16; kc++) {
                 uint32_t a[4];
-                a[0] = ap_pack2(s[2 * kc][0], s[2 * kc][1]);
-                a[1] = ap_pack2(s[2 * kc][2], s[2 * kc][3]);
-                a[2] = ap_pack2(s[2 * kc + 1][0], s[2 * kc + 1][1]);
-                a[3] = ap_pack2(s[2 * kc + 1][2], s[2 * kc + 1][3]);
+                a[0] = D::pack2(s[2 * kc][0], s[2 * kc][1]);
+                a[1] = D::pack2(s[2 * kc][2], s[2 * kc][3]);
+                a[2] = D::pack2(s[2 * kc + 1][0], s[2 * kc + 1][1]);
+                a[3] = D::pack2(s[2 * kc + 1][2], s[2 * kc + 1][3]);
 #pragma unroll
                 for (int n2 = 0; n2 < NDT / 2; n2++) {
                     uint32_t b[4];
                     int key = kc * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
                     int d = n2 * 16 + ((lane >> 4) & 1) * 8;
                     ap_ldmatrix_x4_trans(b, vt + key * LD + d);
-                    ap_mma(o[2 * n2], a, b[0], b[1]);
-                    ap_mma(o[2 * n2 + 1], a, b[2], b[3]);
+                    ap_mma<D>(o[2 * n2], a, b[0], b[1]);
+                    ap_mma<D>(o[2 * n2 + 1], a, b[2], b[3]);
                 }
             }
         }
@@ -314,9 +308,9 @@ __global__ void __launch_bounds__(AP_THREADS)
             int d = i * 8 + tig * 2;
             float v0 = o[i][half * 2] * inv, v1 = o[i][half * 2 + 1] * inv;
             if (qvec) {
-                if (d < HS) *reinterpret_cast<uint32_t *>(orow + d) = ap_pack2(v0, v1);
+                if (d < HS) *reinterpret_cast<uint32_t *>(orow + d) = D::pack2(v0, v1);
             } else {
-                uint32_t pk = ap_pack2(v0, v1);
+                uint32_t pk = D::pack2(v0, v1);
                 if (d < HS) orow[d] = (uint16_t)(pk & 0xffffu);
                 if (d + 1 < HS) orow[d + 1] = (uint16_t)(pk >> 16);
             }
@@ -324,9 +318,9 @@ __global__ void __launch_bounds__(AP_THREADS)
     }
 }
 
-template <int DP>
-static cudaError_t ap_launch(ni_bf16 *out, const ni_bf16 *qkv, const ni_bf16 *k_cache,
-                             const ni_bf16 *v_cache, const int32_t *seq_start,
+template <typename D, int DP>
+static cudaError_t ap_launch(ni_half16 *out, const ni_half16 *qkv, const ni_half16 *k_cache,
+                             const ni_half16 *v_cache, const int32_t *seq_start,
                              const int32_t *seq_len, const int32_t *seq_slot,
                              const int32_t *seq_pos0, size_t n_seq, size_t max_len, size_t NH,
                              size_t HS, size_t T, int W, int qvec, cudaStream_t s) {
@@ -334,7 +328,7 @@ static cudaError_t ap_launch(ni_bf16 *out, const ni_bf16 *qkv, const ni_bf16 *k_
     constexpr int BK = DP <= 64 ? 64 : 32;
     dim3 grid((unsigned int)((max_len + AP_BQ - 1) / AP_BQ), (unsigned int)NH, (unsigned int)n_seq);
     float scale_log2 = 1.4426950408889634f / sqrtf((float)HS);
-    return ni_launch_pdl(attention_prefill_kernel<DP, BK>, grid, dim3(AP_THREADS), 0, s,
+    return ni_launch_pdl(attention_prefill_kernel<D, DP, BK>, grid, dim3(AP_THREADS), 0, s,
                          (uint16_t *)out, (const uint16_t *)qkv, (const uint16_t *)k_cache,
                          (const uint16_t *)v_cache, seq_start, seq_len, seq_slot, seq_pos0, (int)NH,
                          (int)HS, (int)T, scale_log2, W, qvec);
@@ -343,11 +337,13 @@ static cudaError_t ap_launch(ni_bf16 *out, const ni_bf16 *qkv, const ni_bf16 *k_
 /* Contract beyond kernels.h: seq_pos0[q] + seq_len[q] <= T; max_len >= every seq_len (larger
  * only costs blocks that return at once); HS <= 128 and n_seq, NH <= 65535, else
  * cudaErrorInvalidValue and nothing runs. Tokens that no sequence lists are not written. */
-extern "C" int ni_cuda_attention_prefill(ni_bf16 *out, const ni_bf16 *qkv, const ni_bf16 *k_cache,
-                                         const ni_bf16 *v_cache, const int32_t *seq_start,
-                                         const int32_t *seq_len, const int32_t *seq_slot,
-                                         const int32_t *seq_pos0, size_t n_seq, size_t max_len,
-                                         size_t NH, size_t HS, size_t T, ni_stream s) {
+extern "C" int ni_cuda_attention_prefill(ni_half16 *out, const ni_half16 *qkv,
+                                         const ni_half16 *k_cache, const ni_half16 *v_cache,
+                                         const int32_t *seq_start, const int32_t *seq_len,
+                                         const int32_t *seq_slot, const int32_t *seq_pos0,
+                                         size_t n_seq, size_t max_len, size_t NH, size_t HS,
+                                         size_t T, ni_cuda_dtype dt, ni_stream s) {
+    if (dt != NI_CUDA_BF16 && dt != NI_CUDA_F16) return (int)cudaErrorInvalidValue;
     if (n_seq == 0 || max_len == 0 || NH == 0) return (int)cudaGetLastError();
     if (HS == 0 || HS > AP_MAX_HS || n_seq > 65535 || NH > 65535) return (int)cudaErrorInvalidValue;
     uintptr_t kv_align = (uintptr_t)k_cache | (uintptr_t)v_cache;
@@ -358,8 +354,12 @@ extern "C" int ni_cuda_attention_prefill(ni_bf16 *out, const ni_bf16 *qkv, const
     cudaError_t e;
 #define AP_CASE(dp)                                                                                \
     case dp:                                                                                       \
-        e = ap_launch<dp>(out, qkv, k_cache, v_cache, seq_start, seq_len, seq_slot, seq_pos0,      \
-                          n_seq, max_len, NH, HS, T, W, qvec, st);                                 \
+        e = dt == NI_CUDA_F16 ? ap_launch<ni_dt_f16, dp>(out, qkv, k_cache, v_cache, seq_start,    \
+                                                         seq_len, seq_slot, seq_pos0, n_seq,       \
+                                                         max_len, NH, HS, T, W, qvec, st)          \
+                              : ap_launch<ni_dt_bf16, dp>(out, qkv, k_cache, v_cache, seq_start,   \
+                                                          seq_len, seq_slot, seq_pos0, n_seq,      \
+                                                          max_len, NH, HS, T, W, qvec, st);        \
         break;
     switch (DP) {
         AP_CASE(16)

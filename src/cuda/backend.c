@@ -1,6 +1,8 @@
 /* The CUDA backend: the GPT-2 forward pass on the GPU over the same token lists as the CPU
- * backend (each token names its sequence's cache slot and its position), with bf16 weights,
- * activations and KV cache, an f32 residual stream and f32 logits. One device allocation (the
+ * backend (each token names its sequence's cache slot and its position), with 16-bit weights,
+ * activations and KV cache (bf16 by default, IEEE half with dtype NI_DTYPE_F16; half's range ends
+ * at 65504, which GPT-2's activations stay well inside: no scaling), an f32 residual stream and
+ * f32 logits. One device allocation (the
  * arena) holds weights, cache, activations and workspaces, sized at creation from (config, max
  * batch, max sequence) and checked against the free memory first; nothing is allocated while
  * generating. Tokens reach the host only once sampled.
@@ -29,8 +31,8 @@
 #define NI_MAX_GRAPHS 8
 
 typedef struct {
-    ni_bf16 *ln1_w, *ln1_b, *qkv_w, *qkv_b, *proj_w, *proj_b;
-    ni_bf16 *ln2_w, *ln2_b, *fc_w, *fc_b, *fcproj_w, *fcproj_b;
+    ni_half16 *ln1_w, *ln1_b, *qkv_w, *qkv_b, *proj_w, *proj_b;
+    ni_half16 *ln2_w, *ln2_b, *fc_w, *fc_b, *fcproj_w, *fcproj_b;
 } cuda_layer;
 
 /* What one chunk of a forward pass needs on the device, packed so that one copy moves it. */
@@ -61,16 +63,17 @@ struct ni_backend_ctx {
     size_t max_batch, max_seq, chunk;
     cudaStream_t stream;
     ni_matmul_ctx mm;
+    ni_cuda_dtype dt; /* of weights, activations and KV cache */
 
     uint8_t *arena; /* device */
     size_t arena_bytes, staging_bytes, weight_bytes;
-    ni_bf16 *wte, *wpe, *lnf_w, *lnf_b;
-    cuda_layer *layers;                   /* host array of device pointers */
-    ni_bf16 *k_cache, *v_cache;           /* (L, S, NH, T, HS) */
-    float *x;                             /* (chunk, C) residual stream */
-    ni_bf16 *ln, *qkv, *att, *delta, *fc; /* (chunk, C | 3C | C | C | 4C) */
-    ni_bf16 *sel;                         /* (S, C) final-LN rows that need logits */
-    float *logits;                        /* (S, V) */
+    ni_half16 *wte, *wpe, *lnf_w, *lnf_b;
+    cuda_layer *layers;                     /* host array of device pointers */
+    ni_half16 *k_cache, *v_cache;           /* (L, S, NH, T, HS) */
+    float *x;                               /* (chunk, C) residual stream */
+    ni_half16 *ln, *qkv, *att, *delta, *fc; /* (chunk, C | 3C | C | C | 4C) */
+    ni_half16 *sel;                         /* (S, C) final-LN rows that need logits */
+    float *logits;                          /* (S, V) */
     float *attn_partial;
     int32_t *d_next; /* (S) sampled tokens */
     ni_sample_params *d_params;
@@ -172,7 +175,7 @@ static size_t arena_layout(ni_backend_ctx *b, uint8_t *base) {
 
 /* ---- weights ----------------------------------------------------------------------------- */
 
-static ni_bf16 *weight_slot(ni_backend_ctx *b, ni_weight_kind k, size_t l) {
+static ni_half16 *weight_slot(ni_backend_ctx *b, ni_weight_kind k, size_t l) {
     cuda_layer *y = &b->layers[l];
     switch (k) {
     case NI_W_WTE:
@@ -217,7 +220,7 @@ static ni_status upload_weight(ni_backend_ctx *b, ni_weight_kind k, size_t layer
     ni_weight_info wi;
     ni_weight_info_get(b->cfg, k, &wi);
     size_t n = wi.rows * wi.cols;
-    ni_bf16 *dst = weight_slot(b, k, layer);
+    ni_half16 *dst = weight_slot(b, k, layer);
     const ni_model *m = b->model;
     ni_stream st = (ni_stream)b->stream;
     if (!m->st) {
@@ -226,15 +229,16 @@ static ni_status upload_weight(ni_backend_ctx *b, ni_weight_kind k, size_t layer
         if (wi.init == NI_INIT_NORMAL) std = 0.02f;
         if (wi.init == NI_INIT_RESIDUAL) std = 0.02f / sqrtf(2.0f * (float)b->cfg->n_layer);
         if (wi.init == NI_INIT_ONE) value = 1.0f;
-        NI_CUDA_TRY(
-            ni_cuda_init_random(dst, n, m->seed, ni_weight_tensor_id(k, layer), std, value, st),
-            "init_random kernel");
+        NI_CUDA_TRY(ni_cuda_init_random(dst, n, m->seed, ni_weight_tensor_id(k, layer), std, value,
+                                        b->dt, st),
+                    "init_random kernel");
         return NI_OK;
     }
     NI_TRY(ni_model_read_weight(m, k, layer, h_stage));
     NI_CUDA_TRY(cudaMemcpyAsync(d_stage, h_stage, n * 4, cudaMemcpyHostToDevice, b->stream),
                 "cudaMemcpy (weights)");
-    NI_CUDA_TRY(ni_cuda_f32_to_bf16(dst, d_stage, n, st), "f32_to_bf16 kernel");
+    /* round to nearest even; f16 turns a weight beyond 65504 into inf (none in GPT-2) */
+    NI_CUDA_TRY(ni_cuda_f32_to_half16(dst, d_stage, n, b->dt, st), "f32_to_half16 kernel");
     /* the host staging buffer is reused by the next tensor */
     NI_CUDA_TRY(cudaStreamSynchronize(b->stream), "weight upload");
     return NI_OK;
@@ -298,10 +302,10 @@ static ni_status cuda_create(ni_model *m, const ni_engine_opts *o, ni_backend_ct
     int n_dev = 0;
     if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0)
         return ni_fail(NI_ERR_UNSUPPORTED, "the cuda backend needs a CUDA GPU; none was found");
-    if (o->dtype == NI_DTYPE_F16)
-        return ni_fail(NI_ERR_UNSUPPORTED, "the cuda backend runs bf16 weights only (for now)");
     ni_backend_ctx *b = calloc(1, sizeof *b);
     if (!b) return ni_fail(NI_ERR_NO_MEMORY, "out of memory");
+    /* bf16 unless fp16 is asked for (NI_DTYPE_F32, the zero of the options, means the default) */
+    b->dt = o->dtype == NI_DTYPE_F16 ? NI_CUDA_F16 : NI_CUDA_BF16;
     b->model = m;
     b->cfg = ni_model_config(m);
     b->flags = ni_preset_get(o->preset);
@@ -386,35 +390,36 @@ static ni_status enqueue_layers(ni_backend_ctx *b, const layer_args *a) {
     size_t kv_layer = b->max_batch * T * C;
     ni_stream st = (ni_stream)b->stream;
     float eps = c->ln_eps;
-    NI_CUDA_TRY(ni_cuda_embedding(b->x, a->tok, a->pos, b->wte, b->wpe, N, C, st),
+    NI_CUDA_TRY(ni_cuda_embedding(b->x, a->tok, a->pos, b->wte, b->wpe, N, C, b->dt, st),
                 "embedding kernel");
     for (size_t l = 0; l < c->n_layer; l++) {
         const cuda_layer *y = &b->layers[l];
-        ni_bf16 *kc = b->k_cache + l * kv_layer, *vc = b->v_cache + l * kv_layer;
+        ni_half16 *kc = b->k_cache + l * kv_layer, *vc = b->v_cache + l * kv_layer;
         NI_CUDA_TRY(ni_cuda_residual_layernorm(b->ln, b->x, l ? b->delta : NULL, y->ln1_w, y->ln1_b,
-                                               NULL, N, C, eps, st),
+                                               NULL, N, C, eps, b->dt, st),
                     "layernorm kernel (ln_1)");
-        NI_TRY(
-            ni_matmul(&b->mm, b->qkv, NULL, b->ln, y->qkv_w, y->qkv_b, N, C, 3 * C, 0, b->stream));
+        NI_TRY(ni_matmul(&b->mm, b->qkv, NULL, b->ln, y->qkv_w, y->qkv_b, N, C, 3 * C, 0, b->dt,
+                         b->stream));
         NI_CUDA_TRY(ni_cuda_kv_append(kc, vc, b->qkv, a->slot, a->pos, N, NH, HS, T, st),
                     "kv_append kernel");
         if (a->single)
             NI_CUDA_TRY(ni_cuda_attention_decode(b->att, b->attn_partial, b->qkv, kc, vc, a->slot,
-                                                 a->pos, N, a->max_pos, NH, HS, T, st),
+                                                 a->pos, N, a->max_pos, NH, HS, T, b->dt, st),
                         "attention_decode kernel");
         else
             NI_CUDA_TRY(ni_cuda_attention_prefill(b->att, b->qkv, kc, vc, a->seq_start, a->seq_len,
                                                   a->seq_slot, a->seq_pos0, a->n_pieces, a->max_len,
-                                                  NH, HS, T, st),
+                                                  NH, HS, T, b->dt, st),
                         "attention_prefill kernel");
-        NI_TRY(
-            ni_matmul(&b->mm, b->delta, NULL, b->att, y->proj_w, y->proj_b, N, C, C, 0, b->stream));
-        NI_CUDA_TRY(ni_cuda_residual_layernorm(b->ln, b->x, b->delta, y->ln2_w, y->ln2_b, NULL, N,
-                                               C, eps, st),
-                    "layernorm kernel (ln_2)");
-        NI_TRY(ni_matmul(&b->mm, b->fc, NULL, b->ln, y->fc_w, y->fc_b, N, C, 4 * C, 1, b->stream));
-        NI_TRY(ni_matmul(&b->mm, b->delta, NULL, b->fc, y->fcproj_w, y->fcproj_b, N, 4 * C, C, 0,
+        NI_TRY(ni_matmul(&b->mm, b->delta, NULL, b->att, y->proj_w, y->proj_b, N, C, C, 0, b->dt,
                          b->stream));
+        NI_CUDA_TRY(ni_cuda_residual_layernorm(b->ln, b->x, b->delta, y->ln2_w, y->ln2_b, NULL, N,
+                                               C, eps, b->dt, st),
+                    "layernorm kernel (ln_2)");
+        NI_TRY(ni_matmul(&b->mm, b->fc, NULL, b->ln, y->fc_w, y->fc_b, N, C, 4 * C, 1, b->dt,
+                         b->stream));
+        NI_TRY(ni_matmul(&b->mm, b->delta, NULL, b->fc, y->fcproj_w, y->fcproj_b, N, 4 * C, C, 0,
+                         b->dt, b->stream));
     }
     return NI_OK;
 }
@@ -424,9 +429,9 @@ static ni_status enqueue_layers(ni_backend_ctx *b, const layer_args *a) {
 static ni_status enqueue_logits(ni_backend_ctx *b, const int32_t *rows, size_t n, float *out) {
     size_t C = b->cfg->n_embd, V = b->cfg->vocab_size;
     NI_CUDA_TRY(ni_cuda_residual_layernorm(b->sel, b->x, b->delta, b->lnf_w, b->lnf_b, rows, n, C,
-                                           b->cfg->ln_eps, (ni_stream)b->stream),
+                                           b->cfg->ln_eps, b->dt, (ni_stream)b->stream),
                 "layernorm kernel (ln_f)");
-    return ni_matmul(&b->mm, NULL, out, b->sel, b->wte, NULL, n, C, V, 0, b->stream);
+    return ni_matmul(&b->mm, NULL, out, b->sel, b->wte, NULL, n, C, V, 0, b->dt, b->stream);
 }
 
 /* The forward pass over the host token list b->list.tok/slot/pos/want[0, n). Logits of the wanted

@@ -7,7 +7,8 @@
  * inputs are small, read by every warp, and served by L1/L2, so no shared-memory staging, which
  * could not hold 16 x 6400 inputs anyway; not the non-coherent path, which the wait of a
  * programmatic launch does not order, see pdl.cuh), four such 32-column blocks in flight per
- * round. The product runs on the tensor cores with mma.m16n8k16 (bf16 in, f32 accumulate): the
+ * round. The product runs on the tensor cores with mma.m16n8k16 (16-bit in, f32 accumulate; the
+ * bf16 or f16 instruction as the dtype says, dtype.cuh): the
  * batch rows (zero-padded to 16) are the A operand, 8 weight rows the B operand, and the k order
  * inside each 32-column block is permuted so that a lane's 16-byte load is exactly its fragment
  * (the sum over k does not depend on that order). Tensor cores keep N = 16 as cheap as N = 1: on
@@ -18,10 +19,10 @@
  * with IC split 8; the logits 1600 -> 50257: 393 blocks x 8 warps, no split. The split depends
  * on (IC, OC) only, so a row's result does not depend on the rest of the batch. IC % 8 != 0 or
  * unaligned pointers take the same kernel with scalar loads. */
-#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "cuda/dtype.cuh"
 #include "cuda/kernels.h"
 #include "cuda/pdl.cuh"
 
@@ -34,7 +35,7 @@
 /* Weights are read once: no L1 allocation, 256-byte L2 prefetch (the next loads of the row).
  * Predicated inside the asm (zeros when !pred) so that the unrolled round has no branches and
  * ptxas is free to issue all of its loads before the first mma waits on them. */
-static __device__ __forceinline__ uint4 gemv_ld_stream(const ni_bf16 *p, bool pred) {
+static __device__ __forceinline__ uint4 gemv_ld_stream(const ni_half16 *p, bool pred) {
     uint4 v;
     asm volatile("{\n\t.reg .pred p;\n\t"
                  "setp.ne.b32 p, %5, 0;\n\t"
@@ -48,7 +49,7 @@ static __device__ __forceinline__ uint4 gemv_ld_stream(const ni_bf16 *p, bool pr
 /* The inputs are re-read by every warp: through L1, same predication. A coherent load, not
  * ld.global.nc: the inputs are the previous kernel's output, and with PDL that kernel may still
  * have been running when this one started (pdl.cuh). */
-static __device__ __forceinline__ uint4 gemv_ld_cached(const ni_bf16 *p, bool pred) {
+static __device__ __forceinline__ uint4 gemv_ld_cached(const ni_half16 *p, bool pred) {
     uint4 v;
     asm volatile("{\n\t.reg .pred p;\n\t"
                  "setp.ne.b32 p, %5, 0;\n\t"
@@ -59,10 +60,11 @@ static __device__ __forceinline__ uint4 gemv_ld_cached(const ni_bf16 *p, bool pr
     return v;
 }
 
-/* Eight bf16 at row[col .. col + 8) with zeros past IC, without alignment requirements; NC:
- * through the non-coherent path (weights only, as above). */
+/* Eight 16-bit values at row[col .. col + 8) with zeros past IC, without alignment requirements;
+ * NC: through the non-coherent path (weights only, as above). */
 template <bool NC>
-static __device__ __forceinline__ uint4 gemv_ld_scalar(const ni_bf16 *row, size_t col, size_t IC) {
+static __device__ __forceinline__ uint4 gemv_ld_scalar(const ni_half16 *row, size_t col,
+                                                       size_t IC) {
     uint32_t q[4];
 #pragma unroll
     for (int j = 0; j < 4; j++) {
@@ -75,31 +77,29 @@ static __device__ __forceinline__ uint4 gemv_ld_scalar(const ni_bf16 *row, size_
 }
 
 template <bool VEC>
-static __device__ __forceinline__ uint4 gemv_ld_w(const ni_bf16 *row, size_t col, size_t IC,
+static __device__ __forceinline__ uint4 gemv_ld_w(const ni_half16 *row, size_t col, size_t IC,
                                                   bool pred) {
     if (VEC) return gemv_ld_stream(row + col, pred);
     return pred ? gemv_ld_scalar<true>(row, col, IC) : make_uint4(0u, 0u, 0u, 0u);
 }
 
 template <bool VEC>
-static __device__ __forceinline__ uint4 gemv_ld_x(const ni_bf16 *row, size_t col, size_t IC,
+static __device__ __forceinline__ uint4 gemv_ld_x(const ni_half16 *row, size_t col, size_t IC,
                                                   bool pred) {
     if (VEC) return gemv_ld_cached(row + col, pred);
     return pred ? gemv_ld_scalar<false>(row, col, IC) : make_uint4(0u, 0u, 0u, 0u);
 }
 
-/* Word i (two bf16) of a 16-byte vector; i is a compile-time constant after unrolling. */
+/* Word i (two 16-bit values) of a 16-byte vector; i is a compile-time constant after unrolling. */
 static __device__ __forceinline__ uint32_t gemv_word(const uint4 &v, int i) {
     return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
 
-/* d += a (16 x 16, row-major) * b (16 x 8, column-major), bf16 in, f32 accumulate. */
+/* d += a (16 x 16, row-major) * b (16 x 8, column-major), 16-bit type D in, f32 accumulate. */
+template <typename D>
 static __device__ __forceinline__ void gemv_mma(float *d, uint32_t a0, uint32_t a1, uint32_t a2,
                                                 uint32_t a3, uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    D::mma(d, a0, a1, a2, a3, b0, b1);
 }
 
 static __device__ __forceinline__ float gemv_gelu(float x) {
@@ -109,6 +109,7 @@ static __device__ __forceinline__ float gemv_gelu(float x) {
 
 /* Block: (blockDim.x / 32) warps = G tiles x S slices of IC; warp w works on tile
  * blockIdx.x * G + w / S (16 output features) over slice w % S of the 32-column blocks.
+ * D: the 16-bit type (dtype.cuh).
  * NT: batch-row halves loaded (1: N <= 8, rows 8..15 are zero; 2: N <= 16).
  * Lane (g = lane / 4, t = lane % 4) loads, per 32-column block kb, columns kb*32 + 8t .. +8 of
  * weight rows o_base + g and o_base + 8 + g and of input rows g and g + 8. For the two mma
@@ -118,13 +119,13 @@ static __device__ __forceinline__ float gemv_gelu(float x) {
  * A = {x_g[2s], x_g+8[2s], x_g[2s+1], x_g+8[2s+1]}, B = {w_g[2s], w_g[2s+1]}. The accumulator
  * of weight tile rt holds (batch row g, features o_base + 8rt + 2t, +1) in d0, d1 and batch
  * row g + 8 in d2, d3. */
-template <int NT, bool VEC>
+template <typename D, int NT, bool VEC>
 __global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, VEC ? 2 : 1)
-    gemv_kernel(__nv_bfloat16 *out,  // (N, OC) or NULL
-                float *out_f32,      // (N, OC) or NULL
-                const ni_bf16 *inp,  // (N, IC)
-                const ni_bf16 *w,    // (OC, IC)
-                const ni_bf16 *bias, // (OC) or NULL
+    gemv_kernel(ni_half16 *out,        // (N, OC) or NULL
+                float *out_f32,        // (N, OC) or NULL
+                const ni_half16 *inp,  // (N, IC)
+                const ni_half16 *w,    // (OC, IC)
+                const ni_half16 *bias, // (OC) or NULL
                 int N, size_t IC, size_t OC, int S, int gelu) {
     extern __shared__ float gemv_red[]; // (warps, GEMV_RT * 4, 32) partial sums when S > 1
     ni_pdl_wait(); /* inp comes from the previous kernel, which may also still read out */
@@ -143,7 +144,7 @@ __global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, VEC ? 2 : 1)
         for (int e = 0; e < 4; e++) acc[rt][e] = 0.0f;
 
     if (live) {
-        const ni_bf16 *wrow[GEMV_RT];
+        const ni_half16 *wrow[GEMV_RT];
         bool wok[GEMV_RT];
 #pragma unroll
         for (int rt = 0; rt < GEMV_RT; rt++) {
@@ -151,7 +152,7 @@ __global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, VEC ? 2 : 1)
             wok[rt] = o < OC;
             wrow[rt] = w + (wok[rt] ? o : 0) * IC;
         }
-        const ni_bf16 *xrow[NT];
+        const ni_half16 *xrow[NT];
         bool xok[NT];
 #pragma unroll
         for (int nt = 0; nt < NT; nt++) {
@@ -188,8 +189,8 @@ __global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, VEC ? 2 : 1)
                     const uint32_t a3 = NT > 1 ? gemv_word(xv[u][NT - 1], 2 * ks + 1) : 0u;
 #pragma unroll
                     for (int rt = 0; rt < GEMV_RT; rt++)
-                        gemv_mma(acc[rt], a0, a1, a2, a3, gemv_word(wv[u][rt], 2 * ks),
-                                 gemv_word(wv[u][rt], 2 * ks + 1));
+                        gemv_mma<D>(acc[rt], a0, a1, a2, a3, gemv_word(wv[u][rt], 2 * ks),
+                                    gemv_word(wv[u][rt], 2 * ks + 1));
                 }
             }
         }
@@ -226,32 +227,33 @@ __global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, VEC ? 2 : 1)
             const size_t o = o_base + (size_t)(rt * 8 + 2 * t + (e & 1));
             if (n >= N || o >= OC) continue;
             float v = acc[rt][e];
-            if (bias) v += __bfloat162float(__ushort_as_bfloat16(bias[o]));
+            if (bias) v += D::to_float(bias[o]);
             if (gelu) v = gemv_gelu(v);
             const size_t i = (size_t)n * OC + o;
             if (out_f32)
                 out_f32[i] = v;
             else
-                out[i] = __float2bfloat16_rn(v);
+                out[i] = D::from_float(v);
         }
     }
 }
 
-template <int NT>
+template <typename D, int NT>
 static cudaError_t gemv_launch(int vec, dim3 grid, dim3 block, size_t smem, cudaStream_t s,
-                               __nv_bfloat16 *out, float *out_f32, const ni_bf16 *inp,
-                               const ni_bf16 *w, const ni_bf16 *bias, int N, size_t IC, size_t OC,
-                               int S, int gelu) {
+                               ni_half16 *out, float *out_f32, const ni_half16 *inp,
+                               const ni_half16 *w, const ni_half16 *bias, int N, size_t IC,
+                               size_t OC, int S, int gelu) {
     if (vec)
-        return ni_launch_pdl(gemv_kernel<NT, true>, grid, block, smem, s, out, out_f32, inp, w,
+        return ni_launch_pdl(gemv_kernel<D, NT, true>, grid, block, smem, s, out, out_f32, inp, w,
                              bias, N, IC, OC, S, gelu);
-    return ni_launch_pdl(gemv_kernel<NT, false>, grid, block, smem, s, out, out_f32, inp, w, bias,
-                         N, IC, OC, S, gelu);
+    return ni_launch_pdl(gemv_kernel<D, NT, false>, grid, block, smem, s, out, out_f32, inp, w,
+                         bias, N, IC, OC, S, gelu);
 }
 
-extern "C" int ni_cuda_gemv(ni_bf16 *out, float *out_f32, const ni_bf16 *inp, const ni_bf16 *w,
-                            const ni_bf16 *bias, size_t N, size_t IC, size_t OC, int gelu,
-                            ni_stream s) {
+extern "C" int ni_cuda_gemv(ni_half16 *out, float *out_f32, const ni_half16 *inp,
+                            const ni_half16 *w, const ni_half16 *bias, size_t N, size_t IC,
+                            size_t OC, int gelu, ni_cuda_dtype dt, ni_stream s) {
+    if (dt != NI_CUDA_BF16 && dt != NI_CUDA_F16) return (int)cudaErrorInvalidValue;
     if (N > NI_CUDA_GEMV_MAX_ROWS || (!out && !out_f32)) return (int)cudaErrorInvalidValue;
     if (N == 0 || OC == 0) return (int)cudaGetLastError();
     if (IC > 0 && (!inp || !w)) return (int)cudaErrorInvalidValue;
@@ -272,13 +274,19 @@ extern "C" int ni_cuda_gemv(ni_bf16 *out, float *out_f32, const ni_bf16 *inp, co
 
     dim3 grid((unsigned)blocks), block((unsigned)warps * 32);
     cudaStream_t st = (cudaStream_t)s;
-    __nv_bfloat16 *o = reinterpret_cast<__nv_bfloat16 *>(out);
+    ni_half16 *o = out;
     cudaError_t e;
-    if (N > 8)
-        e = gemv_launch<2>(vec, grid, block, smem, st, o, out_f32, inp, w, bias, (int)N, IC, OC, S,
-                           gelu);
+    if (dt == NI_CUDA_F16 && N > 8)
+        e = gemv_launch<ni_dt_f16, 2>(vec, grid, block, smem, st, o, out_f32, inp, w, bias, (int)N,
+                                      IC, OC, S, gelu);
+    else if (dt == NI_CUDA_F16)
+        e = gemv_launch<ni_dt_f16, 1>(vec, grid, block, smem, st, o, out_f32, inp, w, bias, (int)N,
+                                      IC, OC, S, gelu);
+    else if (N > 8)
+        e = gemv_launch<ni_dt_bf16, 2>(vec, grid, block, smem, st, o, out_f32, inp, w, bias, (int)N,
+                                       IC, OC, S, gelu);
     else
-        e = gemv_launch<1>(vec, grid, block, smem, st, o, out_f32, inp, w, bias, (int)N, IC, OC, S,
-                           gelu);
+        e = gemv_launch<ni_dt_bf16, 1>(vec, grid, block, smem, st, o, out_f32, inp, w, bias, (int)N,
+                                       IC, OC, S, gelu);
     return ni_launch_status(e);
 }

@@ -1,7 +1,9 @@
 /* The CUDA backend's kernels: one op per file in src/cuda/, each with an extern "C" launcher
  * (outputs, inputs, sizes, stream) callable from C, and each the twin of a CPU op in
- * src/cpu/ops.h that the GPU tests compare it with. Activations and weights are bf16 (stored as
- * uint16_t bits in C), the residual stream and all statistics f32, logits f32.
+ * src/cpu/ops.h that the GPU tests compare it with. Activations and weights are 16-bit floats,
+ * bf16 or IEEE half as the launcher's ni_cuda_dtype says (stored as uint16_t bits in C, the type
+ * of an engine's whole forward pass), the residual stream and all statistics f32, logits f32.
+ * Below, "16-bit" means the launcher's dtype; conversions to it round to nearest even.
  * Launchers return cudaGetLastError() as an int (0 = cudaSuccess) so that C callers can check
  * them without the CUDA headers' types. */
 #ifndef NI_CUDA_KERNELS_H
@@ -14,38 +16,42 @@
 extern "C" {
 #endif
 
-typedef uint16_t ni_bf16; /* bfloat16 bits */
+typedef uint16_t ni_half16; /* bits of a bf16 or an IEEE half (ni_cuda_dtype) */
+typedef enum { NI_CUDA_BF16 = 0, NI_CUDA_F16 = 1 } ni_cuda_dtype;
 typedef struct CUstream_st *ni_stream;
 
 /* ---- weights ------------------------------------------------------------------------------ */
 
-/* out[i] = bf16(std * ni_rng_normal(seed, tensor, i)) for i < n (common/philox.h), or the
+/* out[i] = 16-bit(std * ni_rng_normal(seed, tensor, i)) for i < n (common/philox.h), or the
  * constant `value` when std == 0. The same numbers as the CPU's random init. */
-int ni_cuda_init_random(ni_bf16 *out, size_t n, uint64_t seed, uint32_t tensor, float std,
-                        float value, ni_stream s);
-/* out[i] = bf16(in[i]), round to nearest even. */
-int ni_cuda_f32_to_bf16(ni_bf16 *out, const float *in, size_t n, ni_stream s);
+int ni_cuda_init_random(ni_half16 *out, size_t n, uint64_t seed, uint32_t tensor, float std,
+                        float value, ni_cuda_dtype dt, ni_stream s);
+/* out[i] = 16-bit(in[i]), round to nearest even (f16: past 65504 to inf, as __float2half_rn). */
+int ni_cuda_f32_to_half16(ni_half16 *out, const float *in, size_t n, ni_cuda_dtype dt, ni_stream s);
 
 /* ---- per-token ops ------------------------------------------------------------------------ */
 
 /* x[i] = wte[tokens[i]] + wpe[pos[i]] in f32. x (N, C); wte (V, C); wpe (P, C). */
-int ni_cuda_embedding(float *x, const int32_t *tokens, const int32_t *pos, const ni_bf16 *wte,
-                      const ni_bf16 *wpe, size_t N, size_t C, ni_stream s);
+int ni_cuda_embedding(float *x, const int32_t *tokens, const int32_t *pos, const ni_half16 *wte,
+                      const ni_half16 *wpe, size_t N, size_t C, ni_cuda_dtype dt, ni_stream s);
 
 /* For each output row r: i = rows ? rows[r] : r; if delta: x[i] += f32(delta[i]);
- * out[r] = bf16(LayerNorm(x[i]) * w + b), statistics in f32. x (*, C) f32; delta (*, C) bf16 or
- * NULL; out (N, C) bf16; rows (N) or NULL. */
-int ni_cuda_residual_layernorm(ni_bf16 *out, float *x, const ni_bf16 *delta, const ni_bf16 *w,
-                               const ni_bf16 *b, const int32_t *rows, size_t N, size_t C, float eps,
-                               ni_stream s);
+ * out[r] = 16-bit(LayerNorm(x[i]) * w + b), statistics in f32. x (*, C) f32; delta (*, C)
+ * 16-bit or NULL; out (N, C) 16-bit; rows (N) or NULL. */
+int ni_cuda_residual_layernorm(ni_half16 *out, float *x, const ni_half16 *delta, const ni_half16 *w,
+                               const ni_half16 *b, const int32_t *rows, size_t N, size_t C,
+                               float eps, ni_cuda_dtype dt, ni_stream s);
 
 /* x += f32(delta). (N, C) */
-int ni_cuda_residual_add(float *x, const ni_bf16 *delta, size_t N, size_t C, ni_stream s);
+int ni_cuda_residual_add(float *x, const ni_half16 *delta, size_t N, size_t C, ni_cuda_dtype dt,
+                         ni_stream s);
 
 /* Writes token i's key and value from qkv (N, 3C) = [q | k | v] into the caches at
- * (slot[i], pos[i]). k_cache, v_cache (S, NH, T, HS) bf16 (one layer). */
-int ni_cuda_kv_append(ni_bf16 *k_cache, ni_bf16 *v_cache, const ni_bf16 *qkv, const int32_t *slot,
-                      const int32_t *pos, size_t N, size_t NH, size_t HS, size_t T, ni_stream s);
+ * (slot[i], pos[i]). k_cache, v_cache (S, NH, T, HS) 16-bit (one layer). A bit copy: the same for
+ * either dtype, so no ni_cuda_dtype. */
+int ni_cuda_kv_append(ni_half16 *k_cache, ni_half16 *v_cache, const ni_half16 *qkv,
+                      const int32_t *slot, const int32_t *pos, size_t N, size_t NH, size_t HS,
+                      size_t T, ni_stream s);
 
 /* ---- attention ---------------------------------------------------------------------------- */
 
@@ -54,31 +60,32 @@ int ni_cuda_kv_append(ni_bf16 *k_cache, ni_bf16 *v_cache, const ni_bf16 *qkv, co
  * lives in cache slot seq_slot[q], and its first listed token has position seq_pos0[q]; token
  * j of it attends to cache positions 0 .. seq_pos0[q] + j (earlier positions are already in the
  * cache, the listed ones were appended by ni_cuda_kv_append). max_len = max seq_len.
- * out (N, C) bf16; qkv (N, 3C) bf16 (queries read from it); caches (S, NH, T, HS) bf16. */
-int ni_cuda_attention_prefill(ni_bf16 *out, const ni_bf16 *qkv, const ni_bf16 *k_cache,
-                              const ni_bf16 *v_cache, const int32_t *seq_start,
+ * out (N, C) 16-bit; qkv (N, 3C) 16-bit (queries read from it); caches (S, NH, T, HS) 16-bit. */
+int ni_cuda_attention_prefill(ni_half16 *out, const ni_half16 *qkv, const ni_half16 *k_cache,
+                              const ni_half16 *v_cache, const int32_t *seq_start,
                               const int32_t *seq_len, const int32_t *seq_slot,
                               const int32_t *seq_pos0, size_t n_seq, size_t max_len, size_t NH,
-                              size_t HS, size_t T, ni_stream s);
+                              size_t HS, size_t T, ni_cuda_dtype dt, ni_stream s);
 
 /* Decode attention: one query per row r (token r of qkv), attending to cache positions
  * 0 .. pos[r] of slot[r]. Long contexts are split over the sequence in chunks of `split_len`
  * positions whose partial results (max, sum, weighted values) go to `partial` and are merged;
  * max_pos bounds pos[] so that the launch shape does not depend on the data (CUDA graphs).
- * out (B, C) bf16; qkv (B, 3C) bf16; partial: ni_cuda_attention_decode_partial_floats(...). */
-int ni_cuda_attention_decode(ni_bf16 *out, float *partial, const ni_bf16 *qkv,
-                             const ni_bf16 *k_cache, const ni_bf16 *v_cache, const int32_t *slot,
-                             const int32_t *pos, size_t B, size_t max_pos, size_t NH, size_t HS,
-                             size_t T, ni_stream s);
+ * out (B, C) 16-bit; qkv (B, 3C) 16-bit; partial: ni_cuda_attention_decode_partial_floats(...). */
+int ni_cuda_attention_decode(ni_half16 *out, float *partial, const ni_half16 *qkv,
+                             const ni_half16 *k_cache, const ni_half16 *v_cache,
+                             const int32_t *slot, const int32_t *pos, size_t B, size_t max_pos,
+                             size_t NH, size_t HS, size_t T, ni_cuda_dtype dt, ni_stream s);
 size_t ni_cuda_attention_decode_partial_floats(size_t B, size_t NH, size_t HS, size_t T);
 
 /* ---- matrix-vector products for small batches ---------------------------------------------- */
 
-/* out (N, OC) = inp (N, IC) @ w^T + bias, w (OC, IC) bf16 streamed once and every row of inp
+/* out (N, OC) = inp (N, IC) @ w^T + bias, w (OC, IC) 16-bit streamed once and every row of inp
  * reused from shared memory; gelu != 0 applies GELU (tanh) after the bias. For N <= 16.
- * out_f32 != NULL writes f32 instead of bf16 (the logits). */
-int ni_cuda_gemv(ni_bf16 *out, float *out_f32, const ni_bf16 *inp, const ni_bf16 *w,
-                 const ni_bf16 *bias, size_t N, size_t IC, size_t OC, int gelu, ni_stream s);
+ * out_f32 != NULL writes f32 instead of 16-bit (the logits). */
+int ni_cuda_gemv(ni_half16 *out, float *out_f32, const ni_half16 *inp, const ni_half16 *w,
+                 const ni_half16 *bias, size_t N, size_t IC, size_t OC, int gelu, ni_cuda_dtype dt,
+                 ni_stream s);
 #define NI_CUDA_GEMV_MAX_ROWS 16
 
 /* ---- device-side decode state (CUDA graphs) ------------------------------------------------ */

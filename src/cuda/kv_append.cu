@@ -4,8 +4,8 @@
  * head's keys as one contiguous run. A pure copy: one thread per chunk of W elements of a
  * token's key (and the same chunk of its value), consecutive threads on consecutive chunks of a
  * head so that reads and writes coalesce. W = 8 (16-byte accesses) when HS % 8 == 0, W = 2 when
- * HS is even, W = 1 otherwise; a chunk never straddles two heads because W divides HS. */
-#include <cuda_bf16.h>
+ * HS is even, W = 1 otherwise; a chunk never straddles two heads because W divides HS. The
+ * elements are moved as bits, so one kernel serves bf16 and f16 caches alike. */
 #include <cuda_runtime.h>
 #include <stdint.h>
 
@@ -20,11 +20,11 @@ template <> struct kv_vec<2> { typedef uint32_t t; };
 template <> struct kv_vec<1> { typedef uint16_t t; };
 
 template <int W>
-__global__ void kv_append_kernel(__nv_bfloat16 *k_cache,   // (S, NH, T, HS)
-                                 __nv_bfloat16 *v_cache,   // (S, NH, T, HS)
-                                 const __nv_bfloat16 *qkv, // (N, 3C)
-                                 const int32_t *slot,      // (N)
-                                 const int32_t *pos,       // (N)
+__global__ void kv_append_kernel(ni_half16 *k_cache,   // (S, NH, T, HS)
+                                 ni_half16 *v_cache,   // (S, NH, T, HS)
+                                 const ni_half16 *qkv, // (N, 3C)
+                                 const int32_t *slot,  // (N)
+                                 const int32_t *pos,   // (N)
                                  size_t N, size_t NH, size_t HS, size_t T) {
     ni_pdl_wait();              /* qkv comes from the previous kernel */
     ni_pdl_launch_dependents(); /* a single short copy: let attention queue up now */
@@ -38,7 +38,7 @@ __global__ void kv_append_kernel(__nv_bfloat16 *k_cache,   // (S, NH, T, HS)
         size_t e = (g - i * per_token) * W; /* element within the token's C */
         size_t h = e / HS, d = e - h * HS;
         size_t dst = (((size_t)slot[i] * NH + h) * T + (size_t)pos[i]) * HS + d;
-        const __nv_bfloat16 *src = qkv + i * 3 * C + C + e;
+        const ni_half16 *src = qkv + i * 3 * C + C + e;
         vec_t kv = *reinterpret_cast<const vec_t *>(src);
         vec_t vv = *reinterpret_cast<const vec_t *>(src + C);
         *reinterpret_cast<vec_t *>(k_cache + dst) = kv;
@@ -47,18 +47,17 @@ __global__ void kv_append_kernel(__nv_bfloat16 *k_cache,   // (S, NH, T, HS)
 }
 
 template <int W>
-static cudaError_t kv_append_launch(ni_bf16 *k_cache, ni_bf16 *v_cache, const ni_bf16 *qkv,
+static cudaError_t kv_append_launch(ni_half16 *k_cache, ni_half16 *v_cache, const ni_half16 *qkv,
                                     const int32_t *slot, const int32_t *pos, size_t N, size_t NH,
                                     size_t HS, size_t T, cudaStream_t s) {
     size_t total = N * (NH * HS / W);
     size_t blocks = (total + KV_THREADS - 1) / KV_THREADS;
     if (blocks > 16384) blocks = 16384;
     return ni_launch_pdl(kv_append_kernel<W>, dim3((unsigned int)blocks), dim3(KV_THREADS), 0, s,
-                         (__nv_bfloat16 *)k_cache, (__nv_bfloat16 *)v_cache,
-                         (const __nv_bfloat16 *)qkv, slot, pos, N, NH, HS, T);
+                         k_cache, v_cache, qkv, slot, pos, N, NH, HS, T);
 }
 
-extern "C" int ni_cuda_kv_append(ni_bf16 *k_cache, ni_bf16 *v_cache, const ni_bf16 *qkv,
+extern "C" int ni_cuda_kv_append(ni_half16 *k_cache, ni_half16 *v_cache, const ni_half16 *qkv,
                                  const int32_t *slot, const int32_t *pos, size_t N, size_t NH,
                                  size_t HS, size_t T, ni_stream s) {
     if (N == 0 || NH == 0 || HS == 0) return (int)cudaGetLastError();

@@ -1,37 +1,24 @@
 /* LayerNorm on the GPU, fused with the residual add that precedes it in GPT-2, and the plain
- * residual add. One block per output row: the block adds the bf16 delta into the f32 residual
+ * residual add. One block per output row: the block adds the 16-bit delta (bf16 or f16,
+ * dtype.cuh) into the f32 residual
  * row (writing it back), keeps the updated row in shared memory, and takes the mean and then the
  * variance in two passes over that copy (the CPU twin's two-pass statistics, in f32), before
- * writing the normalized row as bf16. Rows are short (C floats), so a block per row gives
+ * writing the normalized row in 16 bits. Rows are short (C floats), so a block per row gives
  * enough blocks for prefill and the smallest latency for decode; the optional row list lets the
  * final LayerNorm gather only the rows that need logits. Threads take groups of 8 columns with
  * 16-byte loads when C % 8 == 0 and the bases are aligned, single columns otherwise; a row
  * wider than the shared-memory copy allows (C > 12288) is re-read from the residual stream
  * itself, each thread reading back only what it wrote. */
-#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "cuda/dtype.cuh"
 #include "cuda/kernels.h"
 #include "cuda/pdl.cuh"
 
 #define LN_MAX_THREADS 256
 #define LN_SMEM_MAX_C 12288 /* 48 KB of f32: the default dynamic shared-memory limit */
 #define RA_THREADS 256
-
-static __device__ __forceinline__ float2 ln_bf2(uint32_t u) {
-    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u));
-}
-
-static __device__ __forceinline__ uint32_t ln_pack2(float lo, float hi) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t *>(&h);
-}
-
-static __device__ __forceinline__ void ln_unpack8(uint4 u, float *f) {
-    float2 a = ln_bf2(u.x), b = ln_bf2(u.y), c = ln_bf2(u.z), d = ln_bf2(u.w);
-    f[0] = a.x, f[1] = a.y, f[2] = b.x, f[3] = b.y, f[4] = c.x, f[5] = c.y, f[6] = d.x, f[7] = d.y;
-}
 
 /* Sum over the block; every thread gets the total. red: 32 floats of shared memory. */
 static __device__ float ln_block_sum(float v, float *red) {
@@ -48,12 +35,13 @@ static __device__ float ln_block_sum(float v, float *red) {
 }
 
 /* blockDim.x: a multiple of 32, at most 1024. Dynamic shared memory: C floats when cached. */
-__global__ void residual_layernorm_kernel(__nv_bfloat16 *out,         // (N, C)
-                                          float *x,                   // (*, C)
-                                          const __nv_bfloat16 *delta, // (*, C) or NULL
-                                          const __nv_bfloat16 *w,     // (C)
-                                          const __nv_bfloat16 *b,     // (C)
-                                          const int32_t *rows,        // (N) or NULL
+template <typename D>
+__global__ void residual_layernorm_kernel(ni_half16 *out,         // (N, C)
+                                          float *x,               // (*, C)
+                                          const ni_half16 *delta, // (*, C) or NULL
+                                          const ni_half16 *w,     // (C)
+                                          const ni_half16 *b,     // (C)
+                                          const int32_t *rows,    // (N) or NULL
                                           size_t C, float eps, int vec, int cached) {
     ni_pdl_wait(); /* x, delta and rows come from earlier kernels */
     extern __shared__ float4 ln_smem[];
@@ -61,8 +49,8 @@ __global__ void residual_layernorm_kernel(__nv_bfloat16 *out,         // (N, C)
     size_t r = blockIdx.x;
     size_t i = rows ? (size_t)rows[r] : r;
     float *xr = x + i * C;
-    const __nv_bfloat16 *dr = delta ? delta + i * C : NULL;
-    __nv_bfloat16 *orow = out + r * C;
+    const ni_half16 *dr = delta ? delta + i * C : NULL;
+    ni_half16 *orow = out + r * C;
     float *buf = cached ? reinterpret_cast<float *>(ln_smem) : xr;
     size_t tid = threadIdx.x, nt = blockDim.x;
 
@@ -74,7 +62,7 @@ __global__ void residual_layernorm_kernel(__nv_bfloat16 *out,         // (N, C)
             float4 a2 = reinterpret_cast<const float4 *>(xr + c)[1];
             if (dr) {
                 float d[8];
-                ln_unpack8(*reinterpret_cast<const uint4 *>(dr + c), d);
+                ni_unpack8<D>(*reinterpret_cast<const uint4 *>(dr + c), d);
                 a.x += d[0], a.y += d[1], a.z += d[2], a.w += d[3];
                 a2.x += d[4], a2.y += d[5], a2.z += d[6], a2.w += d[7];
                 reinterpret_cast<float4 *>(xr + c)[0] = a;
@@ -90,7 +78,7 @@ __global__ void residual_layernorm_kernel(__nv_bfloat16 *out,         // (N, C)
         for (size_t c = tid; c < C; c += nt) {
             float v = xr[c];
             if (dr) {
-                v += __bfloat162float(dr[c]);
+                v += D::to_float(dr[c]);
                 xr[c] = v;
             }
             if (cached) buf[c] = v;
@@ -127,28 +115,29 @@ __global__ void residual_layernorm_kernel(__nv_bfloat16 *out,         // (N, C)
             float4 a2 = reinterpret_cast<const float4 *>(buf + c)[1];
             float v[8] = {a.x, a.y, a.z, a.w, a2.x, a2.y, a2.z, a2.w};
             float wf[8], bf[8];
-            ln_unpack8(__ldg(reinterpret_cast<const uint4 *>(w + c)), wf);
-            ln_unpack8(__ldg(reinterpret_cast<const uint4 *>(b + c)), bf);
+            ni_unpack8<D>(__ldg(reinterpret_cast<const uint4 *>(w + c)), wf);
+            ni_unpack8<D>(__ldg(reinterpret_cast<const uint4 *>(b + c)), bf);
             float o[8];
 #pragma unroll
             for (int e = 0; e < 8; e++) o[e] = (v[e] - mean) * rstd * wf[e] + bf[e];
             uint4 pk;
-            pk.x = ln_pack2(o[0], o[1]);
-            pk.y = ln_pack2(o[2], o[3]);
-            pk.z = ln_pack2(o[4], o[5]);
-            pk.w = ln_pack2(o[6], o[7]);
+            pk.x = D::pack2(o[0], o[1]);
+            pk.y = D::pack2(o[2], o[3]);
+            pk.z = D::pack2(o[4], o[5]);
+            pk.w = D::pack2(o[6], o[7]);
             *reinterpret_cast<uint4 *>(orow + c) = pk;
         }
     } else {
         for (size_t c = tid; c < C; c += nt) {
-            float o = (buf[c] - mean) * rstd * __bfloat162float(w[c]) + __bfloat162float(b[c]);
-            orow[c] = __float2bfloat16_rn(o);
+            float o = (buf[c] - mean) * rstd * D::to_float(w[c]) + D::to_float(b[c]);
+            orow[c] = D::from_float(o);
         }
     }
 }
 
-__global__ void residual_add_kernel(float *x,                   // (n)
-                                    const __nv_bfloat16 *delta, // (n)
+template <typename D>
+__global__ void residual_add_kernel(float *x,               // (n)
+                                    const ni_half16 *delta, // (n)
                                     size_t n, int vec) {
     ni_pdl_wait();
     ni_pdl_launch_dependents(); /* a single short pass */
@@ -160,21 +149,23 @@ __global__ void residual_add_kernel(float *x,                   // (n)
             float4 a = reinterpret_cast<const float4 *>(x + c)[0];
             float4 a2 = reinterpret_cast<const float4 *>(x + c)[1];
             float d[8];
-            ln_unpack8(*reinterpret_cast<const uint4 *>(delta + c), d);
+            ni_unpack8<D>(*reinterpret_cast<const uint4 *>(delta + c), d);
             a.x += d[0], a.y += d[1], a.z += d[2], a.w += d[3];
             a2.x += d[4], a2.y += d[5], a2.z += d[6], a2.w += d[7];
             reinterpret_cast<float4 *>(x + c)[0] = a;
             reinterpret_cast<float4 *>(x + c)[1] = a2;
         } else {
-            for (size_t k = c; k < c + 8 && k < n; k++) x[k] += __bfloat162float(delta[k]);
+            for (size_t k = c; k < c + 8 && k < n; k++) x[k] += D::to_float(delta[k]);
         }
     }
 }
 
 /* With both rows and delta, the listed rows must be distinct (each adds its delta once). */
-extern "C" int ni_cuda_residual_layernorm(ni_bf16 *out, float *x, const ni_bf16 *delta,
-                                          const ni_bf16 *w, const ni_bf16 *b, const int32_t *rows,
-                                          size_t N, size_t C, float eps, ni_stream s) {
+extern "C" int ni_cuda_residual_layernorm(ni_half16 *out, float *x, const ni_half16 *delta,
+                                          const ni_half16 *w, const ni_half16 *b,
+                                          const int32_t *rows, size_t N, size_t C, float eps,
+                                          ni_cuda_dtype dt, ni_stream s) {
+    if (dt != NI_CUDA_BF16 && dt != NI_CUDA_F16) return (int)cudaErrorInvalidValue;
     if (N == 0 || C == 0) return (int)cudaGetLastError();
     int vec = C % 8 == 0 && (uintptr_t)out % 16 == 0 && (uintptr_t)x % 16 == 0 &&
               (uintptr_t)delta % 16 == 0 && (uintptr_t)w % 16 == 0 && (uintptr_t)b % 16 == 0;
@@ -183,20 +174,29 @@ extern "C" int ni_cuda_residual_layernorm(ni_bf16 *out, float *x, const ni_bf16 
     size_t nt = (work + 31) / 32 * 32;
     if (nt > LN_MAX_THREADS) nt = LN_MAX_THREADS;
     size_t smem = cached ? C * sizeof(float) : 0;
-    return ni_launch_status(ni_launch_pdl(
-        residual_layernorm_kernel, dim3((unsigned int)N), dim3((unsigned int)nt), smem,
-        (cudaStream_t)s, (__nv_bfloat16 *)out, x, (const __nv_bfloat16 *)delta,
-        (const __nv_bfloat16 *)w, (const __nv_bfloat16 *)b, rows, C, eps, vec, cached));
+    dim3 grid((unsigned int)N), block((unsigned int)nt);
+    cudaStream_t st = (cudaStream_t)s;
+    cudaError_t e = dt == NI_CUDA_F16
+                        ? ni_launch_pdl(residual_layernorm_kernel<ni_dt_f16>, grid, block, smem, st,
+                                        out, x, delta, w, b, rows, C, eps, vec, cached)
+                        : ni_launch_pdl(residual_layernorm_kernel<ni_dt_bf16>, grid, block, smem,
+                                        st, out, x, delta, w, b, rows, C, eps, vec, cached);
+    return ni_launch_status(e);
 }
 
-extern "C" int ni_cuda_residual_add(float *x, const ni_bf16 *delta, size_t N, size_t C,
-                                    ni_stream s) {
+extern "C" int ni_cuda_residual_add(float *x, const ni_half16 *delta, size_t N, size_t C,
+                                    ni_cuda_dtype dt, ni_stream s) {
+    if (dt != NI_CUDA_BF16 && dt != NI_CUDA_F16) return (int)cudaErrorInvalidValue;
     size_t n = N * C;
     if (n == 0) return (int)cudaGetLastError();
     int vec = (uintptr_t)x % 16 == 0 && (uintptr_t)delta % 16 == 0;
     size_t blocks = ((n + 7) / 8 + RA_THREADS - 1) / RA_THREADS;
     if (blocks > 16384) blocks = 16384;
-    return ni_launch_status(ni_launch_pdl(residual_add_kernel, dim3((unsigned int)blocks),
-                                          dim3(RA_THREADS), 0, (cudaStream_t)s, x,
-                                          (const __nv_bfloat16 *)delta, n, vec));
+    dim3 grid((unsigned int)blocks), block(RA_THREADS);
+    cudaStream_t st = (cudaStream_t)s;
+    cudaError_t e =
+        dt == NI_CUDA_F16
+            ? ni_launch_pdl(residual_add_kernel<ni_dt_f16>, grid, block, 0, st, x, delta, n, vec)
+            : ni_launch_pdl(residual_add_kernel<ni_dt_bf16>, grid, block, 0, st, x, delta, n, vec);
+    return ni_launch_status(e);
 }

@@ -2,7 +2,8 @@
  * column-major terms: our row-major out (N, OC) is D = (OC, N) column-major, our w (OC, IC)
  * row-major is A = (IC, OC) column-major used transposed, and inp (N, IC) is B = (IC, N). The
  * bias then runs along D's rows, which is what cuBLASLt's bias epilogue broadcasts. Plans
- * (descriptors, layouts and the heuristic's algorithm) are made once per shape and reused. */
+ * (descriptors, layouts and the heuristic's algorithm) are made once per shape, output type and
+ * 16-bit type (CUDA_R_16BF or CUDA_R_16F for A, B, the bias and a 16-bit D) and reused. */
 #include "cuda/matmul.h"
 
 #include <stdio.h>
@@ -47,7 +48,8 @@ void ni_matmul_destroy(ni_matmul_ctx *m) {
 }
 
 static ni_status make_plan(ni_matmul_ctx *m, ni_lt_plan *p) {
-    cudaDataType_t dt = p->out_f32 ? CUDA_R_32F : CUDA_R_16BF;
+    cudaDataType_t ht = p->dt == NI_CUDA_F16 ? CUDA_R_16F : CUDA_R_16BF; /* A, B, bias */
+    cudaDataType_t dt = p->out_f32 ? CUDA_R_32F : ht;
     cublasOperation_t opT = CUBLAS_OP_T, opN = CUBLAS_OP_N;
     NI_TRY(lt_status(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "desc"));
     NI_TRY(lt_status(
@@ -63,13 +65,13 @@ static ni_status make_plan(ni_matmul_ctx *m, ni_lt_plan *p) {
         cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi),
         "epilogue"));
     if (p->epilogue) {
-        cudaDataType_t bt = CUDA_R_16BF;
+        cudaDataType_t bt = ht;
         NI_TRY(lt_status(cublasLtMatmulDescSetAttribute(
                              p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt),
                          "bias type"));
     }
-    NI_TRY(lt_status(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, p->ic, p->oc, p->ic), "A"));
-    NI_TRY(lt_status(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, p->ic, p->n, p->ic), "B"));
+    NI_TRY(lt_status(cublasLtMatrixLayoutCreate(&p->a, ht, p->ic, p->oc, p->ic), "A"));
+    NI_TRY(lt_status(cublasLtMatrixLayoutCreate(&p->b, ht, p->ic, p->n, p->ic), "B"));
     NI_TRY(lt_status(cublasLtMatrixLayoutCreate(&p->d, dt, p->oc, p->n, p->oc), "D"));
     cublasLtMatmulPreference_t pref;
     NI_TRY(lt_status(cublasLtMatmulPreferenceCreate(&pref), "preference"));
@@ -88,11 +90,11 @@ static ni_status make_plan(ni_matmul_ctx *m, ni_lt_plan *p) {
 }
 
 static ni_status get_plan(ni_matmul_ctx *m, size_t N, size_t IC, size_t OC, int epilogue,
-                          int out_f32, ni_lt_plan **out) {
+                          int out_f32, ni_cuda_dtype dt, ni_lt_plan **out) {
     for (size_t i = 0; i < m->n_plans; i++) {
         ni_lt_plan *p = &m->plans[i];
         if (p->n == N && p->ic == IC && p->oc == OC && p->epilogue == epilogue &&
-            p->out_f32 == out_f32) {
+            p->out_f32 == out_f32 && p->dt == dt) {
             *out = p;
             return NI_OK;
         }
@@ -111,6 +113,7 @@ static ni_status get_plan(ni_matmul_ctx *m, size_t N, size_t IC, size_t OC, int 
     p->oc = OC;
     p->epilogue = epilogue;
     p->out_f32 = out_f32;
+    p->dt = dt;
     ni_status s = make_plan(m, p);
     if (s != NI_OK) {
         destroy_plan(p); /* a zeroed slot (n = 0) matches no lookup */
@@ -121,26 +124,28 @@ static ni_status get_plan(ni_matmul_ctx *m, size_t N, size_t IC, size_t OC, int 
     return NI_OK;
 }
 
-ni_status ni_matmul(ni_matmul_ctx *m, ni_bf16 *out_bf16, float *out_f32, const ni_bf16 *inp,
-                    const ni_bf16 *w, const ni_bf16 *bias, size_t N, size_t IC, size_t OC, int gelu,
-                    cudaStream_t stream) {
+ni_status ni_matmul(ni_matmul_ctx *m, ni_half16 *out16, float *out_f32, const ni_half16 *inp,
+                    const ni_half16 *w, const ni_half16 *bias, size_t N, size_t IC, size_t OC,
+                    int gelu, ni_cuda_dtype dt, cudaStream_t stream) {
     if (N == 0) return NI_OK;
+    if (dt != NI_CUDA_BF16 && dt != NI_CUDA_F16)
+        return ni_fail(NI_ERR_INTERNAL, "matmul: unknown 16-bit type %d", (int)dt);
     if (N <= m->gemv_max_rows) {
         NI_CUDA_TRY(
-            ni_cuda_gemv(out_bf16, out_f32, inp, w, bias, N, IC, OC, gelu, (ni_stream)stream),
+            ni_cuda_gemv(out16, out_f32, inp, w, bias, N, IC, OC, gelu, dt, (ni_stream)stream),
             "gemv kernel");
         return NI_OK;
     }
     if (gelu && !bias) return ni_fail(NI_ERR_INTERNAL, "matmul: GELU needs a bias here");
     int epilogue = gelu ? 2 : bias ? 1 : 0;
     ni_lt_plan *p = NULL;
-    NI_TRY(get_plan(m, N, IC, OC, epilogue, out_f32 != NULL, &p));
+    NI_TRY(get_plan(m, N, IC, OC, epilogue, out_f32 != NULL, dt, &p));
     if (bias)
         NI_TRY(lt_status(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
                                                         &bias, sizeof bias),
                          "bias pointer"));
     const float alpha = 1.0f, beta = 0.0f;
-    void *d = out_f32 ? (void *)out_f32 : (void *)out_bf16;
+    void *d = out_f32 ? (void *)out_f32 : (void *)out16;
     return lt_status(cublasLtMatmul(m->handle, p->desc, &alpha, w, p->a, inp, p->b, &beta, d, p->d,
                                     d, p->d, &p->algo, m->workspace, m->workspace_bytes, stream),
                      "matmul");

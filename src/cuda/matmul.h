@@ -1,5 +1,6 @@
 /* The GPU matrix multiply used by the forward pass: out (N, OC) = inp (N, IC) @ w^T + bias
- * [then GELU], w (OC, IC) bf16. Small N goes to our bandwidth-bound GEMV kernel, larger N to
+ * [then GELU], w (OC, IC) 16-bit (bf16 or f16, ni_cuda_dtype: A, B, the bias and a 16-bit D all
+ * in that type). Small N goes to our bandwidth-bound GEMV kernel, larger N to
  * cuBLASLt with a cached plan per shape and the bias / bias+GELU epilogue fused. */
 #ifndef NI_CUDA_MATMUL_H
 #define NI_CUDA_MATMUL_H
@@ -16,6 +17,7 @@ typedef struct {
     size_t n, ic, oc;
     int epilogue; /* 0 none, 1 bias, 2 bias + GELU */
     int out_f32;
+    ni_cuda_dtype dt;
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t a, b, d;
     cublasLtMatmulAlgo_t algo;
@@ -34,10 +36,11 @@ typedef struct {
 ni_status ni_matmul_init(ni_matmul_ctx *m, void *workspace, size_t workspace_bytes);
 void ni_matmul_destroy(ni_matmul_ctx *m);
 
-/* out: bf16 (out_bf16) or f32 (out_f32), exactly one non-NULL. bias may be NULL. */
-ni_status ni_matmul(ni_matmul_ctx *m, ni_bf16 *out_bf16, float *out_f32, const ni_bf16 *inp,
-                    const ni_bf16 *w, const ni_bf16 *bias, size_t N, size_t IC, size_t OC, int gelu,
-                    cudaStream_t stream);
+/* out: 16-bit (out16, type dt like inp, w and bias) or f32 (out_f32), exactly one non-NULL.
+ * bias may be NULL. */
+ni_status ni_matmul(ni_matmul_ctx *m, ni_half16 *out16, float *out_f32, const ni_half16 *inp,
+                    const ni_half16 *w, const ni_half16 *bias, size_t N, size_t IC, size_t OC,
+                    int gelu, ni_cuda_dtype dt, cudaStream_t stream);
 
 /* Turns a CUDA error code into an ni_status naming the call (NI_OK for cudaSuccess). */
 ni_status ni_cuda_status(int err, const char *what);

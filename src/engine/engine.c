@@ -44,6 +44,13 @@ const char *ni_backend_name(ni_backend b) {
     return b == NI_BACKEND_CPU ? "cpu" : b == NI_BACKEND_CUDA ? "cuda" : "unknown";
 }
 
+const char *ni_dtype_name(ni_dtype d) {
+    return d == NI_DTYPE_F32    ? "f32"
+           : d == NI_DTYPE_BF16 ? "bf16"
+           : d == NI_DTYPE_F16  ? "fp16"
+                                : "unknown";
+}
+
 struct ni_engine {
     ni_model *model;
     ni_engine_opts opts;

@@ -1,8 +1,9 @@
-/* The CUDA engine end to end against the references: the fixture models' logits against
- * transformers (float64) within a bf16 bound, greedy continuations against transformers where
- * the reference's top-2 margin is well above bf16 noise, baseline against kv_cache, ragged
- * batches, a named random model against the CPU engine on the same (Philox) weights, and the
- * errors (a batch that does not fit, a prompt beyond the context). Skipped without a GPU. */
+/* The CUDA engine end to end against the references, in bf16 and again in fp16 (dtype option):
+ * the fixture models' logits against transformers (float64) within a bound per type, greedy
+ * continuations against transformers where the reference's top-2 margin is well above bf16
+ * noise, baseline against kv_cache, ragged batches, a named random model against the CPU engine
+ * on the same (Philox) weights, and the errors (a batch that does not fit, a prompt beyond the
+ * context). Skipped without a GPU. */
 #include <cuda_runtime_api.h>
 #include <jansson.h>
 #include <math.h>
@@ -15,8 +16,12 @@
 
 static const char *const models[] = {"tiny-f32-prefix", "tiny-f16", "tiny-bf16", "gpt2-vocab"};
 
-static ni_engine *engine(ni_model *m, ni_backend be, ni_preset p, size_t batch, size_t seq) {
-    ni_engine_opts o = {.backend = be, .preset = p, .max_batch = batch, .max_seq = seq};
+static const ni_dtype dtypes[] = {NI_DTYPE_BF16, NI_DTYPE_F16};
+
+static ni_engine *engine(ni_model *m, ni_backend be, ni_preset p, size_t batch, size_t seq,
+                         ni_dtype dt) {
+    ni_engine_opts o = {
+        .backend = be, .preset = p, .dtype = dt, .max_batch = batch, .max_seq = seq};
     ni_engine *e = NULL;
     if (ni_engine_create(m, &o, &e) != NI_OK) fail_msg("engine: %s", ni_last_error());
     return e;
@@ -40,8 +45,15 @@ static size_t ids(json_t *a, int32_t *out) {
 }
 
 /* bf16 weights and activations against float64: 3% of the logit scale (the largest error seen
- * on an H200 is printed by the test; bf16 has 8 bits of mantissa, 0.4% per rounding). */
+ * on an H200 is printed by the test; bf16 has 8 bits of mantissa, 0.4% per rounding). fp16 has
+ * 11 (0.05% per rounding): the same number of roundings' worth would be 3% / 8 = 0.375%; 0.5%
+ * leaves a third more headroom, and is still six times tighter than bf16's bound. */
 #define BF16_LOGIT_TOL 0.03
+#define F16_LOGIT_TOL 0.005
+
+static double logit_tol(ni_dtype dt) {
+    return dt == NI_DTYPE_F16 ? F16_LOGIT_TOL : BF16_LOGIT_TOL;
+}
 
 static void test_fixture_logits(void **state) {
     (void)state;
@@ -58,23 +70,34 @@ static void test_fixture_logits(void **state) {
         assert_int_equal(len, T * V * 4);
         ni_model *m = NULL;
         assert_int_equal(ni_model_open(dir, NULL, &m), NI_OK);
-        for (ni_preset p = NI_PRESET_BASELINE; p <= NI_PRESET_KV_CACHE; p++) {
-            ni_engine *e = engine(m, NI_BACKEND_CUDA, p, 2, 0);
-            float *out = malloc(T * V * 4);
-            if (ni_logits(e, tok, T, out) != NI_OK) fail_msg("logits: %s", ni_last_error());
-            double scale = 0, worst = 0;
-            for (size_t i = 0; i < T * V; i++) scale = fmax(scale, fabs(ref[i]));
-            for (size_t i = 0; i < T * V; i++) {
-                if (!isfinite(out[i])) fail_msg("%s: logit %zu is %g", models[k], i, out[i]);
-                worst = fmax(worst, fabs(out[i] - ref[i]));
+        float *bf16_out = malloc(T * V * 4);
+        for (size_t d = 0; d < 2; d++) {
+            const ni_dtype dt = dtypes[d];
+            for (ni_preset p = NI_PRESET_BASELINE; p <= NI_PRESET_KV_CACHE; p++) {
+                ni_engine *e = engine(m, NI_BACKEND_CUDA, p, 2, 0, dt);
+                float *out = malloc(T * V * 4);
+                if (ni_logits(e, tok, T, out) != NI_OK) fail_msg("logits: %s", ni_last_error());
+                double scale = 0, worst = 0;
+                for (size_t i = 0; i < T * V; i++) scale = fmax(scale, fabs(ref[i]));
+                for (size_t i = 0; i < T * V; i++) {
+                    if (!isfinite(out[i])) fail_msg("%s: logit %zu is %g", models[k], i, out[i]);
+                    worst = fmax(worst, fabs(out[i] - ref[i]));
+                }
+                printf("  %-16s %-4s %-9s max |logit error| %.4f of scale %.2f (%.3f%%)\n",
+                       models[k], ni_dtype_name(dt), ni_preset_name(p), worst, scale,
+                       100 * worst / scale);
+                if (worst > logit_tol(dt) * scale)
+                    fail_msg("%s %s: error %g > %g x scale %g", models[k], ni_dtype_name(dt), worst,
+                             logit_tol(dt), scale);
+                /* the dtype option takes effect: fp16 logits are not bf16's bit for bit */
+                if (dt == NI_DTYPE_BF16) memcpy(bf16_out, out, T * V * 4);
+                if (dt == NI_DTYPE_F16 && memcmp(bf16_out, out, T * V * 4) == 0)
+                    fail_msg("%s: fp16 logits identical to bf16's", models[k]);
+                free(out);
+                ni_engine_destroy(e);
             }
-            printf("  %-16s %-9s max |logit error| %.4f of scale %.2f (%.2f%%)\n", models[k],
-                   ni_preset_name(p), worst, scale, 100 * worst / scale);
-            if (worst > BF16_LOGIT_TOL * scale)
-                fail_msg("%s: error %g > %g x scale %g", models[k], worst, BF16_LOGIT_TOL, scale);
-            free(out);
-            ni_engine_destroy(e);
         }
+        free(bf16_out);
         free(ref);
         ni_model_close(m);
         json_decref(root);
@@ -83,10 +106,11 @@ static void test_fixture_logits(void **state) {
 
 static void test_fixture_greedy(void **state) {
     (void)state;
-    size_t checked = 0;
-    for (size_t k = 0; k < 4; k++) {
+    size_t checked[2] = {0, 0};
+    for (size_t k = 0; k < 8; k++) {
+        const ni_dtype dt = dtypes[k / 4];
         char dir[512];
-        json_t *root = reference(models[k], dir, sizeof dir);
+        json_t *root = reference(models[k % 4], dir, sizeof dir);
         double std = json_real_value(json_object_get(root, "logit_std"));
         json_t *g = json_object_get(root, "greedy");
         size_t n = json_array_size(g);
@@ -104,7 +128,7 @@ static void test_fixture_greedy(void **state) {
         ni_model *m = NULL;
         assert_int_equal(ni_model_open(dir, NULL, &m), NI_OK);
         for (ni_preset p = NI_PRESET_BASELINE; p <= NI_PRESET_KV_CACHE; p++) {
-            ni_engine *e = engine(m, NI_BACKEND_CUDA, p, n, 0);
+            ni_engine *e = engine(m, NI_BACKEND_CUDA, p, n, 0, dt);
             ni_sampling s = {.temperature = 0.0f, .top_p = 1.0f, .max_new_tokens = clen[0]};
             ni_test_tokens c;
             memset(&c, 0, sizeof c);
@@ -113,20 +137,24 @@ static void test_fixture_greedy(void **state) {
                 fail_msg("generate: %s", ni_last_error());
             for (size_t i = 0; i < n; i++) {
                 int same = c.n[i] == clen[i] && !memcmp(c.tok[i], cont[i], clen[i] * 4);
-                /* a margin of 5% of the logit spread is far above bf16 noise: must agree */
+                /* a margin of 5% of the logit spread is far above bf16 noise (and fp16's, eight
+                 * times smaller): must agree */
                 int must = margin[i] > 0.05 * std;
-                printf("  %-16s %-9s case %zu margin %.3f: %s%s\n", models[k], ni_preset_name(p), i,
-                       margin[i], same ? "identical" : "differs",
+                printf("  %-16s %-4s %-9s case %zu margin %.3f: %s%s\n", models[k % 4],
+                       ni_dtype_name(dt), ni_preset_name(p), i, margin[i],
+                       same ? "identical" : "differs",
                        must ? "" : " (margin within bf16 noise: not required)");
-                if (must && !same) fail_msg("%s case %zu: greedy tokens differ", models[k], i);
-                checked += must;
+                if (must && !same)
+                    fail_msg("%s %s case %zu: greedy tokens differ", models[k % 4],
+                             ni_dtype_name(dt), i);
+                checked[k / 4] += must;
             }
             ni_engine_destroy(e);
         }
         ni_model_close(m);
         json_decref(root);
     }
-    assert_true(checked >= 8);
+    assert_true(checked[0] >= 8 && checked[1] >= 8);
 }
 
 static void test_random_model_against_cpu(void **state) {
@@ -138,17 +166,21 @@ static void test_random_model_against_cpu(void **state) {
     int32_t tok[20];
     for (size_t t = 0; t < T; t++) tok[t] = (int32_t)((t * 7919 + 13) % V);
     float *cpu = malloc(T * V * 4), *gpu = malloc(T * V * 4);
-    ni_engine *ec = engine(m, NI_BACKEND_CPU, NI_PRESET_KV_CACHE, 1, 64);
+    ni_engine *ec = engine(m, NI_BACKEND_CPU, NI_PRESET_KV_CACHE, 1, 64, NI_DTYPE_F32);
     assert_int_equal(ni_logits(ec, tok, T, cpu), NI_OK);
     ni_engine_destroy(ec);
-    ni_engine *eg = engine(m, NI_BACKEND_CUDA, NI_PRESET_KV_CACHE, 1, 64);
-    assert_int_equal(ni_logits(eg, tok, T, gpu), NI_OK);
-    double scale = 0, worst = 0;
-    for (size_t i = 0; i < T * V; i++) scale = fmax(scale, fabs(cpu[i]));
-    for (size_t i = 0; i < T * V; i++) worst = fmax(worst, fabs(gpu[i] - cpu[i]));
-    printf("  gpt2 random weights: max |gpu - cpu| %.4f of scale %.3f\n", worst, scale);
-    assert_true(worst <= BF16_LOGIT_TOL * scale);
-    ni_engine_destroy(eg);
+    for (size_t d = 0; d < 2; d++) {
+        /* the weights are drawn on the device in the engine's type */
+        ni_engine *eg = engine(m, NI_BACKEND_CUDA, NI_PRESET_KV_CACHE, 1, 64, dtypes[d]);
+        assert_int_equal(ni_logits(eg, tok, T, gpu), NI_OK);
+        double scale = 0, worst = 0;
+        for (size_t i = 0; i < T * V; i++) scale = fmax(scale, fabs(cpu[i]));
+        for (size_t i = 0; i < T * V; i++) worst = fmax(worst, fabs(gpu[i] - cpu[i]));
+        printf("  gpt2 random weights %-4s: max |gpu - cpu| %.4f of scale %.3f (%.3f%%)\n",
+               ni_dtype_name(dtypes[d]), worst, scale, 100 * worst / scale);
+        assert_true(worst <= logit_tol(dtypes[d]) * scale);
+        ni_engine_destroy(eg);
+    }
     free(cpu);
     free(gpu);
     ni_model_close(m);
@@ -156,9 +188,8 @@ static void test_random_model_against_cpu(void **state) {
 
 /* The engines that share a forward pass give the same tokens: cuda_graphs (device-side state,
  * tokens ni_test_tokens every few steps) exactly as sampling for the same seed, across batch sizes
- * (one graph each) and generations; greedy the same in all four. */
-static void test_presets_agree(void **state) {
-    (void)state;
+ * (one graph each) and generations; greedy the same in all four. In each dtype. */
+static void check_presets_agree(ni_dtype dt) {
     ni_model *m = NULL;
     ni_model_opts mo = {.seed = 3};
     assert_int_equal(ni_model_open("gpt2", &mo, &m), NI_OK);
@@ -176,7 +207,7 @@ static void test_presets_agree(void **state) {
     ni_test_tokens ref[4][2];
     ni_preset presets[] = {NI_PRESET_SAMPLING, NI_PRESET_CUDA_GRAPHS, NI_PRESET_KV_CACHE};
     for (size_t k = 0; k < 3; k++) {
-        ni_engine *e = engine(m, NI_BACKEND_CUDA, presets[k], 3, 64);
+        ni_engine *e = engine(m, NI_BACKEND_CUDA, presets[k], 3, 64, dt);
         for (size_t B = 3; B >= 2; B--) {
             const ni_sampling *s = presets[k] == NI_PRESET_KV_CACHE ? &greedy : &sampled;
             for (int rep = 0; rep < 2; rep++) {
@@ -188,8 +219,8 @@ static void test_presets_agree(void **state) {
                 for (size_t i = 0; i < B; i++) assert_int_equal(c.n[i], 21);
                 if (k == 0 && rep == 0) ref[B][0] = c;
                 if (k < 2 && memcmp(c.tok, ref[B][0].tok, sizeof c.tok) != 0)
-                    fail_msg("%s batch %zu (run %d): tokens differ from the sampling engine's",
-                             ni_preset_name(presets[k]), B, rep);
+                    fail_msg("%s %s batch %zu (run %d): tokens differ from the sampling engine's",
+                             ni_dtype_name(dt), ni_preset_name(presets[k]), B, rep);
             }
         }
         /* greedy: every engine agrees */
@@ -200,10 +231,16 @@ static void test_presets_agree(void **state) {
         if (k == 0)
             ref[1][1] = g;
         else if (memcmp(g.tok, ref[1][1].tok, sizeof g.tok) != 0)
-            fail_msg("%s: greedy tokens differ", ni_preset_name(presets[k]));
+            fail_msg("%s %s: greedy tokens differ", ni_dtype_name(dt), ni_preset_name(presets[k]));
         ni_engine_destroy(e);
     }
     ni_model_close(m);
+}
+
+static void test_presets_agree(void **state) {
+    (void)state;
+    check_presets_agree(NI_DTYPE_BF16);
+    check_presets_agree(NI_DTYPE_F16);
 }
 
 static void test_errors(void **state) {

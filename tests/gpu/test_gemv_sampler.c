@@ -1,6 +1,7 @@
 /* GPU tests of the small-batch matmul (ni_cuda_gemv) and the sort-based sampler
  * (ni_cuda_sample_sorted). The GEMV is compared with its CPU twin cpu_matmul (+ cpu_gelu) on the
- * same bf16-rounded data for every batch size 1..16 and awkward IC / OC, with poisoned outputs
+ * same bf16-rounded (and, again, f16-rounded) data for every batch size 1..16 and awkward IC / OC,
+ * with poisoned outputs
  * (rows past N must stay untouched) and a bitwise batch-invariance check. The sampler must give
  * exactly the token of the CPU's ni_sample_sorted for the same (seed, seq, step) (the canonical
  * rule of sampling.h fixes it bit for bit), never a token outside the kept set of
@@ -52,27 +53,42 @@ static void *hmalloc(size_t bytes) {
 
 /* Tolerance, per element: |gpu - ref| <= atol + rtol * |ref| with
  *   atol = 1e-5 * A + 1e-6, A = sum_k |x_k w_k| + |b| (the f32 summation error bound scale:
- *          both sides add exact bf16 x bf16 products in f32, in different orders (the CPU in
+ *          both sides add exact 16-bit x 16-bit products in f32 (8 + 8 or 11 + 11 significant
+ *          bits fit in f32's 24), in different orders (the CPU in
  *          16 lanes, the GPU in tensor-core k-steps and a split over warps), so they differ by
  *          a few ulps of the partial sums, far below 1e-5 * A; a lost or doubled product
  *          moves the result by |x_k w_k| ~ 0.25, about 16x atol even at IC = 6400);
  *   GELU: atol * 1.13 (the slope of GELU is at most 1.13) + 1e-6 + 5e-7 * |pre-activation|
  *          (tanhf's last bits differ between glibc and CUDA, scaled by 0.5 x in GELU);
- *   rtol = 1e-6 for f32 outputs and 2^-8 (half an ulp of bf16) for bf16 outputs, whose atol
- *          is also scaled by 1 + 2^-8. */
+ *   rtol = 1e-6 for f32 outputs and u = 2^-8 for bf16 outputs, 2^-11 for f16 outputs (the
+ *          relative rounding bound, half an ulp), whose atol is also scaled by 1 + u. */
 typedef struct {
     size_t IC, OC;
-    ni_bf16 *x, *w, *b;            /* host bf16: (16, IC), (OC, IC), (OC) */
+    ni_cuda_dtype dt;
+    ni_half16 *x, *w, *b;          /* host 16-bit: (16, IC), (OC, IC), (OC) */
     float *ref, *ref_gelu, *absum; /* (16, OC) */
-    ni_bf16 *dx, *dw, *db;
-    ni_bf16 *dout;   /* (16, OC) */
+    ni_half16 *dx, *dw, *db;
+    ni_half16 *dout; /* (16, OC) */
     float *dout_f32; /* (16, OC) */
 } gemv_case;
 
-static void gemv_case_init(gemv_case *c, size_t IC, size_t OC, uint64_t seed) {
+static uint16_t h16_from(ni_cuda_dtype dt, float x) {
+    return dt == NI_CUDA_F16 ? ni_f32_to_f16(x) : ni_f32_to_bf16(x);
+}
+
+static float h16_to(ni_cuda_dtype dt, uint16_t h) {
+    return dt == NI_CUDA_F16 ? ni_f16_to_f32(h) : ni_bf16_to_f32(h);
+}
+
+static const char *dt_name(ni_cuda_dtype dt) {
+    return dt == NI_CUDA_F16 ? "f16" : "bf16";
+}
+
+static void gemv_case_init(gemv_case *c, size_t IC, size_t OC, uint64_t seed, ni_cuda_dtype dt) {
     const size_t R = NI_CUDA_GEMV_MAX_ROWS;
     c->IC = IC;
     c->OC = OC;
+    c->dt = dt;
     c->x = hmalloc(R * IC * sizeof *c->x);
     c->w = hmalloc(OC * IC * sizeof *c->w);
     c->b = hmalloc(OC * sizeof *c->b);
@@ -80,16 +96,16 @@ static void gemv_case_init(gemv_case *c, size_t IC, size_t OC, uint64_t seed) {
     float *bf = hmalloc(OC * sizeof *bf);
     uint64_t s = seed;
     for (size_t i = 0; i < R * IC; i++) {
-        c->x[i] = ni_f32_to_bf16(rng_uniform(&s));
-        xf[i] = ni_bf16_to_f32(c->x[i]);
+        c->x[i] = h16_from(dt, rng_uniform(&s));
+        xf[i] = h16_to(dt, c->x[i]);
     }
     for (size_t i = 0; i < OC * IC; i++) {
-        c->w[i] = ni_f32_to_bf16(rng_uniform(&s));
-        wf[i] = ni_bf16_to_f32(c->w[i]);
+        c->w[i] = h16_from(dt, rng_uniform(&s));
+        wf[i] = h16_to(dt, c->w[i]);
     }
     for (size_t i = 0; i < OC; i++) {
-        c->b[i] = ni_f32_to_bf16(rng_uniform(&s));
-        bf[i] = ni_bf16_to_f32(c->b[i]);
+        c->b[i] = h16_from(dt, rng_uniform(&s));
+        bf[i] = h16_to(dt, c->b[i]);
     }
     c->ref = hmalloc(R * OC * sizeof *c->ref);
     c->ref_gelu = hmalloc(R * OC * sizeof *c->ref_gelu);
@@ -132,18 +148,18 @@ static void gemv_case_free(gemv_case *c) {
  * result as f32 in res (16, OC) and the raw bits in bits (16 * OC * 4 bytes). */
 static void gemv_run(const gemv_case *c, size_t N, int f32, int gelu, float *res, void *bits) {
     const size_t R = NI_CUDA_GEMV_MAX_ROWS, OC = c->OC;
-    CK(cudaMemset(c->dout, 0xFF, R * OC * sizeof *c->dout)); /* bf16 0xFFFF, f32 0xFFFFFFFF: NaN */
+    CK(cudaMemset(c->dout, 0xFF, R * OC * sizeof *c->dout)); /* 16-bit 0xFFFF, f32: NaN */
     CK(cudaMemset(c->dout_f32, 0xFF, R * OC * sizeof *c->dout_f32));
     CK(ni_cuda_gemv(f32 ? NULL : c->dout, f32 ? c->dout_f32 : NULL, c->dx, c->dw, c->db, N, c->IC,
-                    OC, gelu, NULL));
+                    OC, gelu, c->dt, NULL));
     CK(cudaDeviceSynchronize());
     if (f32) {
         CK(cudaMemcpy(bits, c->dout_f32, R * OC * 4, cudaMemcpyDeviceToHost));
         memcpy(res, bits, R * OC * 4);
     } else {
         CK(cudaMemcpy(bits, c->dout, R * OC * 2, cudaMemcpyDeviceToHost));
-        const ni_bf16 *h = bits;
-        for (size_t i = 0; i < R * OC; i++) res[i] = ni_bf16_to_f32(h[i]);
+        const ni_half16 *h = bits;
+        for (size_t i = 0; i < R * OC; i++) res[i] = h16_to(c->dt, h[i]);
     }
 }
 
@@ -153,7 +169,8 @@ static double gemv_check(const gemv_case *c, size_t N, int f32, int gelu, const 
                          const void *bits) {
     const size_t R = NI_CUDA_GEMV_MAX_ROWS, OC = c->OC;
     const float *ref = gelu ? c->ref_gelu : c->ref;
-    const double rtol = f32 ? 1e-6 : 1.0 / 256.0;
+    const double u = c->dt == NI_CUDA_F16 ? 1.0 / 2048.0 : 1.0 / 256.0;
+    const double rtol = f32 ? 1e-6 : u;
     double worst = 0;
     for (size_t n = 0; n < R; n++) {
         for (size_t o = 0; o < OC; o++) {
@@ -162,23 +179,24 @@ static double gemv_check(const gemv_case *c, size_t N, int f32, int gelu, const 
                 int poisoned = f32 ? ((const uint32_t *)bits)[i] == 0xFFFFFFFFu
                                    : ((const uint16_t *)bits)[i] == 0xFFFFu;
                 if (!poisoned) {
-                    fprintf(stderr, "gemv IC=%zu OC=%zu N=%zu f32=%d: row %zu written\n", c->IC, OC,
-                            N, f32, n);
+                    fprintf(stderr, "gemv %s IC=%zu OC=%zu N=%zu f32=%d: row %zu written\n",
+                            dt_name(c->dt), c->IC, OC, N, f32, n);
                     fail();
                 }
                 continue;
             }
             double atol = 1e-5 * (double)c->absum[i] + 1e-6;
             if (gelu) atol = 1.13 * atol + 1e-6 + 5e-7 * fabs((double)c->ref[i]);
-            if (!f32) atol *= 1.0 + 1.0 / 256.0; /* bf16(v) - ref <= |v - ref| (1 + 2^-8) + ... */
+            if (!f32) atol *= 1.0 + u; /* round(v) - ref <= |v - ref| (1 + u) + ... */
             const double tol = atol + rtol * fabs((double)ref[i]);
             const double err = fabs((double)res[i] - (double)ref[i]);
             const double q = err / tol;
             if (!(q <= 1.0)) { /* NaN fails too */
                 fprintf(stderr,
-                        "gemv IC=%zu OC=%zu N=%zu f32=%d gelu=%d: out[%zu][%zu] = %.9g, ref %.9g, "
-                        "tol %.3g\n",
-                        c->IC, OC, N, f32, gelu, n, o, (double)res[i], (double)ref[i], tol);
+                        "gemv %s IC=%zu OC=%zu N=%zu f32=%d gelu=%d: out[%zu][%zu] = %.9g, ref "
+                        "%.9g, tol %.3g\n",
+                        dt_name(c->dt), c->IC, OC, N, f32, gelu, n, o, (double)res[i],
+                        (double)ref[i], tol);
                 fail();
             }
             if (q > worst) worst = q;
@@ -187,9 +205,9 @@ static double gemv_check(const gemv_case *c, size_t N, int f32, int gelu, const 
     return worst;
 }
 
-static void gemv_case_all_n(size_t IC, size_t OC, uint64_t seed) {
+static void gemv_case_all_n(size_t IC, size_t OC, uint64_t seed, ni_cuda_dtype dt) {
     gemv_case c;
-    gemv_case_init(&c, IC, OC, seed);
+    gemv_case_init(&c, IC, OC, seed, dt);
     const size_t R = NI_CUDA_GEMV_MAX_ROWS;
     float *res = hmalloc(R * OC * sizeof *res);
     void *bits = hmalloc(R * OC * 4);
@@ -202,8 +220,8 @@ static void gemv_case_all_n(size_t IC, size_t OC, uint64_t seed) {
             if (q > worst) worst = q;
         }
     }
-    printf("  gemv IC=%-5zu OC=%-6zu N=1..16 bf16/f32 x plain/gelu: worst err/tol %.3f\n", IC, OC,
-           worst);
+    printf("  gemv %-4s IC=%-5zu OC=%-6zu N=1..16 16-bit/f32 x plain/gelu: worst err/tol %.3f\n",
+           dt_name(dt), IC, OC, worst);
     free(res);
     free(bits);
     gemv_case_free(&c);
@@ -213,15 +231,18 @@ static void test_gemv_shapes(void **state) {
     (void)state;
     static const size_t ics[] = {1, 7, 8, 9, 24, 129, 768, 1600, 6400};
     static const size_t ocs[] = {1, 7, 8, 9, 24, 129, 768, 1600};
-    uint64_t seed = 1;
-    for (size_t i = 0; i < sizeof ics / sizeof *ics; i++)
-        for (size_t j = 0; j < sizeof ocs / sizeof *ocs; j++)
-            gemv_case_all_n(ics[i], ocs[j], seed++);
-    /* the gpt2-xl shapes not above and the vocabulary (odd OC, also with odd IC) */
-    gemv_case_all_n(1600, 4800, seed++);
-    gemv_case_all_n(1600, 6400, seed++);
-    gemv_case_all_n(9, 50257, seed++);
-    gemv_case_all_n(1600, 50257, seed++);
+    for (int k = 0; k < 2; k++) {
+        const ni_cuda_dtype dt = k ? NI_CUDA_F16 : NI_CUDA_BF16;
+        uint64_t seed = 1;
+        for (size_t i = 0; i < sizeof ics / sizeof *ics; i++)
+            for (size_t j = 0; j < sizeof ocs / sizeof *ocs; j++)
+                gemv_case_all_n(ics[i], ocs[j], seed++, dt);
+        /* the gpt2-xl shapes not above and the vocabulary (odd OC, also with odd IC) */
+        gemv_case_all_n(1600, 4800, seed++, dt);
+        gemv_case_all_n(1600, 6400, seed++, dt);
+        gemv_case_all_n(9, 50257, seed++, dt);
+        gemv_case_all_n(1600, 50257, seed++, dt);
+    }
 }
 
 /* A row's result must not depend on the other rows of the batch: the same bits for N = 1..16. */
@@ -229,9 +250,11 @@ static void test_gemv_batch_invariance(void **state) {
     (void)state;
     static const size_t shapes[][2] = {{768, 2304}, {6400, 1600}, {129, 129}, {1600, 50257}};
     const size_t R = NI_CUDA_GEMV_MAX_ROWS;
-    for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
+    for (size_t k = 0; k < 2 * (sizeof shapes / sizeof *shapes); k++) {
         gemv_case c;
-        gemv_case_init(&c, shapes[k][0], shapes[k][1], 100 + k);
+        const size_t sk = k % (sizeof shapes / sizeof *shapes);
+        gemv_case_init(&c, shapes[sk][0], shapes[sk][1], 100 + k,
+                       k >= sizeof shapes / sizeof *shapes ? NI_CUDA_F16 : NI_CUDA_BF16);
         const size_t OC = c.OC;
         float *res = hmalloc(R * OC * sizeof *res);
         uint32_t *full = hmalloc(R * OC * 4), *bits = hmalloc(R * OC * 4);
@@ -239,8 +262,8 @@ static void test_gemv_batch_invariance(void **state) {
         for (size_t N = 1; N < R; N++) {
             gemv_run(&c, N, 1, 0, res, bits);
             if (memcmp(bits, full, N * OC * 4) != 0) {
-                fprintf(stderr, "gemv IC=%zu OC=%zu: rows of N=%zu differ from N=16\n", c.IC, OC,
-                        N);
+                fprintf(stderr, "gemv %s IC=%zu OC=%zu: rows of N=%zu differ from N=16\n",
+                        dt_name(c.dt), c.IC, OC, N);
                 fail();
             }
         }
@@ -253,27 +276,33 @@ static void test_gemv_batch_invariance(void **state) {
 
 static void test_gemv_args(void **state) {
     (void)state;
-    /* N > 16 is refused without a launch; N = 0 is a no-op */
-    assert_int_not_equal(ni_cuda_gemv(NULL, (float *)8, (const ni_bf16 *)8, (const ni_bf16 *)8,
-                                      NULL, 17, 8, 8, 0, NULL),
+    /* N > 16 is refused without a launch; N = 0 is a no-op; an unknown type is refused */
+    assert_int_not_equal(ni_cuda_gemv(NULL, (float *)8, (const ni_half16 *)8, (const ni_half16 *)8,
+                                      NULL, 17, 8, 8, 0, NI_CUDA_BF16, NULL),
                          0);
-    assert_int_equal(ni_cuda_gemv(NULL, (float *)8, (const ni_bf16 *)8, (const ni_bf16 *)8, NULL, 0,
-                                  8, 8, 0, NULL),
+    assert_int_equal(ni_cuda_gemv(NULL, (float *)8, (const ni_half16 *)8, (const ni_half16 *)8,
+                                  NULL, 0, 8, 8, 0, NI_CUDA_BF16, NULL),
                      0);
-    /* IC = 0: the output is the bias (through GELU) */
-    const size_t OC = 37;
-    ni_bf16 hb[37];
-    uint64_t s = 9;
-    for (size_t i = 0; i < OC; i++) hb[i] = ni_f32_to_bf16(rng_uniform(&s));
-    ni_bf16 *db = dmalloc(OC * 2);
-    float *dout = dmalloc(3 * OC * 4);
-    CK(cudaMemcpy(db, hb, OC * 2, cudaMemcpyHostToDevice));
-    CK(ni_cuda_gemv(NULL, dout, NULL, NULL, db, 3, 0, OC, 0, NULL));
-    float out[3 * 37];
-    CK(cudaMemcpy(out, dout, sizeof out, cudaMemcpyDeviceToHost));
-    for (size_t i = 0; i < 3 * OC; i++) assert_true(out[i] == ni_bf16_to_f32(hb[i % OC]));
-    cudaFree(db);
-    cudaFree(dout);
+    assert_int_not_equal(ni_cuda_gemv(NULL, (float *)8, (const ni_half16 *)8, (const ni_half16 *)8,
+                                      NULL, 1, 8, 8, 0, (ni_cuda_dtype)7, NULL),
+                         0);
+    /* IC = 0: the output is the bias (through GELU), in either type */
+    for (int k = 0; k < 2; k++) {
+        const ni_cuda_dtype dt = k ? NI_CUDA_F16 : NI_CUDA_BF16;
+        const size_t OC = 37;
+        ni_half16 hb[37];
+        uint64_t s = 9;
+        for (size_t i = 0; i < OC; i++) hb[i] = h16_from(dt, rng_uniform(&s));
+        ni_half16 *db = dmalloc(OC * 2);
+        float *dout = dmalloc(3 * OC * 4);
+        CK(cudaMemcpy(db, hb, OC * 2, cudaMemcpyHostToDevice));
+        CK(ni_cuda_gemv(NULL, dout, NULL, NULL, db, 3, 0, OC, 0, dt, NULL));
+        float out[3 * 37];
+        CK(cudaMemcpy(out, dout, sizeof out, cudaMemcpyDeviceToHost));
+        for (size_t i = 0; i < 3 * OC; i++) assert_true(out[i] == h16_to(dt, hb[i % OC]));
+        cudaFree(db);
+        cudaFree(dout);
+    }
 }
 
 /* ---- sampler ------------------------------------------------------------------------------- */
@@ -544,19 +573,19 @@ static void test_bench(void **state) {
         size_t nbuf = (512u << 20) / wbytes + 1;
         if (nbuf < 2) nbuf = 2;
         if (nbuf > 64) nbuf = 64;
-        ni_bf16 *w = dmalloc(nbuf * wbytes);
+        ni_half16 *w = dmalloc(nbuf * wbytes);
         CK(cudaMemset(w, 0x3C, nbuf * wbytes)); /* bf16 0x3C3C ~ 0.0115 */
-        ni_bf16 *x = dmalloc(16 * IC * 2), *b = dmalloc(OC * 2), *out = dmalloc(16 * OC * 2);
+        ni_half16 *x = dmalloc(16 * IC * 2), *b = dmalloc(OC * 2), *out = dmalloc(16 * OC * 2);
         float *outf = dmalloc(16 * OC * 4);
         CK(cudaMemset(x, 0x3C, 16 * IC * 2));
         CK(cudaMemset(b, 0, OC * 2));
         for (size_t ni = 0; ni < 3; ni++) {
             const size_t N = Ns[ni];
             for (size_t i = 0; i < RUNS + WARM; i++) {
-                const ni_bf16 *wi = w + (i % nbuf) * (IC * OC);
+                const ni_half16 *wi = w + (i % nbuf) * (IC * OC);
                 CK(cudaEventRecord(ev[2 * i], NULL));
                 CK(ni_cuda_gemv(shapes[k].f32 ? NULL : out, shapes[k].f32 ? outf : NULL, x, wi, b,
-                                N, IC, OC, shapes[k].gelu, NULL));
+                                N, IC, OC, shapes[k].gelu, NI_CUDA_BF16, NULL));
                 CK(cudaEventRecord(ev[2 * i + 1], NULL));
             }
             CK(cudaDeviceSynchronize());

@@ -1,9 +1,10 @@
 /* The CUDA kernels of src/cuda/ against their CPU twins (src/cpu/ops.h) on seeded random inputs
- * of awkward shapes: sizes that are not multiples of the vector widths, ragged batches, cache
- * entries past every sequence's limit poisoned with NaN so that a kernel reading too far shows,
- * and outputs poisoned with NaN before each run so that an element left unwritten shows. Every
- * comparison states its tolerance as atol + rtol * |ref| and why. Without a GPU the program says
- * "skipped: no GPU" and exits 77. */
+ * of awkward shapes, once with bf16 and once with IEEE half (f16) as the 16-bit type (every test
+ * runs for both; inputs are rounded to the type on the host, tolerances are stated per type): sizes
+ * that are not multiples of the vector widths, ragged batches, cache entries past every sequence's
+ * limit poisoned with NaN so that a kernel reading too far shows, and outputs poisoned with NaN
+ * before each run so that an element left unwritten shows. Every comparison states its tolerance as
+ * atol + rtol * |ref| and why. Without a GPU the program says "skipped: no GPU" and exits 77. */
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdio.h>
@@ -72,7 +73,7 @@ static void d2h(void *h, const void *d, size_t bytes) {
     CK(cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost));
 }
 
-/* 0xFF bytes: NaN as f32 and as bf16 (0xFFFF). */
+/* 0xFF bytes: NaN as f32, as bf16 and as f16 (0xFFFF). */
 static void poison(void *d, size_t bytes) {
     CK(cudaMemset(d, 0xFF, bytes));
 }
@@ -82,16 +83,49 @@ static void sync_ok(void) {
     CK(cudaDeviceSynchronize());
 }
 
-/* n random bf16 values ~ scale * normal + shift, and their f32 values in f (if non-NULL). */
-static void fill_bf16(uint16_t *h, float *f, size_t n, float scale, float shift, rng *r) {
+/* The 16-bit type under test, set by each test's setup (main runs every test for both). */
+static ni_cuda_dtype g_dt = NI_CUDA_BF16;
+
+static int use_bf16(void **state) {
+    (void)state;
+    g_dt = NI_CUDA_BF16;
+    return 0;
+}
+
+static int use_f16(void **state) {
+    (void)state;
+    g_dt = NI_CUDA_F16;
+    return 0;
+}
+
+static const char *dt_name(void) {
+    return g_dt == NI_CUDA_F16 ? "f16" : "bf16";
+}
+
+/* x rounded to the type under test (to nearest even), and back */
+static uint16_t h16_from(float x) {
+    return g_dt == NI_CUDA_F16 ? ni_f32_to_f16(x) : ni_f32_to_bf16(x);
+}
+
+static float h16_to(uint16_t h) {
+    return g_dt == NI_CUDA_F16 ? ni_f16_to_f32(h) : ni_bf16_to_f32(h);
+}
+
+/* the tolerance for the type under test */
+static float by_dt(float bf16, float f16) {
+    return g_dt == NI_CUDA_F16 ? f16 : bf16;
+}
+
+/* n random 16-bit values ~ scale * normal + shift, and their f32 values in f (if non-NULL). */
+static void fill_h16(uint16_t *h, float *f, size_t n, float scale, float shift, rng *r) {
     for (size_t i = 0; i < n; i++) {
-        h[i] = ni_f32_to_bf16(scale * rng_normal(r) + shift);
-        if (f) f[i] = ni_bf16_to_f32(h[i]);
+        h[i] = h16_from(scale * rng_normal(r) + shift);
+        if (f) f[i] = h16_to(h[i]);
     }
 }
 
-static void bf16_to_f32_array(float *f, const uint16_t *h, size_t n) {
-    for (size_t i = 0; i < n; i++) f[i] = ni_bf16_to_f32(h[i]);
+static void h16_to_f32_array(float *f, const uint16_t *h, size_t n) {
+    for (size_t i = 0; i < n; i++) f[i] = h16_to(h[i]);
 }
 
 /* Every element written (no NaN left from the poison) and |got - ref| <= atol + rtol |ref|,
@@ -117,16 +151,17 @@ static void expect_close(const char *what, const float *got, const float *ref, s
                             (double)got[i], (double)ref[i], err, tol);
         }
     }
-    printf("  %-58s n=%-8zu worst err/tol %.3f (at %zu)\n", what, n, worst, worst_i);
+    printf("  %-4s %-58s n=%-8zu worst err/tol %.3f (at %zu)\n", dt_name(), what, n, worst,
+           worst_i);
     if (unwritten || bad)
-        fail_msg("%s: %zu of %zu elements not written, %zu outside tolerance", what, unwritten, n,
-                 bad);
+        fail_msg("%s %s: %zu of %zu elements not written, %zu outside tolerance", dt_name(), what,
+                 unwritten, n, bad);
 }
 
-static void expect_close_bf16(const char *what, const uint16_t *got, const float *ref, size_t n,
-                              float atol, float rtol) {
+static void expect_close_h16(const char *what, const uint16_t *got, const float *ref, size_t n,
+                             float atol, float rtol) {
     float *g = xmalloc(n * sizeof(float));
-    bf16_to_f32_array(g, got, n);
+    h16_to_f32_array(g, got, n);
     expect_close(what, g, ref, n, atol, rtol);
     free(g);
 }
@@ -136,32 +171,41 @@ static void expect_close_bf16(const char *what, const uint16_t *got, const float
 /* N = 0 (or n = 0) launches nothing and reports success, even with NULL pointers. */
 static void test_zero_sizes(void **state) {
     (void)state;
-    CK(ni_cuda_init_random(NULL, 0, 1, 2, 0.02f, 0.0f, NULL));
-    CK(ni_cuda_f32_to_bf16(NULL, NULL, 0, NULL));
-    CK(ni_cuda_embedding(NULL, NULL, NULL, NULL, NULL, 0, 768, NULL));
-    CK(ni_cuda_residual_layernorm(NULL, NULL, NULL, NULL, NULL, NULL, 0, 768, 1e-5f, NULL));
-    CK(ni_cuda_residual_add(NULL, NULL, 0, 768, NULL));
+    CK(ni_cuda_init_random(NULL, 0, 1, 2, 0.02f, 0.0f, g_dt, NULL));
+    CK(ni_cuda_f32_to_half16(NULL, NULL, 0, g_dt, NULL));
+    CK(ni_cuda_embedding(NULL, NULL, NULL, NULL, NULL, 0, 768, g_dt, NULL));
+    CK(ni_cuda_residual_layernorm(NULL, NULL, NULL, NULL, NULL, NULL, 0, 768, 1e-5f, g_dt, NULL));
+    CK(ni_cuda_residual_add(NULL, NULL, 0, 768, g_dt, NULL));
     CK(ni_cuda_kv_append(NULL, NULL, NULL, NULL, NULL, 0, 12, 64, 1024, NULL));
     CK(ni_cuda_attention_prefill(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, 12, 64, 1024,
-                                 NULL));
-    CK(ni_cuda_attention_decode(NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, 12, 64, 1024,
+                                 g_dt, NULL));
+    CK(ni_cuda_attention_decode(NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, 12, 64, 1024, g_dt,
                                 NULL));
     sync_ok();
     /* head sizes past 128 are refused, not run */
-    assert_int_not_equal(
-        ni_cuda_attention_decode(NULL, NULL, NULL, NULL, NULL, NULL, NULL, 1, 0, 1, 136, 16, NULL),
-        0);
-    assert_int_not_equal(ni_cuda_attention_prefill(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-                                                   1, 1, 1, 136, 16, NULL),
+    assert_int_not_equal(ni_cuda_attention_decode(NULL, NULL, NULL, NULL, NULL, NULL, NULL, 1, 0, 1,
+                                                  136, 16, g_dt, NULL),
                          0);
+    assert_int_not_equal(ni_cuda_attention_prefill(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                                                   1, 1, 1, 136, 16, g_dt, NULL),
+                         0);
+    /* a type that is neither is refused, not run */
+    assert_int_not_equal(ni_cuda_residual_add(NULL, NULL, 1, 8, (ni_cuda_dtype)7, NULL), 0);
+    assert_int_not_equal(ni_cuda_f32_to_half16(NULL, NULL, 1, (ni_cuda_dtype)7, NULL), 0);
     sync_ok();
 }
 
 /* ---- weights ------------------------------------------------------------------------------ */
 
-/* Spacing of bf16 values at x (one unit in the last place). */
-static float bf16_ulp(float x) {
+/* Spacing of 16-bit values at x (one unit in the last place) in the type under test. */
+static float h16_ulp(float x) {
     int e;
+    if (g_dt == NI_CUDA_F16) {
+        /* 11 significant bits -> 2^(e - 11), but never below the subnormals' spacing 2^-24 */
+        if (x == 0.0f) return ldexpf(1.0f, -24);
+        frexpf(x, &e);
+        return e - 11 < -24 ? ldexpf(1.0f, -24) : ldexpf(1.0f, e - 11);
+    }
     if (x == 0.0f) return 1e-38f;
     frexpf(x, &e); /* |x| = m 2^e, m in [0.5, 1): 8 significant bits -> ulp 2^(e - 8) */
     return ldexpf(1.0f, e - 8);
@@ -171,7 +215,7 @@ static void check_init_random(size_t n, size_t offset, uint64_t seed, uint32_t t
                               float value) {
     uint16_t *d = dmalloc((n + offset) * 2);
     poison(d, (n + offset) * 2);
-    CK(ni_cuda_init_random(d + offset, n, seed, tensor, std, value, NULL));
+    CK(ni_cuda_init_random(d + offset, n, seed, tensor, std, value, g_dt, NULL));
     sync_ok();
     uint16_t *h = xmalloc((n + offset) * 2);
     d2h(h, d, (n + offset) * 2);
@@ -179,7 +223,7 @@ static void check_init_random(size_t n, size_t offset, uint64_t seed, uint32_t t
     size_t off_by_one = 0;
     double sum = 0.0, sq = 0.0;
     for (size_t i = 0; i < n; i++) {
-        float got = ni_bf16_to_f32(h[offset + i]);
+        float got = h16_to(h[offset + i]);
         if (std == 0.0f) {
             /* the constant, exactly */
             if (got != value)
@@ -188,21 +232,21 @@ static void check_init_random(size_t n, size_t offset, uint64_t seed, uint32_t t
             continue;
         }
         /* same Philox counter on both sides; device logf/cosf may differ from the host's in the
-         * last f32 bits, so the bf16 rounding may land one bf16 ulp away: atol = 1 ulp(ref) */
-        float want = ni_bf16_to_f32(ni_f32_to_bf16(std * ni_rng_normal(seed, tensor, i)));
+         * last f32 bits, so the 16-bit rounding may land one ulp away: atol = 1 ulp(ref) */
+        float want = h16_to(h16_from(std * ni_rng_normal(seed, tensor, i)));
         if (got != want) {
             off_by_one++;
-            if (!(fabsf(got - want) <= bf16_ulp(want)))
-                fail_msg("init_random: element %zu = %.8g, want %.8g (more than 1 bf16 ulp)", i,
-                         (double)got, (double)want);
+            if (!(fabsf(got - want) <= h16_ulp(want)))
+                fail_msg("init_random %s: element %zu = %.8g, want %.8g (more than 1 ulp)",
+                         dt_name(), i, (double)got, (double)want);
         }
         sum += got;
         sq += (double)got * got;
     }
     if (std != 0.0f && n >= 100000) {
         double mean = sum / (double)n, sd = sqrt(sq / (double)n - mean * mean);
-        printf("  init_random n=%zu: mean %.3g, std %.5g (want 0, %g), %zu values 1 ulp off\n", n,
-               mean, sd, (double)std, off_by_one);
+        printf("  %-4s init_random n=%zu: mean %.3g, std %.5g (want 0, %g), %zu values 1 ulp off\n",
+               dt_name(), n, mean, sd, (double)std, off_by_one);
         /* mean of n normals: standard error std / sqrt(n); allow 6 of them */
         assert_true(fabs(mean) < 6.0 * std / sqrt((double)n));
         /* std of the std estimate ~ std / sqrt(2n); 1% is > 10 of them for n >= 1e5 */
@@ -228,7 +272,26 @@ static void test_init_random(void **state) {
     assert_true(a != b);
 }
 
-static void check_f32_to_bf16(size_t n, size_t offset) {
+/* Values at the edges of the 16-bit types: half's largest finite value, its overflow threshold
+ * (65520 and up round to inf), its smallest normal and subnormals, ties in both types. */
+static const uint32_t h16_edges[] = {
+    0x477fe000u, /* 65504 */
+    0x477fefffu, /* just below 65520: 65504 */
+    0x477ff000u, /* 65520: inf in f16 */
+    0xc77ff000u, /* -65520 */
+    0x38800000u, /* 2^-14, f16's smallest normal */
+    0x387fffffu, /* just below it */
+    0x33800000u, /* 2^-24, f16's smallest subnormal */
+    0x33000000u, /* 2^-25: ties to zero in f16 */
+    0x33c00000u, /* 1.5 * 2^-24: ties to 2 * 2^-24 */
+    0x3f801000u, /* 1 + 2^-11: f16 tie, to even (1) */
+    0x3f803000u, /* 1 + 3 * 2^-11: f16 tie, up */
+    0x3f808000u, /* 1 + 2^-8: bf16 tie, to even (1) */
+    0x3f818000u, /* 1 + 3 * 2^-8: bf16 tie, up */
+    0x7f7fffffu, /* f32's largest: inf in f16, in bf16 too (rounds up) */
+};
+
+static void check_f32_to_h16(size_t n, size_t offset) {
     rng r = {n * 31 + offset};
     float *h_in = xmalloc((n + offset) * 4);
     for (size_t i = 0; i < n + offset; i++) {
@@ -240,43 +303,52 @@ static void check_f32_to_bf16(size_t n, size_t offset) {
         case 1:
             h_in[i] = ni_bits_to_f32(u);
             break; /* any bits, NaN too */
-        case 2:
-            h_in[i] = ni_bits_to_f32((u & 0xffff0000u) | 0x8000u);
-            break; /* exact ties */
-        case 3:
-            h_in[i] = ni_bits_to_f32(u & 0x807fffffu);
-            break; /* subnormals */
+        case 2:    /* exact ties (f16: inside its normal range) */
+            h_in[i] = g_dt == NI_CUDA_F16
+                          ? ni_bits_to_f32(((0x38800000u + u % 0x0f000000u) & ~0x1fffu) | 0x1000u |
+                                           (u & 0x80000000u))
+                          : ni_bits_to_f32((u & 0xffff0000u) | 0x8000u);
+            break;
+        case 3: /* subnormals (f16: its own, multiples of 2^-24 and ties between them) */
+            h_in[i] = g_dt == NI_CUDA_F16
+                          ? ldexpf((float)(u % 2048u) + 0.5f * (float)(u >> 31), -24)
+                          : ni_bits_to_f32(u & 0x807fffffu);
+            break;
         case 4:
             h_in[i] = (i & 8) ? INFINITY : -INFINITY;
             break;
         case 5:
             h_in[i] = 65504.0f * rng_normal(&r);
             break;
-        case 6:
-            h_in[i] = ni_bits_to_f32((u & 0xffff0000u) | 0x7fffu);
-            break; /* just below */
+        case 6: /* just below a tie */
+            h_in[i] = g_dt == NI_CUDA_F16
+                          ? ni_bits_to_f32(((0x38800000u + u % 0x0f000000u) & ~0x1fffu) | 0x0fffu)
+                          : ni_bits_to_f32((u & 0xffff0000u) | 0x7fffu);
+            break;
         default:
             h_in[i] = 1e-3f * rng_normal(&r);
             break;
         }
     }
+    size_t n_edges = sizeof h16_edges / sizeof h16_edges[0];
+    for (size_t k = 0; k < n_edges && k < n; k++) h_in[offset + k] = ni_bits_to_f32(h16_edges[k]);
     float *d_in = dmalloc((n + offset) * 4);
     uint16_t *d_out = dmalloc((n + offset) * 2);
     h2d(d_in, h_in, (n + offset) * 4);
     poison(d_out, (n + offset) * 2);
-    CK(ni_cuda_f32_to_bf16(d_out + offset, d_in + offset, n, NULL));
+    CK(ni_cuda_f32_to_half16(d_out + offset, d_in + offset, n, g_dt, NULL));
     sync_ok();
     uint16_t *h_out = xmalloc((n + offset) * 2);
     d2h(h_out, d_out, (n + offset) * 2);
     /* round to nearest even is exact: bits must match, except that any NaN is a NaN */
     for (size_t i = 0; i < n; i++) {
         float x = h_in[offset + i];
-        uint16_t got = h_out[offset + i], want = ni_f32_to_bf16(x);
+        uint16_t got = h_out[offset + i], want = h16_from(x);
         if (isnan(x)) {
-            if (!isnan(ni_bf16_to_f32(got))) fail_msg("f32_to_bf16: NaN became %#x", got);
+            if (!isnan(h16_to(got))) fail_msg("f32_to_half16 %s: NaN became %#x", dt_name(), got);
         } else if (got != want) {
-            fail_msg("f32_to_bf16 n=%zu: element %zu (%a): got %#x, want %#x", n, i, (double)x, got,
-                     want);
+            fail_msg("f32_to_half16 %s n=%zu: element %zu (%a): got %#x, want %#x", dt_name(), n, i,
+                     (double)x, got, want);
         }
     }
     free(h_in);
@@ -285,13 +357,13 @@ static void check_f32_to_bf16(size_t n, size_t offset) {
     CK(cudaFree(d_out));
 }
 
-static void test_f32_to_bf16(void **state) {
+static void test_f32_to_half16(void **state) {
     (void)state;
-    check_f32_to_bf16(1, 0);
-    check_f32_to_bf16(13, 0);
-    check_f32_to_bf16(1003, 0);
-    check_f32_to_bf16(4096, 0);
-    check_f32_to_bf16(1003, 1); /* unaligned: scalar path */
+    check_f32_to_h16(1, 0);
+    check_f32_to_h16(13, 0);
+    check_f32_to_h16(1003, 0);
+    check_f32_to_h16(4096, 0);
+    check_f32_to_h16(1003, 1); /* unaligned: scalar path */
 }
 
 /* ---- embedding ---------------------------------------------------------------------------- */
@@ -301,8 +373,8 @@ static void check_embedding(size_t N, size_t C) {
     rng r = {N * 1000 + C};
     uint16_t *h_wte = xmalloc(V * C * 2), *h_wpe = xmalloc(P * C * 2);
     float *f_wte = xmalloc(V * C * 4), *f_wpe = xmalloc(P * C * 4);
-    fill_bf16(h_wte, f_wte, V * C, 0.5f, 0.0f, &r);
-    fill_bf16(h_wpe, f_wpe, P * C, 0.1f, 0.0f, &r);
+    fill_h16(h_wte, f_wte, V * C, 0.5f, 0.0f, &r);
+    fill_h16(h_wpe, f_wpe, P * C, 0.1f, 0.0f, &r);
     int32_t *h_tok = xmalloc(N * 4), *h_pos = xmalloc(N * 4);
     for (size_t i = 0; i < N; i++) {
         h_tok[i] = (int32_t)rng_below(&r, V);
@@ -318,7 +390,7 @@ static void check_embedding(size_t N, size_t C) {
     h2d(d_tok, h_tok, N * 4);
     h2d(d_pos, h_pos, N * 4);
     poison(d_x, N * C * 4);
-    CK(ni_cuda_embedding(d_x, d_tok, d_pos, d_wte, d_wpe, N, C, NULL));
+    CK(ni_cuda_embedding(d_x, d_tok, d_pos, d_wte, d_wpe, N, C, g_dt, NULL));
     sync_ok();
     float *got = xmalloc(N * C * 4), *ref = xmalloc(N * C * 4);
     d2h(got, d_x, N * C * 4);
@@ -356,7 +428,7 @@ static void test_embedding(void **state) {
 /* ---- residual + LayerNorm ------------------------------------------------------------------ */
 
 /* N output rows over a residual stream of NX rows; rows != 0 gathers every other row backwards;
- * with_delta adds a bf16 delta first. */
+ * with_delta adds a 16-bit delta first. */
 static void check_layernorm(size_t NX, size_t C, int with_delta, int gather) {
     rng r = {NX * 7919 + C * 3 + (size_t)with_delta * 2 + (size_t)gather};
     float eps = 1e-5f;
@@ -367,9 +439,9 @@ static void check_layernorm(size_t NX, size_t C, int with_delta, int gather) {
     for (size_t i = 0; i < NX * C; i++) h_x[i] = 3.0f * rng_normal(&r) + 1.0f;
     uint16_t *h_d = xmalloc(NX * C * 2), *h_w = xmalloc(C * 2), *h_b = xmalloc(C * 2);
     float *f_d = xmalloc(NX * C * 4), *f_w = xmalloc(C * 4), *f_b = xmalloc(C * 4);
-    fill_bf16(h_d, f_d, NX * C, 1.0f, 0.0f, &r);
-    fill_bf16(h_w, f_w, C, 0.3f, 1.0f, &r);
-    fill_bf16(h_b, f_b, C, 0.2f, 0.0f, &r);
+    fill_h16(h_d, f_d, NX * C, 1.0f, 0.0f, &r);
+    fill_h16(h_w, f_w, C, 0.3f, 1.0f, &r);
+    fill_h16(h_b, f_b, C, 0.2f, 0.0f, &r);
 
     float *d_x = dmalloc(NX * C * 4);
     uint16_t *d_d = dmalloc(NX * C * 2), *d_w = dmalloc(C * 2), *d_b = dmalloc(C * 2);
@@ -382,7 +454,7 @@ static void check_layernorm(size_t NX, size_t C, int with_delta, int gather) {
     h2d(d_rows, h_rows, N * 4);
     poison(d_out, N * C * 2);
     CK(ni_cuda_residual_layernorm(d_out, d_x, with_delta ? d_d : NULL, d_w, d_b,
-                                  gather ? d_rows : NULL, N, C, eps, NULL));
+                                  gather ? d_rows : NULL, N, C, eps, g_dt, NULL));
     sync_ok();
 
     float *ref_x = xmalloc(NX * C * 4), *ref_out = xmalloc(N * C * 4);
@@ -407,10 +479,11 @@ static void check_layernorm(size_t NX, size_t C, int with_delta, int gather) {
     expect_close(what, got_x, ref_x, NX * C, 0.0f, 0.0f);
     snprintf(what, sizeof what, "layernorm N=%zu C=%zu delta=%d gather=%d", NX, C, with_delta,
              gather);
-    /* the output is the f32 result rounded to bf16 (8 significant bits: relative error up to
-     * 2^-8 = 3.9e-3); the f32 statistics differ from the CPU's only in summation order (~1e-6
-     * relative): rtol 8e-3 (twice the rounding bound), atol 1e-4 for outputs near zero */
-    expect_close_bf16(what, got_out, ref_out, N * C, 1e-4f, 8e-3f);
+    /* the output is the f32 result rounded to 16 bits (bf16, 8 significant bits: relative error
+     * up to 2^-8 = 3.9e-3; f16, 11 bits: 2^-11 = 4.9e-4); the f32 statistics differ from the
+     * CPU's only in summation order (~1e-6 relative, a few 1e-6 absolute for outputs up to ~5):
+     * rtol twice the rounding bound (8e-3, 1e-3), atol for outputs near zero (1e-4, 2e-5) */
+    expect_close_h16(what, got_out, ref_out, N * C, by_dt(1e-4f, 2e-5f), by_dt(8e-3f, 1e-3f));
     free(h_rows);
     free(h_x);
     free(h_d);
@@ -449,12 +522,12 @@ static void check_residual_add(size_t N, size_t C, size_t offset) {
     uint16_t *h_d = xmalloc((n + offset) * 2);
     float *f_d = xmalloc((n + offset) * 4);
     for (size_t i = 0; i < n + offset; i++) h_x[i] = 2.0f * rng_normal(&r);
-    fill_bf16(h_d, f_d, n + offset, 1.0f, 0.0f, &r);
+    fill_h16(h_d, f_d, n + offset, 1.0f, 0.0f, &r);
     float *d_x = dmalloc((n + offset) * 4);
     uint16_t *d_d = dmalloc((n + offset) * 2);
     h2d(d_x, h_x, (n + offset) * 4);
     h2d(d_d, h_d, (n + offset) * 2);
-    CK(ni_cuda_residual_add(d_x + offset, d_d + offset, N, C, NULL));
+    CK(ni_cuda_residual_add(d_x + offset, d_d + offset, N, C, g_dt, NULL));
     sync_ok();
     float *got = xmalloc((n + offset) * 4);
     d2h(got, d_x, (n + offset) * 4);
@@ -488,7 +561,7 @@ static void check_kv_append(size_t N, size_t NH, size_t HS) {
     size_t cache_n = S * NH * T * HS;
     uint16_t *h_qkv = xmalloc(N * 3 * C * 2);
     float *f_qkv = xmalloc(N * 3 * C * 4);
-    fill_bf16(h_qkv, f_qkv, N * 3 * C, 1.0f, 0.0f, &r);
+    fill_h16(h_qkv, f_qkv, N * 3 * C, 1.0f, 0.0f, &r);
     /* N distinct (slot, position) pairs */
     size_t *perm = xmalloc(S * T * sizeof(size_t));
     for (size_t i = 0; i < S * T; i++) perm[i] = i;
@@ -520,7 +593,7 @@ static void check_kv_append(size_t N, size_t NH, size_t HS) {
         d2h(got, which ? d_v : d_k, cache_n * 2);
         const float *ref = which ? ref_v : ref_k;
         for (size_t i = 0; i < cache_n; i++) {
-            float g = ni_bf16_to_f32(got[i]);
+            float g = h16_to(got[i]);
             if (isnan(ref[i]) ? got[i] != 0xFFFF : g != ref[i])
                 fail_msg("kv_append N=%zu NH=%zu HS=%zu %s cache element %zu: got %#x, want %g", N,
                          NH, HS, which ? "value" : "key", i, got[i], (double)ref[i]);
@@ -561,7 +634,7 @@ static void test_kv_append(void **state) {
  * other cache entry NaN. tok_slot/tok_pos give each token of qkv its slot and position. */
 typedef struct {
     size_t N, NH, HS, T, S, C;
-    uint16_t *qkv, *kc, *vc; /* bf16 */
+    uint16_t *qkv, *kc, *vc; /* 16-bit, the type under test */
     float *fqkv, *fkc, *fvc; /* the same values in f32 for the CPU */
     int32_t *tok_slot, *tok_pos;
 } attn_case;
@@ -578,9 +651,9 @@ static void attn_case_init(attn_case *a, size_t N, size_t NH, size_t HS, size_t 
     for (size_t i = 0; i < N; i++) {
         for (size_t c = 0; c < 3 * a->C; c++) {
             float scale = c < a->C ? 1.5f : 1.0f;
-            uint16_t h = ni_f32_to_bf16(scale * rng_normal(r));
+            uint16_t h = h16_from(scale * rng_normal(r));
             a->qkv[i * 3 * a->C + c] = h;
-            a->fqkv[i * 3 * a->C + c] = ni_bf16_to_f32(h);
+            a->fqkv[i * 3 * a->C + c] = h16_to(h);
         }
         a->tok_slot[i] = 0, a->tok_pos[i] = 0;
     }
@@ -595,8 +668,8 @@ static void attn_case_fill(attn_case *a, size_t slot, size_t pos0, size_t len, s
             size_t dst = ((slot * a->NH + h) * a->T + t) * a->HS;
             for (size_t d = 0; d < a->HS; d++) {
                 if (t < pos0) {
-                    a->kc[dst + d] = ni_f32_to_bf16(rng_normal(r));
-                    a->vc[dst + d] = ni_f32_to_bf16(rng_normal(r));
+                    a->kc[dst + d] = h16_from(rng_normal(r));
+                    a->vc[dst + d] = h16_from(rng_normal(r));
                 } else {
                     const uint16_t *row = a->qkv + (first + t - pos0) * 3 * a->C;
                     a->kc[dst + d] = row[a->C + h * a->HS + d];
@@ -614,8 +687,8 @@ static void attn_case_fill(attn_case *a, size_t slot, size_t pos0, size_t len, s
 /* The CPU reference out (N, C) from the f32 copies. */
 static float *attn_case_reference(attn_case *a) {
     size_t cn = a->S * a->NH * a->T * a->HS;
-    bf16_to_f32_array(a->fkc, a->kc, cn);
-    bf16_to_f32_array(a->fvc, a->vc, cn);
+    h16_to_f32_array(a->fkc, a->kc, cn);
+    h16_to_f32_array(a->fvc, a->vc, cn);
     float *ref = xmalloc(a->N * a->C * 4), *scratch = xmalloc(a->T * 4);
     cpu_attention(ref, a->fqkv, a->fkc, a->fvc, a->tok_slot, a->tok_pos, a->N, a->NH, a->HS, a->T,
                   scratch, 1);
@@ -682,7 +755,7 @@ static void check_prefill(size_t NH, size_t HS, size_t T, const seq_spec *seqs, 
     h2d(d_pos0, h_pos0, n_seq * 4);
     poison(d_out, N * C * 2);
     CK(ni_cuda_attention_prefill(d_out, d_qkv, d_k, d_v, d_start, d_len, d_slot, d_pos0, n_seq,
-                                 max_len + extra, NH, HS, T, NULL));
+                                 max_len + extra, NH, HS, T, g_dt, NULL));
     sync_ok();
     uint16_t *got = xmalloc(N * C * 2);
     d2h(got, d_out, N * C * 2);
@@ -699,12 +772,12 @@ static void check_prefill(size_t NH, size_t HS, size_t T, const seq_spec *seqs, 
     char what[128];
     snprintf(what, sizeof what, "attention_prefill NH=%zu HS=%zu seqs=%zu max_len=%zu", NH, HS,
              n_seq, max_len);
-    /* The probabilities enter the P V product rounded to bf16 (relative error up to 2^-8 each),
-     * as in FlashAttention, while the normalizing sum uses their f32 values: an error of at most
-     * 2^-8 * sum p|v| / sum p, about 3.9e-3 * E_p|v| (E|v| ~ 0.8 here) and far less on average,
-     * plus the bf16 rounding of the output (2^-8 relative) and f32 summation order (~1e-6):
-     * atol 5e-3, rtol 1e-2. */
-    expect_close_bf16(what, got, ref, N * C, 5e-3f, 1e-2f);
+    /* The probabilities enter the P V product rounded to 16 bits (relative error up to u = 2^-8
+     * each in bf16, 2^-11 in f16), as in FlashAttention, while the normalizing sum uses their f32
+     * values: an error of at most u * sum p|v| / sum p, about u * E_p|v| (E|v| ~ 0.8 here) and
+     * far less on average, plus the 16-bit rounding of the output (u relative) and f32 summation
+     * order (~1e-6): bf16 atol 5e-3, rtol 1e-2; f16 (u / 8) a fifth of that, 1e-3 and 2e-3. */
+    expect_close_h16(what, got, ref, N * C, by_dt(5e-3f, 1e-3f), by_dt(1e-2f, 2e-3f));
     free(ref);
     free(got);
     free(listed);
@@ -774,22 +847,23 @@ static void check_decode(size_t NH, size_t HS, size_t T, const int32_t *pos, siz
     poison(d_out, B * C * 2);
     poison(d_partial, pf * 4);
     CK(ni_cuda_attention_decode(d_out, d_partial, d_qkv, d_k, d_v, d_slot, d_pos, B, max_pos, NH,
-                                HS, T, NULL));
+                                HS, T, g_dt, NULL));
     sync_ok();
     uint16_t *got = xmalloc(B * C * 2);
     d2h(got, d_out, B * C * 2);
     char what[128];
     snprintf(what, sizeof what, "attention_decode NH=%zu HS=%zu B=%zu T=%zu max_pos=%zu", NH, HS, B,
              T, max_pos);
-    /* f32 scores and probabilities from the same bf16 inputs as the CPU: they differ only in
-     * summation order and exp2 vs exp (~1e-6 relative); the output is rounded to bf16 (up to
-     * 2^-8 = 3.9e-3 relative): rtol 8e-3 (twice that), atol 2e-4 for outputs near zero */
-    expect_close_bf16(what, got, ref, B * C, 2e-4f, 8e-3f);
+    /* f32 scores and probabilities from the same 16-bit inputs as the CPU: they differ only in
+     * summation order and exp2 vs exp (~1e-6 relative); the output is rounded to 16 bits (up to
+     * 2^-8 = 3.9e-3 relative in bf16, 2^-11 = 4.9e-4 in f16): rtol twice that (8e-3, 1e-3), atol
+     * for outputs near zero (2e-4, 2e-5: the f32 differences are ~1e-6 absolute) */
+    expect_close_h16(what, got, ref, B * C, by_dt(2e-4f, 2e-5f), by_dt(8e-3f, 1e-3f));
     /* the same call again gives the same bits (no dependence on the partial buffer's past) */
     uint16_t *again = xmalloc(B * C * 2);
     poison(d_out, B * C * 2);
     CK(ni_cuda_attention_decode(d_out, d_partial, d_qkv, d_k, d_v, d_slot, d_pos, B, max_pos, NH,
-                                HS, T, NULL));
+                                HS, T, g_dt, NULL));
     sync_ok();
     d2h(again, d_out, B * C * 2);
     assert_memory_equal(got, again, B * C * 2);
@@ -830,6 +904,11 @@ static void test_attention_decode(void **state) {
     check_decode(2, 64, 1024, spread + 3, 1, 63); /* B = 1, one chunk */
 }
 
+/* each test once per 16-bit type, named "test (bf16)" and "test (f16)" */
+// clang-format off
+#define BOTH_TYPES(f) {#f " (bf16)", f, use_bf16, NULL, NULL}, {#f " (f16)", f, use_f16, NULL, NULL}
+// clang-format on
+
 int main(void) {
     int n_dev = 0;
     if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
@@ -837,11 +916,12 @@ int main(void) {
         return NI_TEST_SKIP;
     }
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_zero_sizes),         cmocka_unit_test(test_init_random),
-        cmocka_unit_test(test_f32_to_bf16),        cmocka_unit_test(test_embedding),
-        cmocka_unit_test(test_residual_layernorm), cmocka_unit_test(test_residual_add),
-        cmocka_unit_test(test_kv_append),          cmocka_unit_test(test_attention_prefill),
-        cmocka_unit_test(test_attention_decode),
+        BOTH_TYPES(test_zero_sizes),         BOTH_TYPES(test_init_random),
+        BOTH_TYPES(test_f32_to_half16),      BOTH_TYPES(test_embedding),
+        BOTH_TYPES(test_residual_layernorm), BOTH_TYPES(test_residual_add),
+        BOTH_TYPES(test_kv_append),          BOTH_TYPES(test_attention_prefill),
+        BOTH_TYPES(test_attention_decode),
     };
+#undef BOTH_TYPES
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
