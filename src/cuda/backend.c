@@ -30,10 +30,7 @@
 #define NI_GRAPH_STEPS_MAX 64
 #define NI_MAX_GRAPHS 8
 
-typedef struct {
-    ni_half16 *ln1_w, *ln1_b, *qkv_w, *qkv_b, *proj_w, *proj_b;
-    ni_half16 *ln2_w, *ln2_b, *fc_w, *fc_b, *fcproj_w, *fcproj_b;
-} cuda_layer;
+typedef ni_cuda_layer_weights cuda_layer;
 
 /* What one chunk of a forward pass needs on the device, packed so that one copy moves it. */
 typedef struct {
@@ -76,6 +73,11 @@ struct ni_backend_ctx {
     float *logits;                          /* (S, V) */
     float *attn_partial;
     int32_t *d_next; /* (S) sampled tokens */
+    /* the fused decode step (decode_fused.cu): off when fused_blocks == 0 */
+    size_t fused_blocks, fused_warps;
+    cuda_layer *d_layers; /* (L) device copy of `layers` */
+    float *fused_partial;
+    unsigned *fused_sync;
     ni_sample_params *d_params;
     void *sample_ws, *lt_ws;
     size_t sample_ws_bytes, lt_ws_bytes;
@@ -160,6 +162,11 @@ static size_t arena_layout(ni_backend_ctx *b, uint8_t *base) {
     b->logits = carve(base, &off, S * V * 4);
     b->attn_partial = carve(base, &off, ni_cuda_attention_decode_partial_floats(S, NH, HS, T) * 4);
     b->d_next = carve(base, &off, S * 4);
+    if (b->fused_blocks) {
+        b->d_layers = carve(base, &off, L * sizeof(cuda_layer));
+        b->fused_partial = carve(base, &off, ni_cuda_decode_fused_partial_floats(b->fused_warps) * 4);
+        b->fused_sync = carve(base, &off, (1 + ni_cuda_decode_fused_tiles(C, V)) * 4);
+    }
     b->d_params = carve(base, &off, sizeof(ni_sample_params));
     b->sample_ws = carve(base, &off, b->sample_ws_bytes);
     b->lt_ws = carve(base, &off, b->lt_ws_bytes);
@@ -338,6 +345,13 @@ static ni_status cuda_create(ni_model *m, const ni_engine_opts *o, ni_backend_ct
     b->blk_bytes = block_layout(&probe, NULL, S, b->chunk);
     b->sample_ws_bytes = b->flags->rejection_sampler ? 0 : ni_cuda_sample_sorted_workspace(S, V);
     b->lt_ws_bytes = (size_t)32 << 20;
+    /* the fused decode step, unless NI_NO_FUSED is set (to compare with the per-kernel path) */
+    const char *nf = getenv("NI_NO_FUSED");
+    if (s == NI_OK && !(nf && nf[0] && strcmp(nf, "0") != 0) &&
+        ni_cuda_decode_fused_grid(&b->fused_blocks, &b->fused_warps) != 0) {
+        cudaGetLastError(); /* not available: the per-kernel path */
+        b->fused_blocks = b->fused_warps = 0;
+    }
     b->arena_bytes = arena_layout(b, NULL);
     size_t free_b = 0, total_b = 0;
     if (s == NI_OK) s = ni_cuda_status(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
@@ -363,6 +377,16 @@ static ni_status cuda_create(ni_model *m, const ni_engine_opts *o, ni_backend_ct
         s = ni_matmul_init(&b->mm, b->lt_ws, b->lt_ws_bytes);
     }
     if (s == NI_OK) s = upload_weights(b);
+    if (s == NI_OK && b->fused_blocks) {
+        s = ni_cuda_status(cudaMemcpy(b->d_layers, b->layers, b->cfg->n_layer * sizeof(cuda_layer),
+                                      cudaMemcpyHostToDevice),
+                           "cudaMemcpy (layer table)");
+        if (s == NI_OK)
+            s = ni_cuda_status(
+                cudaMemset(b->fused_sync, 0,
+                           (1 + ni_cuda_decode_fused_tiles(b->cfg->n_embd, V)) * 4),
+                "cudaMemset");
+    }
     if (s != NI_OK) {
         cuda_destroy(b);
         return s;
@@ -434,6 +458,49 @@ static ni_status enqueue_logits(ni_backend_ctx *b, const int32_t *rows, size_t n
     return ni_matmul(&b->mm, NULL, out, b->sel, b->wte, NULL, n, C, V, 0, b->dt, b->stream);
 }
 
+/* Whether the fused decode step takes a chunk of N single-token rows, all wanting logits. */
+static int fused_ok(const ni_backend_ctx *b, size_t N) {
+    return b->fused_blocks && b->dt == NI_CUDA_BF16 &&
+           ni_cuda_decode_fused_supported(N, b->cfg->n_embd, b->cfg->n_head);
+}
+
+/* The whole forward pass of N single-token rows (tokens, slots, positions on the device) into
+ * b->logits (N, V) as one fused kernel. */
+static ni_status enqueue_fused(ni_backend_ctx *b, size_t N, const int32_t *tok, const int32_t *slot,
+                               const int32_t *pos) {
+    const ni_config *c = b->cfg;
+    ni_decode_fused_args a = {
+        .N = N,
+        .C = c->n_embd,
+        .NH = c->n_head,
+        .L = c->n_layer,
+        .V = c->vocab_size,
+        .T = b->max_seq,
+        .kv_layer = b->max_batch * b->max_seq * c->n_embd,
+        .eps = c->ln_eps,
+        .layers = b->d_layers,
+        .wte = b->wte,
+        .wpe = b->wpe,
+        .lnf_w = b->lnf_w,
+        .lnf_b = b->lnf_b,
+        .tok = tok,
+        .slot = slot,
+        .pos = pos,
+        .k_cache = b->k_cache,
+        .v_cache = b->v_cache,
+        .x = b->x,
+        .qkv = b->qkv,
+        .att = b->att,
+        .fc = b->fc,
+        .logits = b->logits,
+        .partial = b->fused_partial,
+        .barrier = b->fused_sync,
+    };
+    NI_CUDA_TRY(ni_cuda_decode_fused(&a, b->fused_blocks, (ni_stream)b->stream),
+                "decode_fused kernel");
+    return NI_OK;
+}
+
 /* The forward pass over the host token list b->list.tok/slot/pos/want[0, n). Logits of the wanted
  * rows go to b->logits (generation: at most S rows) or block by block to host_out. */
 static ni_status forward(ni_backend_ctx *b, size_t n, float *host_out) {
@@ -470,6 +537,12 @@ static ni_status forward(ni_backend_ctx *b, size_t n, float *host_out) {
         NI_CUDA_TRY(
             cudaMemcpyAsync(b->d_blk, b->h_blk, b->blk_bytes, cudaMemcpyHostToDevice, b->stream),
             "cudaMemcpy (token lists)");
+        int rows_in_order = n_sel == N;
+        for (size_t r = 0; r < n_sel && rows_in_order; r++) rows_in_order = h->rows[r] == (int32_t)r;
+        if (single && rows_in_order && !host_out && n == N && fused_ok(b, N)) {
+            NI_TRY(enqueue_fused(b, N, d->tok, d->slot, d->pos));
+            return NI_OK;
+        }
         layer_args a = {N,           d->tok,      d->slot,      d->pos,
                         single,      max_pos,     d->seq_start, d->seq_len,
                         d->seq_slot, d->seq_pos0, n_pieces,     max_len};
@@ -598,14 +671,18 @@ static ni_status init_graph_state(ni_backend_ctx *b) {
 /* One decode step for all B rows from the device state: forward, sampling, advance. Every
  * shape is fixed by B and the engine's sizes, so the same launches can be captured. */
 static ni_status enqueue_graph_step(ni_backend_ctx *b, size_t B) {
-    layer_args a = {.N = B,
-                    .tok = b->st.tok,
-                    .slot = b->st.slot,
-                    .pos = b->st.pos,
-                    .single = 1,
-                    .max_pos = b->max_seq - 1};
-    NI_TRY(enqueue_layers(b, &a));
-    NI_TRY(enqueue_logits(b, NULL, B, b->logits));
+    if (fused_ok(b, B)) {
+        NI_TRY(enqueue_fused(b, B, b->st.tok, b->st.slot, b->st.pos));
+    } else {
+        layer_args a = {.N = B,
+                        .tok = b->st.tok,
+                        .slot = b->st.slot,
+                        .pos = b->st.pos,
+                        .single = 1,
+                        .max_pos = b->max_seq - 1};
+        NI_TRY(enqueue_layers(b, &a));
+        NI_TRY(enqueue_logits(b, NULL, B, b->logits));
+    }
     NI_CUDA_TRY(ni_cuda_sample_rejection(b->d_next, b->logits, b->st.seq_ids, b->st.steps,
                                          b->d_params, B, b->cfg->vocab_size, (ni_stream)b->stream),
                 "sample_rejection kernel");
