@@ -14,6 +14,7 @@
  * the host wakes up only every `graph_steps` steps to collect tokens. */
 #include <cuda_runtime_api.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -76,8 +77,10 @@ struct ni_backend_ctx {
     /* the fused decode step (decode_fused.cu): off when fused_blocks == 0 */
     size_t fused_blocks, fused_warps;
     cuda_layer *d_layers; /* (L) device copy of `layers` */
-    float *fused_partial;
     unsigned *fused_sync;
+    unsigned long long *fused_trace; /* NI_FUSED_TRACE: device words, host sums per phase kind */
+    double trace_ns[8];
+    size_t trace_runs;
     ni_sample_params *d_params;
     void *sample_ws, *lt_ws;
     size_t sample_ws_bytes, lt_ws_bytes;
@@ -97,6 +100,7 @@ struct ni_backend_ctx {
     graph_entry graphs[NI_MAX_GRAPHS];
     size_t n_graphs, graph_evict;
     size_t warm_batch; /* batch size whose eager warm-up step has run */
+    int capturing;     /* a graph capture is in progress */
 
     size_t n_seq, max_new;
     ni_filter filter;
@@ -164,8 +168,9 @@ static size_t arena_layout(ni_backend_ctx *b, uint8_t *base) {
     b->d_next = carve(base, &off, S * 4);
     if (b->fused_blocks) {
         b->d_layers = carve(base, &off, L * sizeof(cuda_layer));
-        b->fused_partial = carve(base, &off, ni_cuda_decode_fused_partial_floats(b->fused_warps) * 4);
-        b->fused_sync = carve(base, &off, (1 + ni_cuda_decode_fused_tiles(C, V)) * 4);
+        b->fused_sync = carve(base, &off, sizeof(unsigned));
+        if (getenv("NI_FUSED_TRACE"))
+            b->fused_trace = carve(base, &off, ni_cuda_decode_fused_trace_words(L) * 8);
     }
     b->d_params = carve(base, &off, sizeof(ni_sample_params));
     b->sample_ws = carve(base, &off, b->sample_ws_bytes);
@@ -286,8 +291,11 @@ static ni_status upload_weights(ni_backend_ctx *b) {
 
 /* ---- creation ------------------------------------------------------------------------------ */
 
+static void trace_print(const ni_backend_ctx *b);
+
 static void cuda_destroy(ni_backend_ctx *b) {
     if (!b) return;
+    trace_print(b);
     for (size_t i = 0; i < b->n_graphs; i++) cudaGraphExecDestroy(b->graphs[i].exec);
     ni_matmul_destroy(&b->mm);
     if (b->arena) cudaFree(b->arena);
@@ -381,11 +389,6 @@ static ni_status cuda_create(ni_model *m, const ni_engine_opts *o, ni_backend_ct
         s = ni_cuda_status(cudaMemcpy(b->d_layers, b->layers, b->cfg->n_layer * sizeof(cuda_layer),
                                       cudaMemcpyHostToDevice),
                            "cudaMemcpy (layer table)");
-        if (s == NI_OK)
-            s = ni_cuda_status(
-                cudaMemset(b->fused_sync, 0,
-                           (1 + ni_cuda_decode_fused_tiles(b->cfg->n_embd, V)) * 4),
-                "cudaMemset");
     }
     if (s != NI_OK) {
         cuda_destroy(b);
@@ -458,10 +461,46 @@ static ni_status enqueue_logits(ni_backend_ctx *b, const int32_t *rows, size_t n
     return ni_matmul(&b->mm, NULL, out, b->sel, b->wte, NULL, n, C, V, 0, b->dt, b->stream);
 }
 
+/* NI_FUSED_TRACE: adds one eager launch's phase times to the sums printed at destruction:
+ * 0 embedding, 1 ln_1 + qkv, 2 attention, 3 proj, 4 ln_2 + fc, 5 fcproj, 6 ln_f + logits, 7 the
+ * barriers' latency. */
+static ni_status trace_collect(ni_backend_ctx *b) {
+    size_t L = b->cfg->n_layer, nw = ni_cuda_decode_fused_trace_words(L);
+    unsigned long long h[2 * (5 * 64 + 2)];
+    if (L > 64) return NI_OK;
+    NI_CUDA_TRY(cudaMemcpyAsync(h, b->fused_trace, nw * 8, cudaMemcpyDeviceToHost, b->stream),
+                "cudaMemcpy (trace)");
+    NI_CUDA_TRY(cudaStreamSynchronize(b->stream), "trace");
+    unsigned long long prev = h[2 * (5 * L + 1) + 1];
+    for (size_t k = 0; k <= 5 * L + 1; k++) {
+        size_t kind = k == 0 ? 0 : k == 5 * L + 1 ? 6 : 1 + (k - 1) % 5;
+        b->trace_ns[kind] += (double)(h[2 * k] - prev);
+        if (k <= 5 * L) {
+            b->trace_ns[7] += (double)(h[2 * k + 1] - h[2 * k]);
+            prev = h[2 * k + 1];
+        }
+    }
+    b->trace_runs++;
+    return NI_OK;
+}
+
+static void trace_print(const ni_backend_ctx *b) {
+    static const char *names[8] = {"embedding", "ln_1+qkv", "attention", "proj",
+                                   "ln_2+fc",   "fcproj",   "ln_f+logits", "barriers"};
+    if (!b->trace_runs) return;
+    double all = 0.0;
+    for (int i = 0; i < 8; i++) all += b->trace_ns[i];
+    fprintf(stderr, "fused decode step, mean over %zu eager steps (us):", b->trace_runs);
+    for (int i = 0; i < 8; i++)
+        fprintf(stderr, " %s %.1f", names[i], b->trace_ns[i] / (double)b->trace_runs * 1e-3);
+    fprintf(stderr, " | total %.1f\n", all / (double)b->trace_runs * 1e-3);
+}
+
 /* Whether the fused decode step takes a chunk of N single-token rows, all wanting logits. */
 static int fused_ok(const ni_backend_ctx *b, size_t N) {
     return b->fused_blocks && b->dt == NI_CUDA_BF16 &&
-           ni_cuda_decode_fused_supported(N, b->cfg->n_embd, b->cfg->n_head);
+           ni_cuda_decode_fused_supported(N, b->cfg->n_embd, b->cfg->n_head, b->max_seq,
+                                          b->cfg->n_layer);
 }
 
 /* The whole forward pass of N single-token rows (tokens, slots, positions on the device) into
@@ -493,11 +532,13 @@ static ni_status enqueue_fused(ni_backend_ctx *b, size_t N, const int32_t *tok, 
         .att = b->att,
         .fc = b->fc,
         .logits = b->logits,
-        .partial = b->fused_partial,
         .barrier = b->fused_sync,
+        .skip = getenv("NI_FUSED_SKIP") ? (unsigned)atoi(getenv("NI_FUSED_SKIP")) : 0u,
+        .trace = b->fused_trace,
     };
     NI_CUDA_TRY(ni_cuda_decode_fused(&a, b->fused_blocks, (ni_stream)b->stream),
                 "decode_fused kernel");
+    if (b->fused_trace && !b->capturing) NI_TRY(trace_collect(b));
     return NI_OK;
 }
 
@@ -701,7 +742,9 @@ static ni_status graph_for(ni_backend_ctx *b, size_t B, cudaGraphExec_t *out) {
     cudaGraph_t g = NULL;
     NI_CUDA_TRY(cudaStreamBeginCapture(b->stream, cudaStreamCaptureModeThreadLocal),
                 "cudaStreamBeginCapture");
+    b->capturing = 1;
     ni_status s = enqueue_graph_step(b, B);
+    b->capturing = 0;
     cudaError_t e = cudaStreamEndCapture(b->stream, &g);
     if (s != NI_OK) {
         if (g) cudaGraphDestroy(g);

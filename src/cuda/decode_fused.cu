@@ -38,23 +38,10 @@
 
 #define DF_THREADS 512
 #define DF_WARPS (DF_THREADS / 32)
-#define DF_U 4 /* 32-column units loaded per round */
-#define DF_PARTIAL 256 /* floats of one warp's partial tile (32 lanes x 8 accumulators) */
 
 enum { DF_EPI_QKV, DF_EPI_RESIDUAL, DF_EPI_GELU, DF_EPI_LOGITS };
 
 /* ---- loads -------------------------------------------------------------------------------- */
-
-static __device__ __forceinline__ uint4 df_ld_weight(const uint16_t *p, bool pred) {
-    uint4 v;
-    asm volatile("{\n\t.reg .pred p;\n\t"
-                 "setp.ne.b32 p, %5, 0;\n\t"
-                 "mov.b32 %0, 0;\n\tmov.b32 %1, 0;\n\tmov.b32 %2, 0;\n\tmov.b32 %3, 0;\n\t"
-                 "@p ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];\n\t}"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p), "r"((int)pred));
-    return v;
-}
 
 /* Data written during this kernel by other SMs: L2 only. */
 static __device__ __forceinline__ uint4 df_ld_cg16(const void *p, bool pred) {
@@ -66,10 +53,6 @@ static __device__ __forceinline__ uint4 df_ld_cg16(const void *p, bool pred) {
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                  : "l"(p), "r"((int)pred));
     return v;
-}
-
-static __device__ __forceinline__ uint4 df_ld_shared16(const uint16_t *p, bool pred) {
-    return pred ? *reinterpret_cast<const uint4 *>(p) : make_uint4(0u, 0u, 0u, 0u);
 }
 
 static __device__ __forceinline__ float df_bf(uint16_t u) { return __uint_as_float((uint32_t)u << 16); }
@@ -111,77 +94,163 @@ static __device__ __forceinline__ float df_warp_max(float v) {
 
 /* Every block arrives once per barrier; `target` (thread 0's) counts the arrivals to wait for.
  * The counter is zeroed before each launch. */
-static __device__ __forceinline__ void df_grid_sync(unsigned *counter, unsigned &target) {
-    __syncthreads();
+static __device__ __forceinline__ uint64_t df_now(void) {
+    uint64_t t;
+    asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
+    return t;
+}
+
+/* trace (optional): per barrier k, the latest arrival over the blocks [2k] and block 0's exit
+ * [2k + 1], in ns (globaltimer). */
+static __device__ __forceinline__ void df_grid_sync(unsigned *counter, unsigned &target,
+                                                    unsigned long long *trace, uint32_t &k) {
+    __syncthreads(); /* the block's writes happen before thread 0's release below */
+    if (trace && threadIdx.x == 0) atomicMax(trace + 2 * k, (unsigned long long)df_now());
     if (threadIdx.x == 0) {
         target += gridDim.x;
-        __threadfence();
-        atomicAdd(counter, 1u);
+        asm volatile("fence.acq_rel.gpu;\n\tred.relaxed.gpu.global.add.u32 [%0], 1;" ::"l"(counter)
+                     : "memory");
         unsigned seen;
         do {
-            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(counter));
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(counter) : "memory");
         } while (seen < target);
-        __threadfence();
+        if (trace && blockIdx.x == 0) trace[2 * k + 1] = df_now();
     }
+    k++;
     __syncthreads();
+}
+
+/* ---- weight streaming: a ring of cp.async units per warp ------------------------------------ */
+
+/* A unit: 16 weight rows (two 8-row halves) x 32 columns; lane (g, t) copies 16 bytes of rows g and
+ * 8 + g at columns 8t .. 8t + 8 into its own slot words, and later reads back exactly those: the
+ * ring needs no synchronization beyond each thread's own cp.async.wait_group. Slot layout
+ * [half][lane] x 16 bytes (conflict-free reads). */
+#define DF_UNIT_BYTES 1024
+#define DF_RING_MAX 16
+
+typedef struct {
+    const uint16_t *w;
+    uint32_t IC, OC;
+} df_geom;
+
+/* Phase ph of the step's GEMVs: 4 per layer (qkv, proj, fc, fcproj), then the logits (4 L). */
+static __device__ __forceinline__ df_geom df_phase_geom(const ni_decode_fused_args &a,
+                                                        const ni_cuda_layer_weights *tab,
+                                                        uint32_t ph) {
+    const uint32_t C = (uint32_t)a.C;
+    df_geom g;
+    if (ph == 4 * (uint32_t)a.L) {
+        g.w = a.wte, g.IC = C, g.OC = (uint32_t)a.V;
+        return g;
+    }
+    const ni_cuda_layer_weights *y = tab + ph / 4;
+    switch (ph % 4) {
+    case 0:
+        g.w = y->qkv_w, g.IC = C, g.OC = 3 * C;
+        break;
+    case 1:
+        g.w = y->proj_w, g.IC = C, g.OC = C;
+        break;
+    case 2:
+        g.w = y->fc_w, g.IC = C, g.OC = 4 * C;
+        break;
+    default:
+        g.w = y->fcproj_w, g.IC = 4 * C, g.OC = C;
+        break;
+    }
+    return g;
+}
+
+/* This block's tiles [t0, t1) of a phase and this warp's 32-column units [k0, k1) of each tile:
+ * tiles are split evenly over the blocks, a tile's columns evenly over the block's warps. */
+typedef struct {
+    uint32_t t0, t1, k0, k1;
+} df_share;
+
+static __device__ __forceinline__ df_share df_share_of(const df_geom &g) {
+    const uint32_t tiles = (g.OC + 15) / 16, nkb = (g.IC + 31) / 32;
+    const uint32_t warp = threadIdx.x >> 5;
+    df_share s;
+    s.t0 = (uint32_t)((uint64_t)blockIdx.x * tiles / gridDim.x);
+    s.t1 = (uint32_t)((uint64_t)(blockIdx.x + 1) * tiles / gridDim.x);
+    s.k0 = warp * nkb / DF_WARPS;
+    s.k1 = (warp + 1) * nkb / DF_WARPS;
+    return s;
+}
+
+/* The producer side of a warp's ring: the next unit to copy, over all phases of the step. */
+typedef struct {
+    uint32_t issued, consumed, ring; /* units copied, units used, slots */
+    uint32_t ph, n_ph;               /* phase of the next copy; phases in all */
+    uint32_t tile, kb;               /* its tile and column block */
+    const ni_cuda_layer_weights *tab; /* the layer table in shared memory */
+    df_geom g;
+    df_share sh;
+} df_stream;
+
+/* Moves the cursor to the first unit of phase >= ph that this warp has. */
+static __device__ void df_stream_seek(df_stream &st, const ni_decode_fused_args &a, uint32_t ph) {
+    for (st.ph = ph; st.ph < st.n_ph; st.ph++) {
+        st.g = df_phase_geom(a, st.tab, st.ph);
+        st.sh = df_share_of(st.g);
+        if (st.sh.t0 < st.sh.t1 && st.sh.k0 < st.sh.k1) {
+            st.tile = st.sh.t0;
+            st.kb = st.sh.k0;
+            return;
+        }
+    }
+}
+
+static __device__ __forceinline__ void df_cp_async16(uint32_t dst, const void *src, bool pred) {
+    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+                 "r"(pred ? 16 : 0));
+}
+
+/* Copies units until the ring is full or the step's weights are all requested. */
+static __device__ void df_stream_fill(df_stream &st, const ni_decode_fused_args &a,
+                                      uint32_t ring_base) {
+    const uint32_t lane = threadIdx.x & 31, r = lane >> 2, t = lane & 3;
+    while (st.ph < st.n_ph && st.issued - st.consumed < st.ring) {
+        const uint32_t slot = ring_base + (st.issued % st.ring) * DF_UNIT_BYTES + lane * 16;
+        const uint32_t col = st.kb * 32 + 8 * t;
+#pragma unroll
+        for (uint32_t half = 0; half < 2; half++) {
+            const uint32_t o = st.tile * 16 + half * 8 + r;
+            const bool ok = o < st.g.OC && col < st.g.IC;
+            const uint16_t *src = ok ? st.g.w + (size_t)o * st.g.IC + col : st.g.w;
+            df_cp_async16(slot + half * 512, src, ok);
+        }
+        asm volatile("cp.async.commit_group;\n" ::);
+        st.issued++;
+        if (++st.kb == st.sh.k1) {
+            st.kb = st.sh.k0;
+            if (++st.tile == st.sh.t1) df_stream_seek(st, a, st.ph + 1);
+        }
+    }
+}
+
+/* Waits until unit `consumed` has landed: at most issued - consumed - 1 newer groups pending. */
+static __device__ __forceinline__ void df_stream_wait(const df_stream &st) {
+    switch (st.issued - st.consumed - 1) {
+#define DF_WAIT(n)                                                                                 \
+    case n:                                                                                        \
+        asm volatile("cp.async.wait_group " #n ";\n" ::: "memory");                                \
+        break;
+        DF_WAIT(0) DF_WAIT(1) DF_WAIT(2) DF_WAIT(3) DF_WAIT(4) DF_WAIT(5) DF_WAIT(6) DF_WAIT(7)
+        DF_WAIT(8) DF_WAIT(9) DF_WAIT(10) DF_WAIT(11) DF_WAIT(12) DF_WAIT(13) DF_WAIT(14)
+#undef DF_WAIT
+    default:
+        asm volatile("cp.async.wait_group 15;\n" ::: "memory");
+        break;
+    }
 }
 
 /* ---- GEMV phase --------------------------------------------------------------------------- */
 
 typedef struct {
-    const uint16_t *w;    /* (OC, IC) */
-    const uint16_t *bias; /* (OC) or NULL */
-    const uint16_t *in;   /* (N, IC): shared memory (in_shared) or global */
-    size_t IC, OC;
-    int in_shared, epi;
-} df_gemv;
-
-/* A warp's share of a GEMV phase. */
-typedef struct {
-    uint64_t u0, u1, U;
-    uint32_t W;
-} df_range;
-
-static __device__ __forceinline__ df_range df_range_of(const df_gemv &g, uint32_t gw, uint32_t W) {
-    df_range r;
-    const uint64_t tiles = (g.OC + 15) / 16, nkb = (g.IC + 31) / 32;
-    r.U = tiles * nkb;
-    r.W = (uint32_t)(r.U < W ? r.U : W);
-    r.u0 = gw < r.W ? (uint64_t)gw * r.U / r.W : 0;
-    r.u1 = gw < r.W ? (uint64_t)(gw + 1) * r.U / r.W : 0;
-    return r;
-}
-
-/* First unit of warp w, and the warp whose range holds unit u. */
-static __device__ __forceinline__ uint64_t df_start(uint64_t w, const df_range &r) {
-    return w * r.U / r.W;
-}
-static __device__ __forceinline__ uint64_t df_owner(uint64_t u, const df_range &r) {
-    return ((u + 1) * r.W - 1) / r.U;
-}
-
-/* The weights of units [u, u + DF_U) of one tile (those below end): this lane's 16 bytes of its
- * two weight rows per unit. */
-static __device__ __forceinline__ void df_load_w(uint4 (&wv)[DF_U][2], const df_gemv &g,
-                                                 uint64_t tile, uint64_t kb, uint64_t kb_end) {
-    const int lane = threadIdx.x & 31, r = lane >> 2, t = lane & 3;
-#pragma unroll
-    for (int rt = 0; rt < 2; rt++) {
-        const size_t o = (size_t)tile * 16 + (size_t)(rt * 8 + r);
-        const bool ok = o < g.OC;
-        const uint16_t *row = g.w + (ok ? o : 0) * g.IC;
-#pragma unroll
-        for (int u = 0; u < DF_U; u++) {
-            const size_t col = (size_t)(kb + (uint64_t)u) * 32 + (size_t)(8 * t);
-            wv[u][rt] = df_ld_weight(row + col, ok && kb + (uint64_t)u < kb_end && col < g.IC);
-        }
-    }
-}
-
-typedef struct {
     /* sizes */
     size_t N, C, NH, HS, T, V;
-    float eps;
     /* per-row device inputs */
     const int32_t *slot, *pos;
     /* this layer's caches (S, NH, T, HS) */
@@ -191,171 +260,224 @@ typedef struct {
     float *logits;
 } df_ctx;
 
-/* The epilogue of one finished tile: acc holds (row g + 8 (e >> 1), feature 2t + (e & 1)) of
- * the tile's two 8-row halves. */
-static __device__ void df_epilogue(const df_gemv &g, const df_ctx &c, uint64_t tile,
-                                   const float (&acc)[2][4]) {
-    const int lane = threadIdx.x & 31, r = lane >> 2, t = lane & 3;
-#pragma unroll
-    for (int rt = 0; rt < 2; rt++) {
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            const size_t n = (size_t)(r + 8 * (e >> 1));
-            const size_t o = (size_t)tile * 16 + (size_t)(rt * 8 + 2 * t + (e & 1));
-            if (n >= c.N || o >= g.OC) continue;
-            float v = acc[rt][e];
-            if (g.bias) v += df_bf(g.bias[o]);
-            switch (g.epi) {
-            case DF_EPI_QKV: {
-                const uint16_t b = df_to_bf(v);
-                if (o < c.C) {
-                    c.qkv[n * 3 * c.C + o] = b;
-                } else {
-                    const size_t ch = (o - c.C) % c.C, h = ch / c.HS, d = ch % c.HS;
-                    uint16_t *cache = o < 2 * c.C ? c.k_cache : c.v_cache;
-                    cache[(((size_t)c.slot[n] * c.NH + h) * c.T + (size_t)c.pos[n]) * c.HS + d] = b;
-                }
-                break;
-            }
-            case DF_EPI_RESIDUAL: {
-                float *xp = c.x + n * c.C + o;
-                *xp = __ldcg(xp) + df_bf(df_to_bf(v));
-                break;
-            }
-            case DF_EPI_GELU:
-                c.fc[n * g.OC + o] = df_to_bf(df_gelu(v));
-                break;
-            default:
-                c.logits[n * g.OC + o] = v;
-                break;
-            }
-        }
-    }
-}
-
-/* One GEMV phase for this warp; wv holds the first round of its first segment (df_prefetch). */
-template <int NT>
-static __device__ void df_gemv_phase(const df_gemv &g, const df_ctx &c, uint4 (&wv)[DF_U][2],
-                                     float *partial, unsigned *counters, uint32_t gw, uint32_t W) {
-    const int lane = threadIdx.x & 31, r = lane >> 2, t = lane & 3;
-    const df_range R = df_range_of(g, gw, W);
-    const uint64_t nkb = (g.IC + 31) / 32;
-    const uint16_t *xrow[NT];
-    bool xok[NT];
-#pragma unroll
-    for (int nt = 0; nt < NT; nt++) {
-        const size_t n = (size_t)(r + 8 * nt);
-        xok[nt] = n < c.N;
-        xrow[nt] = g.in + (xok[nt] ? n : 0) * g.IC;
-    }
-    bool first_round = true;
-    for (uint64_t u = R.u0; u < R.u1;) {
-        const uint64_t tile = u / nkb, t0 = tile * nkb;
-        const uint64_t seg_end = R.u1 < t0 + nkb ? R.u1 : t0 + nkb;
-        const uint64_t kb_end = seg_end - t0;
-        float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
-        for (uint64_t kb = u - t0; kb < kb_end; kb += DF_U) {
-            if (!first_round) df_load_w(wv, g, tile, kb, kb_end);
-            first_round = false;
-            uint4 xv[DF_U][NT];
-#pragma unroll
-            for (int uu = 0; uu < DF_U; uu++) {
-                const size_t col = (size_t)(kb + (uint64_t)uu) * 32 + (size_t)(8 * t);
-                const bool in = kb + (uint64_t)uu < kb_end && col < g.IC;
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++)
-                    xv[uu][nt] = g.in_shared ? df_ld_shared16(xrow[nt] + col, in && xok[nt])
-                                             : df_ld_cg16(xrow[nt] + col, in && xok[nt]);
-            }
-#pragma unroll
-            for (int uu = 0; uu < DF_U; uu++) {
-#pragma unroll
-                for (int ks = 0; ks < 2; ks++) {
-                    const uint32_t a0 = df_word(xv[uu][0], 2 * ks);
-                    const uint32_t a2 = df_word(xv[uu][0], 2 * ks + 1);
-                    const uint32_t a1 = NT > 1 ? df_word(xv[uu][NT - 1], 2 * ks) : 0u;
-                    const uint32_t a3 = NT > 1 ? df_word(xv[uu][NT - 1], 2 * ks + 1) : 0u;
-#pragma unroll
-                    for (int rt = 0; rt < 2; rt++)
-                        df_mma(acc[rt], a0, a1, a2, a3, df_word(wv[uu][rt], 2 * ks),
-                               df_word(wv[uu][rt], 2 * ks + 1));
-                }
-            }
-        }
-        if (u == t0 && seg_end == t0 + nkb) {
-            df_epilogue(g, c, tile, acc); /* the whole tile is this warp's */
+/* Output (row n, feature o) of phase kind `epi`: v = the product + bias; xold: the residual's
+ * value (loaded before the tile's products, so that no load waits here). */
+static __device__ __forceinline__ void df_epilogue(int epi, const df_ctx &c, size_t OC, size_t n,
+                                                   size_t o, float v, float xold) {
+    switch (epi) {
+    case DF_EPI_QKV: {
+        const uint16_t b = df_to_bf(v);
+        if (o < c.C) {
+            c.qkv[n * 3 * c.C + o] = b;
         } else {
-            /* a shared tile: publish this segment, the last contributor sums them in order */
-            const uint64_t slot = 2 * (uint64_t)gw + (u == R.u0 ? 0 : 1);
-            float *mine = partial + slot * DF_PARTIAL + (size_t)lane * 8;
-#pragma unroll
-            for (int e = 0; e < 8; e++) __stcg(mine + e, acc[e >> 2][e & 3]);
-            __threadfence();
-            __syncwarp();
-            const uint64_t w_first = df_owner(t0, R), w_last = df_owner(t0 + nkb - 1, R);
-            unsigned prev = 0;
-            if (lane == 0) prev = atomicAdd(&counters[tile], 1u);
-            prev = __shfl_sync(0xffffffffu, prev, 0);
-            if (prev == (unsigned)(w_last - w_first)) {
-                __threadfence();
-                float sum[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
-                for (uint64_t w = w_first; w <= w_last; w++) {
-                    const uint64_t s = 2 * w + (df_start(w, R) >= t0 ? 0 : 1);
-                    const float *p = partial + s * DF_PARTIAL + (size_t)lane * 8;
-#pragma unroll
-                    for (int e = 0; e < 8; e++) sum[e >> 2][e & 3] += __ldcg(p + e);
-                }
-                df_epilogue(g, c, tile, sum);
-                if (lane == 0) counters[tile] = 0; /* reused after the next barrier */
-            }
+            const size_t ch = (o - c.C) % c.C, h = ch / c.HS, d = ch % c.HS;
+            uint16_t *cache = o < 2 * c.C ? c.k_cache : c.v_cache;
+            cache[(((size_t)c.slot[n] * c.NH + h) * c.T + (size_t)c.pos[n]) * c.HS + d] = b;
         }
-        u = seg_end;
+        break;
+    }
+    case DF_EPI_RESIDUAL:
+        c.x[n * c.C + o] = xold + df_bf(df_to_bf(v));
+        break;
+    case DF_EPI_GELU:
+        c.fc[n * OC + o] = df_to_bf(df_gelu(v));
+        break;
+    default:
+        c.logits[n * OC + o] = v;
+        break;
     }
 }
 
-/* The first round of this warp's first segment in phase g, issued before the barrier. */
-static __device__ __forceinline__ void df_prefetch(uint4 (&wv)[DF_U][2], const df_gemv &g,
-                                                   uint32_t gw, uint32_t W) {
-    const df_range R = df_range_of(g, gw, W);
-    if (R.u0 >= R.u1) return;
-    const uint64_t nkb = (g.IC + 31) / 32, tile = R.u0 / nkb, t0 = tile * nkb;
-    const uint64_t seg_end = R.u1 < t0 + nkb ? R.u1 : t0 + nkb;
-    df_load_w(wv, g, tile, R.u0 - t0, seg_end - t0);
+/* One GEMV phase: the block's tiles one after another; each warp multiplies its units (weights
+ * from its ring, inputs xs (N, IC) bf16 from shared memory) on the tensor cores, the 16 warps'
+ * partial tiles are added in warp order in shared memory (red: DF_WARPS x 128 floats) and the
+ * epilogue writes the tile. */
+static __device__ void df_gemv_phase(const ni_decode_fused_args &a, const df_ctx &c, uint32_t ph,
+                                     int epi, const uint16_t *bias, const uint16_t *xs,
+                                     float *red, df_stream &st, uint32_t ring_base) {
+    const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5, r = lane >> 2, t = lane & 3;
+    const df_geom g = df_phase_geom(a, st.tab, ph);
+    const df_share sh = df_share_of(g);
+    const bool row_ok = r < c.N;
+    const uint16_t *xrow = xs + (row_ok ? r : 0) * (size_t)g.IC;
+    /* thread (n, f) < N x 16 finishes feature f of row n of each tile */
+    const bool fin = threadIdx.x < c.N * 16;
+    const uint32_t fn = threadIdx.x / 16, ff = threadIdx.x % 16;
+    for (uint32_t tile = sh.t0; tile < sh.t1; tile++) {
+        const size_t fo = (size_t)tile * 16 + ff;
+        float fbias = 0.0f, xold = 0.0f;
+        if (fin && fo < g.OC) {
+            if (bias) fbias = df_bf(bias[fo]);
+            if (epi == DF_EPI_RESIDUAL) xold = __ldcg(c.x + fn * c.C + fo);
+        }
+        float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+        for (uint32_t kb = sh.k0; kb < sh.k1; kb++) {
+            df_stream_wait(st);
+            const uint32_t slot = ring_base + (st.consumed % st.ring) * DF_UNIT_BYTES + lane * 16;
+            uint4 w0, w1;
+            asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+                         : "=r"(w0.x), "=r"(w0.y), "=r"(w0.z), "=r"(w0.w)
+                         : "r"(slot));
+            asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+                         : "=r"(w1.x), "=r"(w1.y), "=r"(w1.z), "=r"(w1.w)
+                         : "r"(slot + 512));
+            const uint32_t col = kb * 32 + 8 * t;
+            const uint4 xv = row_ok && col < g.IC ? *reinterpret_cast<const uint4 *>(xrow + col)
+                                                  : make_uint4(0u, 0u, 0u, 0u);
+#pragma unroll
+            for (int ks = 0; ks < 2; ks++) {
+                const uint32_t a0 = df_word(xv, 2 * ks), a2 = df_word(xv, 2 * ks + 1);
+                df_mma(acc[0], a0, 0u, a2, 0u, df_word(w0, 2 * ks), df_word(w0, 2 * ks + 1));
+                df_mma(acc[1], a0, 0u, a2, 0u, df_word(w1, 2 * ks), df_word(w1, 2 * ks + 1));
+            }
+            st.consumed++;
+            df_stream_fill(st, a, ring_base);
+        }
+        /* rows g (< 8): features 8 half + 2t + e in acc[half][e] */
+        float *mine = red + warp * 128 + lane * 4;
+        mine[0] = acc[0][0], mine[1] = acc[0][1], mine[2] = acc[1][0], mine[3] = acc[1][1];
+        __syncthreads();
+        if (fin && fo < g.OC) {
+            const uint32_t idx = (fn * 4 + (ff % 8) / 2) * 4 + (ff / 8) * 2 + (ff % 2);
+            float v = 0.0f;
+            for (int w = 0; w < DF_WARPS; w++) v += red[w * 128 + idx];
+            df_epilogue(epi, c, g.OC, fn, fo, v + fbias, xold);
+        }
+        __syncthreads();
+    }
+}
+
+/* Copies src (N, K) bf16 (written during this kernel: through L2) to shared memory, all loads in
+ * flight together. K % 8 == 0. */
+static __device__ void df_stage(uint16_t *dst, const uint16_t *src, size_t N, size_t K) {
+    const size_t n16 = N * K / 8;
+    const uint4 *s4 = reinterpret_cast<const uint4 *>(src);
+    uint4 *d4 = reinterpret_cast<uint4 *>(dst);
+    for (size_t i0 = threadIdx.x; i0 < n16; i0 += 4 * DF_THREADS) {
+        uint4 v[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const size_t i = i0 + (size_t)k * DF_THREADS;
+            v[k] = df_ld_cg16(s4 + (i < n16 ? i : 0), i < n16);
+        }
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const size_t i = i0 + (size_t)k * DF_THREADS;
+            if (i < n16) d4[i] = v[k];
+        }
+    }
+    __syncthreads();
 }
 
 /* ---- LayerNorm into shared memory --------------------------------------------------------- */
 
-/* out (N, C) bf16 in shared memory = LayerNorm(x rows) * w + b; warp n handles rows n, n + 16. */
-static __device__ void df_layernorm(uint16_t *out, const float *x, const uint16_t *w,
-                                    const uint16_t *b, size_t N, size_t C, float eps) {
+/* out (N, C) bf16 in shared memory = LayerNorm(x rows) * w + b. The rows are first staged in
+ * shared memory (xs, N * C floats) with every load in flight at once (one L2 round trip); then
+ * each row gets a group of 16 / N' warps (N' = N rounded up to a power of two) for the CPU twin's
+ * two-pass statistics (fixed-order sums) and the normalized, scaled output. red: DF_WARPS floats. */
+static __device__ void df_layernorm(uint16_t *out, float *xs, float *red, const float *x,
+                                    const uint16_t *w_g, const uint16_t *b_g, size_t N, size_t C,
+                                    float eps) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    for (size_t n = (size_t)warp; n < N; n += DF_WARPS) {
-        const float *xr = x + n * C;
-        float s = 0.0f;
-        for (size_t i = (size_t)lane; i < C; i += 32) s += __ldcg(xr + i);
-        const float mean = df_warp_sum(s) / (float)C;
-        float q = 0.0f;
-        for (size_t i = (size_t)lane; i < C; i += 32) {
-            const float d = __ldcg(xr + i) - mean;
-            q += d * d;
+    const size_t n4 = N * C / 4; /* C % 8 == 0 */
+    /* the scale and shift to shared memory too (after the rows), requested first */
+    uint16_t *w = reinterpret_cast<uint16_t *>(xs + N * C), *b = w + C;
+    const uint2 *w4 = reinterpret_cast<const uint2 *>(w_g), *b4 = reinterpret_cast<const uint2 *>(b_g);
+    const bool wb0 = threadIdx.x < C / 4;
+    const uint2 wv0 = wb0 ? __ldg(w4 + threadIdx.x) : make_uint2(0u, 0u);
+    const uint2 bv0 = wb0 ? __ldg(b4 + threadIdx.x) : make_uint2(0u, 0u);
+    const float4 *x4 = reinterpret_cast<const float4 *>(x);
+    float4 *xs4 = reinterpret_cast<float4 *>(xs);
+    for (size_t i0 = threadIdx.x; i0 < n4; i0 += 4 * DF_THREADS) {
+        float4 v[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const size_t i = i0 + (size_t)k * DF_THREADS;
+            v[k] = i < n4 ? __ldcg(x4 + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         }
-        const float rstd = rsqrtf(df_warp_sum(q) / (float)C + eps);
-        for (size_t i = (size_t)lane; i < C; i += 32)
-            out[n * C + i] = df_to_bf((__ldcg(xr + i) - mean) * rstd * df_bf(w[i]) + df_bf(b[i]));
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const size_t i = i0 + (size_t)k * DF_THREADS;
+            if (i < n4) xs4[i] = v[k];
+        }
+    }
+    if (wb0) {
+        reinterpret_cast<uint2 *>(w)[threadIdx.x] = wv0;
+        reinterpret_cast<uint2 *>(b)[threadIdx.x] = bv0;
+    }
+    for (size_t i = threadIdx.x + DF_THREADS; i < C / 4; i += DF_THREADS) { /* C > 2048 */
+        reinterpret_cast<uint2 *>(w)[i] = __ldg(w4 + i);
+        reinterpret_cast<uint2 *>(b)[i] = __ldg(b4 + i);
+    }
+    int np = 1;
+    while (np < (int)N) np *= 2;
+    const int gw = DF_WARPS / np;          /* warps per row */
+    const size_t n = (size_t)(warp / gw);  /* this warp's row (>= N: idle) */
+    const int li = (warp % gw) * 32 + lane, stride = gw * 32;
+    const float *xr = xs + (n < N ? n : 0) * C;
+    __syncthreads();
+    float sum = 0.0f;
+    if (n < N)
+        for (size_t i = (size_t)li; i < C; i += (size_t)stride) sum += xr[i];
+    sum = df_warp_sum(sum);
+    if (lane == 0) red[warp] = sum;
+    __syncthreads();
+    float tot = 0.0f;
+    for (int k = 0; k < gw; k++) tot += red[(warp / gw) * gw + k];
+    const float mean = tot / (float)C;
+    __syncthreads(); /* red is reused */
+    float sq = 0.0f;
+    if (n < N)
+        for (size_t i = (size_t)li; i < C; i += (size_t)stride) {
+            const float d = xr[i] - mean;
+            sq += d * d;
+        }
+    sq = df_warp_sum(sq);
+    if (lane == 0) red[warp] = sq;
+    __syncthreads();
+    tot = 0.0f;
+    for (int k = 0; k < gw; k++) tot += red[(warp / gw) * gw + k];
+    const float rstd = rsqrtf(tot / (float)C + eps);
+    if (n < N) {
+        uint32_t *o2 = reinterpret_cast<uint32_t *>(out + n * C);
+        const uint32_t *w2 = reinterpret_cast<const uint32_t *>(w);
+        const uint32_t *b2 = reinterpret_cast<const uint32_t *>(b);
+        for (size_t i = (size_t)li; i < C / 2; i += (size_t)stride) {
+            const uint32_t wp = w2[i], bp = b2[i];
+            const float lo = (xr[2 * i] - mean) * rstd * __uint_as_float(wp << 16) +
+                             __uint_as_float(bp << 16);
+            const float hi = (xr[2 * i + 1] - mean) * rstd * __uint_as_float(wp & 0xffff0000u) +
+                             __uint_as_float(bp & 0xffff0000u);
+            o2[i] = (uint32_t)df_to_bf(lo) | ((uint32_t)df_to_bf(hi) << 16);
+        }
     }
     __syncthreads();
 }
 
 /* ---- attention ---------------------------------------------------------------------------- */
 
-/* Shared memory of the attention phase: q (HS), and per warp (max, sum, acc[HS]). */
+/* Block max or sum of v; red: DF_WARPS floats of shared memory. */
+template <bool MAX> static __device__ __forceinline__ float df_block_reduce(float v, float *red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = MAX ? df_warp_max(v) : df_warp_sum(v);
+    __syncthreads(); /* red may still be read from the previous call */
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    v = red[lane % DF_WARPS];
+    return MAX ? df_warp_max(v) : df_warp_sum(v); /* lanes >= 16 repeat lanes 0..15: max only */
+}
+
+/* One block per (row, head) item: q (pre-scaled) to shared memory; thread j scores position j
+ * with all of its key loads in flight; block max and sum; then warp w accumulates positions
+ * w, w + 16, ... with lane l owning the dimension pairs 2l + 64k of the value rows (coalesced
+ * loads, several positions in flight); the 16 warps' sums are added in shared memory. */
 static __device__ void df_attention(uint16_t *att, const df_ctx &c, float *sm) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const size_t HS = c.HS, C = c.C;
-    float *q = sm;                  /* (HS) */
-    float *wm = sm + 128;           /* (DF_WARPS) */
-    float *wl = wm + DF_WARPS;      /* (DF_WARPS) */
-    float *wacc = wl + DF_WARPS;    /* (DF_WARPS, HS) */
+    float *q = sm;                  /* (128) */
+    float *red = q + 128;           /* (DF_WARPS) */
+    float *wacc = red + DF_WARPS;   /* (DF_WARPS, 128) */
+    float *sc = wacc + DF_WARPS * 128; /* (T) scores, then probabilities */
     const float scale = rsqrtf((float)HS);
     for (size_t item = blockIdx.x; item < c.N * c.NH; item += gridDim.x) {
         const size_t n = item / c.NH, h = item % c.NH;
@@ -365,63 +487,99 @@ static __device__ void df_attention(uint16_t *att, const df_ctx &c, float *sm) {
         __syncthreads();
         const size_t head = ((size_t)c.slot[n] * c.NH + h) * c.T * HS;
         const uint16_t *kc = c.k_cache + head, *vc = c.v_cache + head;
-        float m = -INFINITY, l = 0.0f, acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int j0 = warp * 32; j0 <= p; j0 += DF_THREADS) {
-            const int j = j0 + lane;
-            float s = -INFINITY;
-            if (j <= p) {
-                const uint16_t *kr = kc + (size_t)j * HS;
-                float dot = 0.0f;
-                for (size_t d = 0; d < HS; d += 8) {
-                    const uint4 kv = df_ld_cg16(kr + d, true);
+        /* value words of positions warp + 16 u (u < 8) for lane dims 2 lane + 64 k, requested
+         * now with the keys: neither depends on the softmax */
+        uint32_t vv[8][2];
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            const int j = warp + u * DF_WARPS;
+#pragma unroll
+            for (int k = 0; k < 2; k++) {
+                const size_t d = (size_t)(2 * lane + 64 * k);
+                vv[u][k] = j <= p && d < HS
+                               ? __ldcg(reinterpret_cast<const unsigned *>(vc + (size_t)j * HS + d))
+                               : 0u;
+            }
+        }
+        float mx = -INFINITY;
+        for (int j = (int)threadIdx.x; j <= p; j += DF_THREADS) {
+            const uint16_t *kr = kc + (size_t)j * HS;
+            float dot = 0.0f;
+#pragma unroll
+            for (int k0 = 0; k0 < 16; k0 += 8) {
+                if ((size_t)(8 * k0) >= HS) break;
+                uint4 kv[8];
+#pragma unroll
+                for (int k = 0; k < 8; k++)
+                    kv[k] = df_ld_cg16(kr + 8 * (k0 + k), (size_t)(8 * (k0 + k)) < HS);
+#pragma unroll
+                for (int k = 0; k < 8; k++) {
 #pragma unroll
                     for (int e = 0; e < 4; e++) {
-                        const uint32_t wd = df_word(kv, e);
-                        dot += q[d + 2 * e] * __uint_as_float(wd << 16) +
-                               q[d + 2 * e + 1] * __uint_as_float(wd & 0xffff0000u);
+                        const uint32_t wd = df_word(kv[k], e);
+                        const int d = 8 * (k0 + k) + 2 * e;
+                        if ((size_t)d < HS)
+                            dot += q[d] * __uint_as_float(wd << 16) +
+                                   q[d + 1] * __uint_as_float(wd & 0xffff0000u);
                     }
                 }
-                s = dot;
             }
-            const float m_new = fmaxf(m, df_warp_max(s));
-            const float pj = j <= p ? __expf(s - m_new) : 0.0f;
-            const float corr = __expf(m - m_new); /* 0 on the first pass (m = -inf) */
-            l = l * corr + df_warp_sum(pj);
+            sc[j] = dot;
+            mx = fmaxf(mx, dot);
+        }
+        const float M = df_block_reduce<true>(mx, red);
+        float sum = 0.0f;
+        for (int j = (int)threadIdx.x; j <= p; j += DF_THREADS) {
+            const float e = __expf(sc[j] - M);
+            sc[j] = e;
+            sum += e;
+        }
+        /* the sum over warps: each warp's total in red, added in a fixed order below */
+        sum = df_warp_sum(sum);
+        __syncthreads();
+        if (lane == 0) red[warp] = sum;
+        __syncthreads(); /* also publishes sc */
+        float Ls = 0.0f;
+        for (int w = 0; w < DF_WARPS; w++) Ls += red[w];
+        float acc[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
+        for (int j0 = warp; j0 <= p; j0 += 8 * DF_WARPS) {
+            if (j0 != warp) { /* later rounds (contexts past 128) load here */
 #pragma unroll
-            for (int k = 0; k < 4; k++) acc[k] *= corr;
-            const int nj = p - j0 + 1 < 32 ? p - j0 + 1 : 32;
-            for (int jj = 0; jj < nj; jj++) {
-                const float pw = __shfl_sync(0xffffffffu, pj, jj);
-                const uint16_t *vr = vc + (size_t)(j0 + jj) * HS;
+                for (int u = 0; u < 8; u++) {
+                    const int j = j0 + u * DF_WARPS;
 #pragma unroll
-                for (int k = 0; k < 4; k++) {
-                    const size_t d = (size_t)(lane + 32 * k);
-                    if (d < HS) acc[k] += pw * df_bf(__ldcg(vr + d));
+                    for (int k = 0; k < 2; k++) {
+                        const size_t d = (size_t)(2 * lane + 64 * k);
+                        vv[u][k] = j <= p && d < HS ? __ldcg(reinterpret_cast<const unsigned *>(
+                                                          vc + (size_t)j * HS + d))
+                                                    : 0u;
+                    }
                 }
             }
-            m = m_new;
-        }
-        if (lane == 0) {
-            wm[warp] = m;
-            wl[warp] = l;
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                const int j = j0 + u * DF_WARPS;
+                const float pj = j <= p ? sc[j] : 0.0f;
+#pragma unroll
+                for (int k = 0; k < 2; k++) {
+                    acc[k][0] += pj * __uint_as_float(vv[u][k] << 16);
+                    acc[k][1] += pj * __uint_as_float(vv[u][k] & 0xffff0000u);
+                }
+            }
         }
 #pragma unroll
-        for (int k = 0; k < 4; k++) {
-            const size_t d = (size_t)(lane + 32 * k);
-            if (d < HS) wacc[warp * HS + d] = acc[k];
+        for (int k = 0; k < 2; k++) {
+            const size_t d = (size_t)(2 * lane + 64 * k);
+            if (d < HS) {
+                wacc[warp * 128 + d] = acc[k][0];
+                wacc[warp * 128 + d + 1] = acc[k][1];
+            }
         }
         __syncthreads();
         for (size_t d = threadIdx.x; d < HS; d += DF_THREADS) {
-            float M = -INFINITY;
-            for (int w = 0; w < DF_WARPS; w++) M = fmaxf(M, wm[w]);
-            float L = 0.0f, a = 0.0f;
-            for (int w = 0; w < DF_WARPS; w++) {
-                if (wm[w] == -INFINITY) continue; /* a warp without positions */
-                const float f = __expf(wm[w] - M);
-                L += wl[w] * f;
-                a += wacc[w * HS + d] * f;
-            }
-            att[n * C + h * HS + d] = df_to_bf(a / L);
+            float a = 0.0f;
+            for (int w = 0; w < DF_WARPS; w++) a += wacc[w * 128 + d];
+            att[n * C + h * HS + d] = df_to_bf(a / Ls);
         }
         __syncthreads();
     }
@@ -429,101 +587,137 @@ static __device__ void df_attention(uint16_t *att, const df_ctx &c, float *sm) {
 
 /* ---- the kernel --------------------------------------------------------------------------- */
 
-template <int NT>
-__global__ void __launch_bounds__(DF_THREADS, 1) decode_fused_kernel(ni_decode_fused_args a) {
+/* Dynamic shared memory: the rings (DF_WARPS x ring units), the reduction tile (DF_WARPS x 128
+ * floats), then the staging area: the GEMV inputs (N, IC) bf16 (LayerNorm: + (N, C) f32 rows)
+ * or the attention scratch. */
+__global__ void __launch_bounds__(DF_THREADS, 1)
+    decode_fused_kernel(ni_decode_fused_args a, uint32_t ring) {
     extern __shared__ uint4 df_smem4[];
-    uint16_t *sm_ln = reinterpret_cast<uint16_t *>(df_smem4); /* (N, C) normalized rows */
-    float *sm_f = reinterpret_cast<float *>(df_smem4);        /* attention scratch */
-    const uint32_t W = gridDim.x * DF_WARPS;
-    const uint32_t gw = blockIdx.x * DF_WARPS + (threadIdx.x >> 5);
-    const size_t C = a.C, N = a.N, L = a.L;
+    const size_t L = a.L, tab_bytes = (L * sizeof(ni_cuda_layer_weights) + 15) & ~(size_t)15;
+    ni_cuda_layer_weights *tab = reinterpret_cast<ni_cuda_layer_weights *>(df_smem4);
+    int32_t *s_slot = reinterpret_cast<int32_t *>(reinterpret_cast<uint8_t *>(df_smem4) + tab_bytes);
+    int32_t *s_pos = s_slot + NI_CUDA_DECODE_FUSED_MAX_ROWS;
+    uint8_t *smem = reinterpret_cast<uint8_t *>(df_smem4) + tab_bytes + 64;
+    const uint32_t warp = threadIdx.x >> 5;
+    const uint32_t ring_base =
+        (uint32_t)__cvta_generic_to_shared(smem) + warp * ring * DF_UNIT_BYTES;
+    float *red = reinterpret_cast<float *>(smem + (size_t)DF_WARPS * ring * DF_UNIT_BYTES);
+    uint8_t *stage = reinterpret_cast<uint8_t *>(red + DF_WARPS * 128);
+    uint16_t *xs = reinterpret_cast<uint16_t *>(stage);                     /* (N, IC) */
+    float *ln_tmp = reinterpret_cast<float *>(stage + (a.N * a.C + 3) / 4 * 8); /* (N, C) */
+    float *att_tmp = reinterpret_cast<float *>(stage);
+    const size_t C = a.C, N = a.N;
+    /* the layer table and the rows' slots and positions, read once */
+    for (size_t i = threadIdx.x; i < tab_bytes / 8; i += DF_THREADS)
+        reinterpret_cast<uint64_t *>(tab)[i] = __ldg(reinterpret_cast<const uint64_t *>(a.layers) + i);
+    if (threadIdx.x < N) {
+        s_slot[threadIdx.x] = a.slot[threadIdx.x];
+        s_pos[threadIdx.x] = a.pos[threadIdx.x];
+    }
+    __syncthreads();
     unsigned target = 0;
-    uint4 wv[DF_U][2];
+    uint32_t bk = 0; /* barriers passed */
+    if (a.trace && blockIdx.x == 0 && threadIdx.x == 0) a.trace[2 * (5 * L + 1) + 1] = df_now();
 
     df_ctx c;
-    c.N = N, c.C = C, c.NH = a.NH, c.HS = C / a.NH, c.T = a.T, c.V = a.V, c.eps = a.eps;
-    c.slot = a.slot, c.pos = a.pos;
+    c.N = N, c.C = C, c.NH = a.NH, c.HS = C / a.NH, c.T = a.T, c.V = a.V;
+    c.slot = s_slot, c.pos = s_pos;
     c.x = a.x, c.qkv = a.qkv, c.fc = a.fc, c.logits = a.logits;
 
-    /* embedding; the first layer's qkv weights are requested meanwhile */
-    df_gemv g_qkv = {a.layers[0].qkv_w, a.layers[0].qkv_b, sm_ln, C, 3 * C, 1, DF_EPI_QKV};
-    df_prefetch(wv, g_qkv, gw, W);
+    /* start streaming the step's weights, then the embedding */
+    df_stream st;
+    st.issued = st.consumed = 0;
+    st.ring = ring;
+    st.n_ph = 4 * (uint32_t)L + 1;
+    st.tab = tab;
+    df_stream_seek(st, a, 0);
+    df_stream_fill(st, a, ring_base);
     for (size_t i = (size_t)blockIdx.x * DF_THREADS + threadIdx.x; i < N * C;
          i += (size_t)gridDim.x * DF_THREADS) {
         const size_t n = i / C, k = i % C;
-        a.x[i] = df_bf(a.wte[(size_t)a.tok[n] * C + k]) + df_bf(a.wpe[(size_t)a.pos[n] * C + k]);
+        a.x[i] = df_bf(a.wte[(size_t)a.tok[n] * C + k]) + df_bf(a.wpe[(size_t)s_pos[n] * C + k]);
     }
-    df_grid_sync(a.barrier, target);
+    df_grid_sync(a.barrier, target, a.trace, bk);
 
-    for (size_t l = 0; l < L; l++) {
-        const ni_cuda_layer_weights y = a.layers[l];
+    for (uint32_t l = 0; l < (uint32_t)L; l++) {
+        const ni_cuda_layer_weights *y = tab + l;
         c.k_cache = a.k_cache + l * a.kv_layer;
         c.v_cache = a.v_cache + l * a.kv_layer;
-        g_qkv.w = y.qkv_w, g_qkv.bias = y.qkv_b;
-        df_layernorm(sm_ln, a.x, y.ln1_w, y.ln1_b, N, C, a.eps);
-        df_gemv_phase<NT>(g_qkv, c, wv, a.partial, a.barrier + 1, gw, W);
-        const df_gemv g_proj = {y.proj_w, y.proj_b, a.att, C, C, 0, DF_EPI_RESIDUAL};
-        df_prefetch(wv, g_proj, gw, W);
-        df_grid_sync(a.barrier, target);
+        if (!(a.skip & 4)) df_layernorm(xs, ln_tmp, red, a.x, y->ln1_w, y->ln1_b, N, C, a.eps);
+        df_gemv_phase(a, c, 4 * l, DF_EPI_QKV, y->qkv_b, xs, red, st, ring_base);
+        df_grid_sync(a.barrier, target, a.trace, bk);
 
-        df_attention(a.att, c, sm_f);
-        df_grid_sync(a.barrier, target);
+        if (!(a.skip & 2)) df_attention(a.att, c, att_tmp);
+        df_grid_sync(a.barrier, target, a.trace, bk);
 
-        df_gemv_phase<NT>(g_proj, c, wv, a.partial, a.barrier + 1, gw, W);
-        const df_gemv g_fc = {y.fc_w, y.fc_b, sm_ln, C, 4 * C, 1, DF_EPI_GELU};
-        df_prefetch(wv, g_fc, gw, W);
-        df_grid_sync(a.barrier, target);
+        df_stage(xs, a.att, N, C);
+        df_gemv_phase(a, c, 4 * l + 1, DF_EPI_RESIDUAL, y->proj_b, xs, red, st, ring_base);
+        df_grid_sync(a.barrier, target, a.trace, bk);
 
-        df_layernorm(sm_ln, a.x, y.ln2_w, y.ln2_b, N, C, a.eps);
-        df_gemv_phase<NT>(g_fc, c, wv, a.partial, a.barrier + 1, gw, W);
-        const df_gemv g_fcproj = {y.fcproj_w, y.fcproj_b, a.fc, 4 * C, C, 0, DF_EPI_RESIDUAL};
-        df_prefetch(wv, g_fcproj, gw, W);
-        df_grid_sync(a.barrier, target);
+        if (!(a.skip & 4)) df_layernorm(xs, ln_tmp, red, a.x, y->ln2_w, y->ln2_b, N, C, a.eps);
+        df_gemv_phase(a, c, 4 * l + 2, DF_EPI_GELU, y->fc_b, xs, red, st, ring_base);
+        df_grid_sync(a.barrier, target, a.trace, bk);
 
-        df_gemv_phase<NT>(g_fcproj, c, wv, a.partial, a.barrier + 1, gw, W);
-        if (l + 1 < L) {
-            g_qkv.w = a.layers[l + 1].qkv_w;
-            df_prefetch(wv, g_qkv, gw, W);
-        } else {
-            const df_gemv g_lm = {a.wte, NULL, sm_ln, C, a.V, 1, DF_EPI_LOGITS};
-            df_prefetch(wv, g_lm, gw, W);
-        }
-        df_grid_sync(a.barrier, target);
+        df_stage(xs, a.fc, N, 4 * C);
+        df_gemv_phase(a, c, 4 * l + 3, DF_EPI_RESIDUAL, y->fcproj_b, xs, red, st, ring_base);
+        df_grid_sync(a.barrier, target, a.trace, bk);
     }
-    const df_gemv g_lm = {a.wte, NULL, sm_ln, C, a.V, 1, DF_EPI_LOGITS};
-    df_layernorm(sm_ln, a.x, a.lnf_w, a.lnf_b, N, C, a.eps);
-    df_gemv_phase<NT>(g_lm, c, wv, a.partial, a.barrier + 1, gw, W);
+    df_layernorm(xs, ln_tmp, red, a.x, a.lnf_w, a.lnf_b, N, C, a.eps);
+    df_gemv_phase(a, c, 4 * (uint32_t)L, DF_EPI_LOGITS, NULL, xs, red, st, ring_base);
+    __syncthreads();
+    if (a.trace && threadIdx.x == 0) atomicMax(a.trace + 2 * bk, (unsigned long long)df_now());
 }
 
 /* ---- launcher ----------------------------------------------------------------------------- */
 
-static size_t df_smem_bytes(size_t N, size_t C, size_t HS) {
-    size_t ln = N * C * 2, attn = (128 + 2 * DF_WARPS + DF_WARPS * HS) * 4;
-    size_t b = ln > attn ? ln : attn;
-    return (b + 15) & ~(size_t)15;
+/* Shared memory besides the rings: the reduction tile and the staging area. */
+static size_t df_fixed_smem(size_t N, size_t C, size_t T, size_t L) {
+    size_t gemv_in = N * 4 * C * 2, ln = (N * C + 3) / 4 * 8 + N * C * 4 + 4 * C;
+    size_t attn = (128 + DF_WARPS + DF_WARPS * 128 + T) * 4;
+    size_t st = gemv_in > ln ? gemv_in : ln;
+    if (attn > st) st = attn;
+    const size_t tab = (L * sizeof(ni_cuda_layer_weights) + 15) & ~(size_t)15;
+    return tab + 64 + (size_t)DF_WARPS * 128 * 4 + ((st + 15) & ~(size_t)15);
 }
 
-extern "C" int ni_cuda_decode_fused_supported(size_t N, size_t C, size_t NH) {
+/* The largest dynamic shared memory of a block on this device. */
+static size_t df_smem_limit(void) {
+    int dev = 0, v = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
+        return 0;
+    return (size_t)v;
+}
+
+/* Ring slots per warp that fit next to the fixed part (0: the sizes don't fit). */
+static uint32_t df_ring_units(size_t N, size_t C, size_t T, size_t L, size_t limit) {
+    const size_t fixed = df_fixed_smem(N, C, T, L);
+    if (fixed >= limit) return 0;
+    size_t ring = (limit - fixed) / ((size_t)DF_WARPS * DF_UNIT_BYTES);
+    if (ring > DF_RING_MAX) ring = DF_RING_MAX;
+    return ring < 4 ? 0 : (uint32_t)ring;
+}
+
+extern "C" int ni_cuda_decode_fused_supported(size_t N, size_t C, size_t NH, size_t T, size_t L) {
     if (N == 0 || N > NI_CUDA_DECODE_FUSED_MAX_ROWS || NH == 0 || C % NH) return 0;
     const size_t HS = C / NH;
-    return C % 8 == 0 && HS % 8 == 0 && HS <= 128 && df_smem_bytes(N, C, HS) <= (size_t)200 << 10;
+    if (C % 8 || HS % 8 || HS > 128 || 4 * C > 0xffffffu) return 0;
+    const size_t limit = df_smem_limit();
+    cudaGetLastError();
+    return df_ring_units(N, C, T, L, limit) != 0;
 }
 
 extern "C" int ni_cuda_decode_fused_grid(size_t *blocks, size_t *warps) {
     int dev = 0, sms = 0, per_sm = 0;
-    cudaError_t e = cudaGetDevice(&dev);
+    const size_t limit = df_smem_limit();
+    cudaError_t e = limit ? cudaGetDevice(&dev) : cudaErrorInvalidConfiguration;
     if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    /* sized for the largest shared memory a launch may ask */
-    const size_t smem = (size_t)200 << 10;
     if (e == cudaSuccess)
-        e = cudaFuncSetAttribute(decode_fused_kernel<2>,
-                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        e = cudaFuncSetAttribute(decode_fused_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 (int)limit);
     if (e == cudaSuccess)
-        e = cudaFuncSetAttribute(decode_fused_kernel<1>,
-                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (e == cudaSuccess)
-        e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, decode_fused_kernel<2>,
-                                                          DF_THREADS, smem);
+        e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, decode_fused_kernel, DF_THREADS,
+                                                          limit);
     if (e == cudaSuccess && per_sm < 1) e = cudaErrorInvalidConfiguration;
     if (e != cudaSuccess) return (int)e;
     /* one block per SM: the barriers need every block resident */
@@ -533,18 +727,18 @@ extern "C" int ni_cuda_decode_fused_grid(size_t *blocks, size_t *warps) {
 }
 
 extern "C" int ni_cuda_decode_fused(const ni_decode_fused_args *a, size_t blocks, ni_stream s) {
-    if (!ni_cuda_decode_fused_supported(a->N, a->C, a->NH) || blocks == 0)
+    if (!ni_cuda_decode_fused_supported(a->N, a->C, a->NH, a->T, a->L) || blocks == 0)
         return (int)cudaErrorInvalidValue;
+    const size_t limit = df_smem_limit();
+    const uint32_t ring = df_ring_units(a->N, a->C, a->T, a->L, limit);
+    const size_t smem =
+        df_fixed_smem(a->N, a->C, a->T, a->L) + (size_t)DF_WARPS * ring * DF_UNIT_BYTES;
     cudaStream_t st = (cudaStream_t)s;
-    /* the barrier and the per-tile counters start at zero (the counters also return to zero by
-     * themselves; this keeps a failed launch from poisoning the next) */
-    cudaError_t e =
-        cudaMemsetAsync(a->barrier, 0, (1 + ni_cuda_decode_fused_tiles(a->C, a->V)) * 4, st);
+    /* the barrier counter starts at zero */
+    cudaError_t e = cudaMemsetAsync(a->barrier, 0, sizeof(unsigned), st);
+    if (e == cudaSuccess && a->trace)
+        e = cudaMemsetAsync(a->trace, 0, ni_cuda_decode_fused_trace_words(a->L) * 8, st);
     if (e != cudaSuccess) return (int)e;
-    const size_t smem = df_smem_bytes(a->N, a->C, a->C / a->NH);
-    if (a->N > 8)
-        decode_fused_kernel<2><<<(unsigned)blocks, DF_THREADS, smem, st>>>(*a);
-    else
-        decode_fused_kernel<1><<<(unsigned)blocks, DF_THREADS, smem, st>>>(*a);
+    decode_fused_kernel<<<(unsigned)blocks, DF_THREADS, smem, st>>>(*a, ring);
     return (int)cudaGetLastError();
 }

@@ -108,22 +108,25 @@ typedef struct {
     float *x;                        /* (N, C) residual stream */
     ni_half16 *qkv, *att, *fc;         /* (N, 3C), (N, C), (N, 4C) */
     float *logits;                   /* (N, V) */
-    float *partial;                  /* ni_cuda_decode_fused_partial_floats(warps) */
-    unsigned *barrier;               /* (1 + ni_cuda_decode_fused_tiles(C, V)) zeroed per launch */
+    unsigned *barrier;               /* (1) the grid barrier's counter, zeroed by each launch */
+    unsigned skip;                   /* EXPERIMENT: bit 0 gemv, 1 attention, 2 layernorm */
+    unsigned long long *trace; /* NULL, or ni_cuda_decode_fused_trace_words(L) words (below) */
 } ni_decode_fused_args;
-#define NI_CUDA_DECODE_FUSED_MAX_ROWS 16
+#define NI_CUDA_DECODE_FUSED_MAX_ROWS 8
 
-/* The forward pass of N <= 16 single-token rows (embedding, all layers with their KV append,
+/* The forward pass of N <= 8 single-token rows (embedding, all layers with their KV append,
  * logits of every row) as one persistent kernel of `blocks` blocks with grid-wide barriers
  * between its phases; the same results as the per-kernel path up to the order of f32 sums. */
 int ni_cuda_decode_fused(const ni_decode_fused_args *a, size_t blocks, ni_stream s);
-/* 1 when the fused step handles these sizes (N rows, width C, NH heads). */
-int ni_cuda_decode_fused_supported(size_t N, size_t C, size_t NH);
+/* 1 when the fused step handles these sizes (N rows, width C, NH heads, T cache positions, L
+ * layers). */
+int ni_cuda_decode_fused_supported(size_t N, size_t C, size_t NH, size_t T, size_t L);
+/* Phase timing (NI_FUSED_TRACE), globaltimer ns: for each of the 1 + 5 L barriers k, the last
+ * block's arrival [2k] and block 0's release [2k + 1]; the last block's end [2 (5 L + 1)] and
+ * block 0's start [2 (5 L + 1) + 1]. */
+#define ni_cuda_decode_fused_trace_words(L) (2 * (5 * (size_t)(L) + 2))
 /* The grid of this device (one block per SM) and its warps. */
 int ni_cuda_decode_fused_grid(size_t *blocks, size_t *warps);
-/* Workspace sizes: partial sums and the barrier + per-tile counters. */
-#define ni_cuda_decode_fused_partial_floats(warps) ((size_t)(warps) * 2 * 256)
-#define ni_cuda_decode_fused_tiles(C, V) (((4 * (C) > (V) ? 4 * (C) : (V)) + 15) / 16)
 
 /* ---- device-side decode state (CUDA graphs) ------------------------------------------------ */
 
