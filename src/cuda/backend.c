@@ -76,8 +76,10 @@ struct ni_backend_ctx {
     int32_t *d_next; /* (S) sampled tokens */
     /* the fused decode step (decode_fused.cu): off when fused_blocks == 0 */
     size_t fused_blocks, fused_warps;
+    int fused_policy;     /* 0 off, 1 every supported batch, 2 where measured faster */
     cuda_layer *d_layers; /* (L) device copy of `layers` */
     unsigned *fused_sync;
+    void *fused_tmaps;               /* (4 L + 1) TMA descriptors */
     unsigned long long *fused_trace; /* NI_FUSED_TRACE: device words, host sums per phase kind */
     double trace_ns[8];
     size_t trace_runs;
@@ -169,6 +171,7 @@ static size_t arena_layout(ni_backend_ctx *b, uint8_t *base) {
     if (b->fused_blocks) {
         b->d_layers = carve(base, &off, L * sizeof(cuda_layer));
         b->fused_sync = carve(base, &off, sizeof(unsigned));
+        b->fused_tmaps = carve(base, &off, (4 * L + 1) * 128);
         if (getenv("NI_FUSED_TRACE"))
             b->fused_trace = carve(base, &off, ni_cuda_decode_fused_trace_words(L) * 8);
     }
@@ -353,9 +356,11 @@ static ni_status cuda_create(ni_model *m, const ni_engine_opts *o, ni_backend_ct
     b->blk_bytes = block_layout(&probe, NULL, S, b->chunk);
     b->sample_ws_bytes = b->flags->rejection_sampler ? 0 : ni_cuda_sample_sorted_workspace(S, V);
     b->lt_ws_bytes = (size_t)32 << 20;
-    /* the fused decode step, unless NI_NO_FUSED is set (to compare with the per-kernel path) */
-    const char *nf = getenv("NI_NO_FUSED");
-    if (s == NI_OK && !(nf && nf[0] && strcmp(nf, "0") != 0) &&
+    /* the fused decode step: NI_FUSED=0 turns it off, NI_FUSED=1 uses it for every batch it
+     * supports, unset: where it was measured faster (fused_ok) */
+    const char *nf = getenv("NI_FUSED");
+    b->fused_policy = !nf || !nf[0] ? 2 : strcmp(nf, "0") != 0;
+    if (s == NI_OK && b->fused_policy &&
         ni_cuda_decode_fused_grid(&b->fused_blocks, &b->fused_warps) != 0) {
         cudaGetLastError(); /* not available: the per-kernel path */
         b->fused_blocks = b->fused_warps = 0;
@@ -386,9 +391,21 @@ static ni_status cuda_create(ni_model *m, const ni_engine_opts *o, ni_backend_ct
     }
     if (s == NI_OK) s = upload_weights(b);
     if (s == NI_OK && b->fused_blocks) {
-        s = ni_cuda_status(cudaMemcpy(b->d_layers, b->layers, b->cfg->n_layer * sizeof(cuda_layer),
-                                      cudaMemcpyHostToDevice),
-                           "cudaMemcpy (layer table)");
+        size_t L = b->cfg->n_layer, nb = (4 * L + 1) * 128;
+        s = ni_cuda_status(
+            cudaMemcpy(b->d_layers, b->layers, L * sizeof(cuda_layer), cudaMemcpyHostToDevice),
+            "cudaMemcpy (layer table)");
+        void *maps = aligned_alloc(128, nb);
+        if (s == NI_OK && !maps) s = ni_fail(NI_ERR_NO_MEMORY, "out of memory");
+        if (s == NI_OK &&
+            ni_cuda_decode_fused_tensor_maps(maps, b->layers, L, b->wte, b->cfg->n_embd, V) != 0) {
+            cudaGetLastError(); /* no TMA descriptors: the per-kernel path */
+            b->fused_blocks = 0;
+        }
+        if (s == NI_OK && b->fused_blocks)
+            s = ni_cuda_status(cudaMemcpy(b->fused_tmaps, maps, nb, cudaMemcpyHostToDevice),
+                               "cudaMemcpy (tensor maps)");
+        free(maps);
     }
     if (s != NI_OK) {
         cuda_destroy(b);
@@ -485,7 +502,7 @@ static ni_status trace_collect(ni_backend_ctx *b) {
 }
 
 static void trace_print(const ni_backend_ctx *b) {
-    static const char *names[8] = {"embedding", "ln_1+qkv", "attention", "proj",
+    static const char *names[8] = {"embedding", "ln_1+qkv", "attention",   "proj",
                                    "ln_2+fc",   "fcproj",   "ln_f+logits", "barriers"};
     if (!b->trace_runs) return;
     double all = 0.0;
@@ -496,8 +513,13 @@ static void trace_print(const ni_backend_ctx *b) {
     fprintf(stderr, " | total %.1f\n", all / (double)b->trace_runs * 1e-3);
 }
 
-/* Whether the fused decode step takes a chunk of N single-token rows, all wanting logits. */
+/* Whether the fused decode step takes a chunk of N single-token rows, all wanting logits. By
+ * default only where it measured faster than the per-kernel path (H200): up to 4 rows of a model
+ * with large layers (gpt2-xl: +9 to +12 % at batch 1, +4 % at 4); its five grid barriers, two
+ * LayerNorms and the attention per layer cost more than the kernel boundaries they replace for
+ * small models (gpt2 batch 1: -13 %) and from batch 8 on (-13 %). */
 static int fused_ok(const ni_backend_ctx *b, size_t N) {
+    if (b->fused_policy == 2 && (N > 4 || b->cfg->n_embd < 1600)) return 0;
     return b->fused_blocks && b->dt == NI_CUDA_BF16 &&
            ni_cuda_decode_fused_supported(N, b->cfg->n_embd, b->cfg->n_head, b->max_seq,
                                           b->cfg->n_layer);
@@ -533,8 +555,8 @@ static ni_status enqueue_fused(ni_backend_ctx *b, size_t N, const int32_t *tok, 
         .fc = b->fc,
         .logits = b->logits,
         .barrier = b->fused_sync,
-        .skip = getenv("NI_FUSED_SKIP") ? (unsigned)atoi(getenv("NI_FUSED_SKIP")) : 0u,
         .trace = b->fused_trace,
+        .tmaps = b->fused_tmaps,
     };
     NI_CUDA_TRY(ni_cuda_decode_fused(&a, b->fused_blocks, (ni_stream)b->stream),
                 "decode_fused kernel");
@@ -579,7 +601,8 @@ static ni_status forward(ni_backend_ctx *b, size_t n, float *host_out) {
             cudaMemcpyAsync(b->d_blk, b->h_blk, b->blk_bytes, cudaMemcpyHostToDevice, b->stream),
             "cudaMemcpy (token lists)");
         int rows_in_order = n_sel == N;
-        for (size_t r = 0; r < n_sel && rows_in_order; r++) rows_in_order = h->rows[r] == (int32_t)r;
+        for (size_t r = 0; r < n_sel && rows_in_order; r++)
+            rows_in_order = h->rows[r] == (int32_t)r;
         if (single && rows_in_order && !host_out && n == N && fused_ok(b, N)) {
             NI_TRY(enqueue_fused(b, N, d->tok, d->slot, d->pos));
             return NI_OK;

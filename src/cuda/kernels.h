@@ -104,19 +104,20 @@ typedef struct {
     const ni_cuda_layer_weights *layers; /* (L) */
     const ni_half16 *wte, *wpe, *lnf_w, *lnf_b;
     const int32_t *tok, *slot, *pos; /* (N) row r's input token, cache slot and position */
-    ni_half16 *k_cache, *v_cache;      /* (L, S, NH, T, HS) */
+    ni_half16 *k_cache, *v_cache;    /* (L, S, NH, T, HS) */
     float *x;                        /* (N, C) residual stream */
-    ni_half16 *qkv, *att, *fc;         /* (N, 3C), (N, C), (N, 4C) */
+    ni_half16 *qkv, *att, *fc;       /* (N, 3C), (N, C), (N, 4C) */
     float *logits;                   /* (N, V) */
     unsigned *barrier;               /* (1) the grid barrier's counter, zeroed by each launch */
-    unsigned skip;                   /* EXPERIMENT: bit 0 gemv, 1 attention, 2 layernorm */
+    const void *tmaps;               /* (4 L + 1) x 128 bytes: ni_cuda_decode_fused_tensor_maps */
     unsigned long long *trace; /* NULL, or ni_cuda_decode_fused_trace_words(L) words (below) */
 } ni_decode_fused_args;
 #define NI_CUDA_DECODE_FUSED_MAX_ROWS 8
 
 /* The forward pass of N <= 8 single-token rows (embedding, all layers with their KV append,
  * logits of every row) as one persistent kernel of `blocks` blocks with grid-wide barriers
- * between its phases; the same results as the per-kernel path up to the order of f32 sums. */
+ * between its phases and the weights streamed by TMA; the same results as the per-kernel path up
+ * to the order of f32 sums. bf16 weights. */
 int ni_cuda_decode_fused(const ni_decode_fused_args *a, size_t blocks, ni_stream s);
 /* 1 when the fused step handles these sizes (N rows, width C, NH heads, T cache positions, L
  * layers). */
@@ -125,6 +126,10 @@ int ni_cuda_decode_fused_supported(size_t N, size_t C, size_t NH, size_t T, size
  * block's arrival [2k] and block 0's release [2k + 1]; the last block's end [2 (5 L + 1)] and
  * block 0's start [2 (5 L + 1) + 1]. */
 #define ni_cuda_decode_fused_trace_words(L) (2 * (5 * (size_t)(L) + 2))
+/* Fills out (host, 128-byte aligned, (4 L + 1) x 128 bytes) with the TMA descriptors of the
+ * weight matrices (device pointers in layers (host array) and wte), to be copied to args.tmaps. */
+int ni_cuda_decode_fused_tensor_maps(void *out, const ni_cuda_layer_weights *layers, size_t L,
+                                     const ni_half16 *wte, size_t C, size_t V);
 /* The grid of this device (one block per SM) and its warps. */
 int ni_cuda_decode_fused_grid(size_t *blocks, size_t *warps);
 
