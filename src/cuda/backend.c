@@ -14,6 +14,7 @@
  * the host wakes up only every `graph_steps` steps to collect tokens. */
 #include <cuda_runtime_api.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,10 +31,7 @@
 #define NI_GRAPH_STEPS_MAX 64
 #define NI_MAX_GRAPHS 8
 
-typedef struct {
-    ni_half16 *ln1_w, *ln1_b, *qkv_w, *qkv_b, *proj_w, *proj_b;
-    ni_half16 *ln2_w, *ln2_b, *fc_w, *fc_b, *fcproj_w, *fcproj_b;
-} cuda_layer;
+typedef ni_cuda_layer_weights cuda_layer;
 
 /* What one chunk of a forward pass needs on the device, packed so that one copy moves it. */
 typedef struct {
@@ -76,6 +74,15 @@ struct ni_backend_ctx {
     float *logits;                          /* (S, V) */
     float *attn_partial;
     int32_t *d_next; /* (S) sampled tokens */
+    /* the fused decode step (decode_fused.cu): off when fused_blocks == 0 */
+    size_t fused_blocks, fused_warps;
+    int fused_policy;     /* 0 off, 1 every supported batch, 2 where measured faster */
+    cuda_layer *d_layers; /* (L) device copy of `layers` */
+    unsigned *fused_sync;
+    void *fused_tmaps;               /* (4 L + 1) TMA descriptors */
+    unsigned long long *fused_trace; /* NI_FUSED_TRACE: device words, host sums per phase kind */
+    double trace_ns[8];
+    size_t trace_runs;
     ni_sample_params *d_params;
     void *sample_ws, *lt_ws;
     size_t sample_ws_bytes, lt_ws_bytes;
@@ -95,6 +102,7 @@ struct ni_backend_ctx {
     graph_entry graphs[NI_MAX_GRAPHS];
     size_t n_graphs, graph_evict;
     size_t warm_batch; /* batch size whose eager warm-up step has run */
+    int capturing;     /* a graph capture is in progress */
 
     size_t n_seq, max_new;
     ni_filter filter;
@@ -160,6 +168,13 @@ static size_t arena_layout(ni_backend_ctx *b, uint8_t *base) {
     b->logits = carve(base, &off, S * V * 4);
     b->attn_partial = carve(base, &off, ni_cuda_attention_decode_partial_floats(S, NH, HS, T) * 4);
     b->d_next = carve(base, &off, S * 4);
+    if (b->fused_blocks) {
+        b->d_layers = carve(base, &off, L * sizeof(cuda_layer));
+        b->fused_sync = carve(base, &off, sizeof(unsigned));
+        b->fused_tmaps = carve(base, &off, (4 * L + 1) * 128);
+        if (getenv("NI_FUSED_TRACE"))
+            b->fused_trace = carve(base, &off, ni_cuda_decode_fused_trace_words(L) * 8);
+    }
     b->d_params = carve(base, &off, sizeof(ni_sample_params));
     b->sample_ws = carve(base, &off, b->sample_ws_bytes);
     b->lt_ws = carve(base, &off, b->lt_ws_bytes);
@@ -279,8 +294,11 @@ static ni_status upload_weights(ni_backend_ctx *b) {
 
 /* ---- creation ------------------------------------------------------------------------------ */
 
+static void trace_print(const ni_backend_ctx *b);
+
 static void cuda_destroy(ni_backend_ctx *b) {
     if (!b) return;
+    trace_print(b);
     for (size_t i = 0; i < b->n_graphs; i++) cudaGraphExecDestroy(b->graphs[i].exec);
     ni_matmul_destroy(&b->mm);
     if (b->arena) cudaFree(b->arena);
@@ -338,6 +356,15 @@ static ni_status cuda_create(ni_model *m, const ni_engine_opts *o, ni_backend_ct
     b->blk_bytes = block_layout(&probe, NULL, S, b->chunk);
     b->sample_ws_bytes = b->flags->rejection_sampler ? 0 : ni_cuda_sample_sorted_workspace(S, V);
     b->lt_ws_bytes = (size_t)32 << 20;
+    /* the fused decode step: NI_FUSED=0 turns it off, NI_FUSED=1 uses it for every batch it
+     * supports, unset: where it was measured faster (fused_ok) */
+    const char *nf = getenv("NI_FUSED");
+    b->fused_policy = !nf || !nf[0] ? 2 : strcmp(nf, "0") != 0;
+    if (s == NI_OK && b->fused_policy &&
+        ni_cuda_decode_fused_grid(&b->fused_blocks, &b->fused_warps) != 0) {
+        cudaGetLastError(); /* not available: the per-kernel path */
+        b->fused_blocks = b->fused_warps = 0;
+    }
     b->arena_bytes = arena_layout(b, NULL);
     size_t free_b = 0, total_b = 0;
     if (s == NI_OK) s = ni_cuda_status(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
@@ -363,6 +390,23 @@ static ni_status cuda_create(ni_model *m, const ni_engine_opts *o, ni_backend_ct
         s = ni_matmul_init(&b->mm, b->lt_ws, b->lt_ws_bytes);
     }
     if (s == NI_OK) s = upload_weights(b);
+    if (s == NI_OK && b->fused_blocks) {
+        size_t L = b->cfg->n_layer, nb = (4 * L + 1) * 128;
+        s = ni_cuda_status(
+            cudaMemcpy(b->d_layers, b->layers, L * sizeof(cuda_layer), cudaMemcpyHostToDevice),
+            "cudaMemcpy (layer table)");
+        void *maps = aligned_alloc(128, nb);
+        if (s == NI_OK && !maps) s = ni_fail(NI_ERR_NO_MEMORY, "out of memory");
+        if (s == NI_OK &&
+            ni_cuda_decode_fused_tensor_maps(maps, b->layers, L, b->wte, b->cfg->n_embd, V) != 0) {
+            cudaGetLastError(); /* no TMA descriptors: the per-kernel path */
+            b->fused_blocks = 0;
+        }
+        if (s == NI_OK && b->fused_blocks)
+            s = ni_cuda_status(cudaMemcpy(b->fused_tmaps, maps, nb, cudaMemcpyHostToDevice),
+                               "cudaMemcpy (tensor maps)");
+        free(maps);
+    }
     if (s != NI_OK) {
         cuda_destroy(b);
         return s;
@@ -434,6 +478,92 @@ static ni_status enqueue_logits(ni_backend_ctx *b, const int32_t *rows, size_t n
     return ni_matmul(&b->mm, NULL, out, b->sel, b->wte, NULL, n, C, V, 0, b->dt, b->stream);
 }
 
+/* NI_FUSED_TRACE: adds one eager launch's phase times to the sums printed at destruction:
+ * 0 embedding, 1 ln_1 + qkv, 2 attention, 3 proj, 4 ln_2 + fc, 5 fcproj, 6 ln_f + logits, 7 the
+ * barriers' latency. */
+static ni_status trace_collect(ni_backend_ctx *b) {
+    size_t L = b->cfg->n_layer, nw = ni_cuda_decode_fused_trace_words(L);
+    unsigned long long h[2 * (5 * 64 + 2)];
+    if (L > 64) return NI_OK;
+    NI_CUDA_TRY(cudaMemcpyAsync(h, b->fused_trace, nw * 8, cudaMemcpyDeviceToHost, b->stream),
+                "cudaMemcpy (trace)");
+    NI_CUDA_TRY(cudaStreamSynchronize(b->stream), "trace");
+    unsigned long long prev = h[2 * (5 * L + 1) + 1];
+    for (size_t k = 0; k <= 5 * L + 1; k++) {
+        size_t kind = k == 0 ? 0 : k == 5 * L + 1 ? 6 : 1 + (k - 1) % 5;
+        b->trace_ns[kind] += (double)(h[2 * k] - prev);
+        if (k <= 5 * L) {
+            b->trace_ns[7] += (double)(h[2 * k + 1] - h[2 * k]);
+            prev = h[2 * k + 1];
+        }
+    }
+    b->trace_runs++;
+    return NI_OK;
+}
+
+static void trace_print(const ni_backend_ctx *b) {
+    static const char *names[8] = {"embedding", "ln_1+qkv", "attention",   "proj",
+                                   "ln_2+fc",   "fcproj",   "ln_f+logits", "barriers"};
+    if (!b->trace_runs) return;
+    double all = 0.0;
+    for (int i = 0; i < 8; i++) all += b->trace_ns[i];
+    fprintf(stderr, "fused decode step, mean over %zu eager steps (us):", b->trace_runs);
+    for (int i = 0; i < 8; i++)
+        fprintf(stderr, " %s %.1f", names[i], b->trace_ns[i] / (double)b->trace_runs * 1e-3);
+    fprintf(stderr, " | total %.1f\n", all / (double)b->trace_runs * 1e-3);
+}
+
+/* Whether the fused decode step takes a chunk of N single-token rows, all wanting logits. By
+ * default only where it measured faster than the per-kernel path (H200): up to 4 rows of a model
+ * with large layers (gpt2-xl: +9 to +12 % at batch 1, +4 % at 4); its five grid barriers, two
+ * LayerNorms and the attention per layer cost more than the kernel boundaries they replace for
+ * small models (gpt2 batch 1: -13 %) and from batch 8 on (-13 %). */
+static int fused_ok(const ni_backend_ctx *b, size_t N) {
+    if (b->fused_policy == 2 && (N > 4 || b->cfg->n_embd < 1600)) return 0;
+    return b->fused_blocks && b->dt == NI_CUDA_BF16 &&
+           ni_cuda_decode_fused_supported(N, b->cfg->n_embd, b->cfg->n_head, b->max_seq,
+                                          b->cfg->n_layer);
+}
+
+/* The whole forward pass of N single-token rows (tokens, slots, positions on the device) into
+ * b->logits (N, V) as one fused kernel. */
+static ni_status enqueue_fused(ni_backend_ctx *b, size_t N, const int32_t *tok, const int32_t *slot,
+                               const int32_t *pos) {
+    const ni_config *c = b->cfg;
+    ni_decode_fused_args a = {
+        .N = N,
+        .C = c->n_embd,
+        .NH = c->n_head,
+        .L = c->n_layer,
+        .V = c->vocab_size,
+        .T = b->max_seq,
+        .kv_layer = b->max_batch * b->max_seq * c->n_embd,
+        .eps = c->ln_eps,
+        .layers = b->d_layers,
+        .wte = b->wte,
+        .wpe = b->wpe,
+        .lnf_w = b->lnf_w,
+        .lnf_b = b->lnf_b,
+        .tok = tok,
+        .slot = slot,
+        .pos = pos,
+        .k_cache = b->k_cache,
+        .v_cache = b->v_cache,
+        .x = b->x,
+        .qkv = b->qkv,
+        .att = b->att,
+        .fc = b->fc,
+        .logits = b->logits,
+        .barrier = b->fused_sync,
+        .trace = b->fused_trace,
+        .tmaps = b->fused_tmaps,
+    };
+    NI_CUDA_TRY(ni_cuda_decode_fused(&a, b->fused_blocks, (ni_stream)b->stream),
+                "decode_fused kernel");
+    if (b->fused_trace && !b->capturing) NI_TRY(trace_collect(b));
+    return NI_OK;
+}
+
 /* The forward pass over the host token list b->list.tok/slot/pos/want[0, n). Logits of the wanted
  * rows go to b->logits (generation: at most S rows) or block by block to host_out. */
 static ni_status forward(ni_backend_ctx *b, size_t n, float *host_out) {
@@ -470,6 +600,13 @@ static ni_status forward(ni_backend_ctx *b, size_t n, float *host_out) {
         NI_CUDA_TRY(
             cudaMemcpyAsync(b->d_blk, b->h_blk, b->blk_bytes, cudaMemcpyHostToDevice, b->stream),
             "cudaMemcpy (token lists)");
+        int rows_in_order = n_sel == N;
+        for (size_t r = 0; r < n_sel && rows_in_order; r++)
+            rows_in_order = h->rows[r] == (int32_t)r;
+        if (single && rows_in_order && !host_out && n == N && fused_ok(b, N)) {
+            NI_TRY(enqueue_fused(b, N, d->tok, d->slot, d->pos));
+            return NI_OK;
+        }
         layer_args a = {N,           d->tok,      d->slot,      d->pos,
                         single,      max_pos,     d->seq_start, d->seq_len,
                         d->seq_slot, d->seq_pos0, n_pieces,     max_len};
@@ -598,14 +735,18 @@ static ni_status init_graph_state(ni_backend_ctx *b) {
 /* One decode step for all B rows from the device state: forward, sampling, advance. Every
  * shape is fixed by B and the engine's sizes, so the same launches can be captured. */
 static ni_status enqueue_graph_step(ni_backend_ctx *b, size_t B) {
-    layer_args a = {.N = B,
-                    .tok = b->st.tok,
-                    .slot = b->st.slot,
-                    .pos = b->st.pos,
-                    .single = 1,
-                    .max_pos = b->max_seq - 1};
-    NI_TRY(enqueue_layers(b, &a));
-    NI_TRY(enqueue_logits(b, NULL, B, b->logits));
+    if (fused_ok(b, B)) {
+        NI_TRY(enqueue_fused(b, B, b->st.tok, b->st.slot, b->st.pos));
+    } else {
+        layer_args a = {.N = B,
+                        .tok = b->st.tok,
+                        .slot = b->st.slot,
+                        .pos = b->st.pos,
+                        .single = 1,
+                        .max_pos = b->max_seq - 1};
+        NI_TRY(enqueue_layers(b, &a));
+        NI_TRY(enqueue_logits(b, NULL, B, b->logits));
+    }
     NI_CUDA_TRY(ni_cuda_sample_rejection(b->d_next, b->logits, b->st.seq_ids, b->st.steps,
                                          b->d_params, B, b->cfg->vocab_size, (ni_stream)b->stream),
                 "sample_rejection kernel");
@@ -624,7 +765,9 @@ static ni_status graph_for(ni_backend_ctx *b, size_t B, cudaGraphExec_t *out) {
     cudaGraph_t g = NULL;
     NI_CUDA_TRY(cudaStreamBeginCapture(b->stream, cudaStreamCaptureModeThreadLocal),
                 "cudaStreamBeginCapture");
+    b->capturing = 1;
     ni_status s = enqueue_graph_step(b, B);
+    b->capturing = 0;
     cudaError_t e = cudaStreamEndCapture(b->stream, &g);
     if (s != NI_OK) {
         if (g) cudaGraphDestroy(g);

@@ -88,6 +88,51 @@ int ni_cuda_gemv(ni_half16 *out, float *out_f32, const ni_half16 *inp, const ni_
                  ni_stream s);
 #define NI_CUDA_GEMV_MAX_ROWS 16
 
+/* ---- the fused decode step (decode_fused.cu) ------------------------------------------------ */
+
+/* One layer's weights on the device (bf16). */
+typedef struct {
+    ni_half16 *ln1_w, *ln1_b, *qkv_w, *qkv_b, *proj_w, *proj_b;
+    ni_half16 *ln2_w, *ln2_b, *fc_w, *fc_b, *fcproj_w, *fcproj_b;
+} ni_cuda_layer_weights;
+
+/* Everything one fused decode step reads and writes; all pointers are device memory. */
+typedef struct {
+    size_t N, C, NH, L, V, T; /* rows, width, heads, layers, vocabulary, cache positions */
+    size_t kv_layer;          /* elements of one layer's cache (S * NH * T * HS) */
+    float eps;
+    const ni_cuda_layer_weights *layers; /* (L) */
+    const ni_half16 *wte, *wpe, *lnf_w, *lnf_b;
+    const int32_t *tok, *slot, *pos; /* (N) row r's input token, cache slot and position */
+    ni_half16 *k_cache, *v_cache;    /* (L, S, NH, T, HS) */
+    float *x;                        /* (N, C) residual stream */
+    ni_half16 *qkv, *att, *fc;       /* (N, 3C), (N, C), (N, 4C) */
+    float *logits;                   /* (N, V) */
+    unsigned *barrier;               /* (1) the grid barrier's counter, zeroed by each launch */
+    const void *tmaps;               /* (4 L + 1) x 128 bytes: ni_cuda_decode_fused_tensor_maps */
+    unsigned long long *trace; /* NULL, or ni_cuda_decode_fused_trace_words(L) words (below) */
+} ni_decode_fused_args;
+#define NI_CUDA_DECODE_FUSED_MAX_ROWS 8
+
+/* The forward pass of N <= 8 single-token rows (embedding, all layers with their KV append,
+ * logits of every row) as one persistent kernel of `blocks` blocks with grid-wide barriers
+ * between its phases and the weights streamed by TMA; the same results as the per-kernel path up
+ * to the order of f32 sums. bf16 weights. */
+int ni_cuda_decode_fused(const ni_decode_fused_args *a, size_t blocks, ni_stream s);
+/* 1 when the fused step handles these sizes (N rows, width C, NH heads, T cache positions, L
+ * layers). */
+int ni_cuda_decode_fused_supported(size_t N, size_t C, size_t NH, size_t T, size_t L);
+/* Phase timing (NI_FUSED_TRACE), globaltimer ns: for each of the 1 + 5 L barriers k, the last
+ * block's arrival [2k] and block 0's release [2k + 1]; the last block's end [2 (5 L + 1)] and
+ * block 0's start [2 (5 L + 1) + 1]. */
+#define ni_cuda_decode_fused_trace_words(L) (2 * (5 * (size_t)(L) + 2))
+/* Fills out (host, 128-byte aligned, (4 L + 1) x 128 bytes) with the TMA descriptors of the
+ * weight matrices (device pointers in layers (host array) and wte), to be copied to args.tmaps. */
+int ni_cuda_decode_fused_tensor_maps(void *out, const ni_cuda_layer_weights *layers, size_t L,
+                                     const ni_half16 *wte, size_t C, size_t V);
+/* The grid of this device (one block per SM) and its warps. */
+int ni_cuda_decode_fused_grid(size_t *blocks, size_t *warps);
+
 /* ---- device-side decode state (CUDA graphs) ------------------------------------------------ */
 
 /* After sampling row r: hist[steps[r] * B + r] = next[r] (when steps[r] < hist_rows),

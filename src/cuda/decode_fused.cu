@@ -1,0 +1,841 @@
+/* The whole decode step of a small batch (N <= 8 rows, one new token each) as one persistent
+ * kernel: embedding, every transformer block and the logits, with grid-wide barriers between
+ * the phases instead of kernel boundaries. At batch 1 the per-kernel path runs 8 small kernels
+ * per layer, each streaming a 5-20 MB matrix in a few microseconds, and every boundary (drain,
+ * launch, first loads) costs about as much as the transfer. Here one block per SM stays resident
+ * for the whole step, and the phases are
+ *   embedding | per layer: ln_1 + qkv (+ KV append) | attention | proj (+ residual) |
+ *   ln_2 + fc (+ GELU) | fcproj (+ residual) | ln_f + logits
+ * with one barrier after each (1 + 5 L barriers).
+ * Weight streaming is decoupled from the barriers: weights never depend on the step, so a
+ * producer warp per block copies the block's share of every GEMV of the step, in order, with TMA
+ * (cp.async.bulk.tensor: 16 rows x 256 columns per copy) into a ring of shared-memory slots
+ * guarded by mbarriers, as far ahead as the ring allows, while the 16 consumer warps wait at
+ * barriers, normalize, or attend. (Loads through the load units, cp.async included, were tried
+ * first: they stay near 30 GB/s per SM, which left HBM at 1.2-2 TB/s in the short GEMV phases.)
+ * GEMV phases: the blocks own consecutive 16-row tiles (split evenly); slab j of a tile goes to
+ * consumer warp j % 16, which runs the tensor-core product of gemv.cu (mma.m16n8k16, bf16 in,
+ * f32 accumulate, the batch rows as the A operand padded to 8) over its 8 units of 32 columns;
+ * the warps' partial tiles are added in warp order in shared memory, so results are
+ * deterministic and, the partition depending only on the shapes and the grid, independent of
+ * the batch. The epilogue's loads (bias, residual) are issued before the tile's products.
+ * LayerNorm phases stage the N residual rows and the scale and shift in shared memory (one L2
+ * round trip) and normalize them in every block (the CPU twin's two-pass statistics); the other
+ * GEMV inputs (attention output, MLP activations) are staged the same way. Data written during
+ * the kernel by other SMs (residual stream, activations, caches) is read with ld.global.cg (L2,
+ * never a stale L1 line). Rounding follows the per-kernel path: qkv, attention output and fc
+ * activations are bf16, each GEMV result is rounded to bf16 before the residual add, logits f32.
+ * Attention: one block per (row, head) item: thread j scores position j with all its key loads
+ * in flight, block max and sum, then warp w accumulates positions w, w + 16, ... (the first
+ * value rows requested together with q), lanes owning dimension pairs.
+ * All blocks must be resident at once (the barriers spin): one block per SM, sized from the
+ * occupancy query, launched without programmatic dependent launch. bf16 only. */
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdint.h>
+
+#include "cuda/kernels.h"
+
+#define DF_THREADS 512 /* the consumers: 16 warps; one more warp streams the weights */
+#define DF_WARPS (DF_THREADS / 32)
+#define DF_BLOCK (DF_THREADS + 32)
+
+/* A barrier of the 16 consumer warps only (named barrier 1): the producer warp never joins. */
+static __device__ __forceinline__ void df_bar(void) {
+    asm volatile("bar.sync 1, %0;" ::"n"(DF_THREADS) : "memory");
+}
+
+enum { DF_EPI_QKV, DF_EPI_RESIDUAL, DF_EPI_GELU, DF_EPI_LOGITS };
+
+/* ---- loads -------------------------------------------------------------------------------- */
+
+/* Data written during this kernel by other SMs: L2 only. */
+static __device__ __forceinline__ uint4 df_ld_cg16(const void *p, bool pred) {
+    uint4 v;
+    asm volatile("{\n\t.reg .pred p;\n\t"
+                 "setp.ne.b32 p, %5, 0;\n\t"
+                 "mov.b32 %0, 0;\n\tmov.b32 %1, 0;\n\tmov.b32 %2, 0;\n\tmov.b32 %3, 0;\n\t"
+                 "@p ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];\n\t}"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p), "r"((int)pred));
+    return v;
+}
+
+static __device__ __forceinline__ float df_bf(uint16_t u) {
+    return __uint_as_float((uint32_t)u << 16);
+}
+
+static __device__ __forceinline__ uint16_t df_to_bf(float v) {
+    return __bfloat16_as_ushort(__float2bfloat16_rn(v));
+}
+
+static __device__ __forceinline__ uint32_t df_word(const uint4 &v, int i) {
+    return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+static __device__ __forceinline__ void df_mma(float *d, uint32_t a0, uint32_t a1, uint32_t a2,
+                                              uint32_t a3, uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+static __device__ __forceinline__ float df_gelu(float x) {
+    const float k = 0.7978845608028654f; /* sqrt(2 / pi) */
+    return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+}
+
+static __device__ __forceinline__ float df_warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+static __device__ __forceinline__ float df_warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* ---- grid barrier ------------------------------------------------------------------------- */
+
+/* Every block arrives once per barrier; `target` (thread 0's) counts the arrivals to wait for.
+ * The counter is zeroed before each launch. */
+static __device__ __forceinline__ uint64_t df_now(void) {
+    uint64_t t;
+    asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
+    return t;
+}
+
+/* trace (optional): per barrier k, the latest arrival over the blocks [2k] and block 0's exit
+ * [2k + 1], in ns (globaltimer). */
+static __device__ __forceinline__ void df_grid_sync(unsigned *counter, unsigned &target,
+                                                    unsigned long long *trace, uint32_t &k) {
+    df_bar(); /* the block's writes happen before thread 0's release below */
+    if (trace && threadIdx.x == 0) atomicMax(trace + 2 * k, (unsigned long long)df_now());
+    if (threadIdx.x == 0) {
+        target += gridDim.x;
+        asm volatile("fence.acq_rel.gpu;\n\tred.relaxed.gpu.global.add.u32 [%0], 1;" ::"l"(counter)
+                     : "memory");
+        unsigned seen;
+        do {
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];"
+                         : "=r"(seen)
+                         : "l"(counter)
+                         : "memory");
+        } while (seen < target);
+        if (trace && blockIdx.x == 0) trace[2 * k + 1] = df_now();
+    }
+    k++;
+    df_bar();
+}
+
+/* ---- weight streaming: one producer warp, a ring of TMA slabs ---------------------------------
+ */
+
+/* A slab: 16 weight rows (one tile) x 256 columns, one 2D tensor copy (TMA, which keeps far more
+ * bytes in flight per SM than the load units do; columns past IC and rows past OC arrive as
+ * zeros) into a ring slot, row pitch 512 bytes. The
+ * producer issues the slabs of every GEMV phase of the step in consumption order, as far ahead
+ * as the ring allows, independent of the barriers; each slot has a "full" mbarrier (transaction
+ * bytes) and an "empty" one (the consuming warp's arrival). */
+#define DF_SLAB_COLS 256
+#define DF_SLAB_PITCH 512
+#define DF_SLAB_BYTES (16 * DF_SLAB_PITCH)
+#define DF_RING_MAX 24
+
+typedef struct {
+    const uint16_t *w;
+    uint32_t IC, OC;
+} df_geom;
+
+/* Phase ph of the step's GEMVs: 4 per layer (qkv, proj, fc, fcproj), then the logits (4 L). */
+static __device__ __forceinline__ df_geom df_phase_geom(const ni_decode_fused_args &a,
+                                                        const ni_cuda_layer_weights *tab,
+                                                        uint32_t ph) {
+    const uint32_t C = (uint32_t)a.C;
+    df_geom g;
+    if (ph == 4 * (uint32_t)a.L) {
+        g.w = a.wte, g.IC = C, g.OC = (uint32_t)a.V;
+        return g;
+    }
+    const ni_cuda_layer_weights *y = tab + ph / 4;
+    switch (ph % 4) {
+    case 0:
+        g.w = y->qkv_w, g.IC = C, g.OC = 3 * C;
+        break;
+    case 1:
+        g.w = y->proj_w, g.IC = C, g.OC = C;
+        break;
+    case 2:
+        g.w = y->fc_w, g.IC = C, g.OC = 4 * C;
+        break;
+    default:
+        g.w = y->fcproj_w, g.IC = 4 * C, g.OC = C;
+        break;
+    }
+    return g;
+}
+
+/* This block's tiles [t0, t1) of a phase (tiles split evenly over the blocks) and the slabs of a
+ * tile. */
+typedef struct {
+    uint32_t t0, t1, nslab;
+} df_share;
+
+static __device__ __forceinline__ df_share df_share_of(const df_geom &g) {
+    const uint32_t tiles = (g.OC + 15) / 16;
+    df_share s;
+    s.t0 = (uint32_t)((uint64_t)blockIdx.x * tiles / gridDim.x);
+    s.t1 = (uint32_t)((uint64_t)(blockIdx.x + 1) * tiles / gridDim.x);
+    s.nslab = (g.IC + DF_SLAB_COLS - 1) / DF_SLAB_COLS;
+    return s;
+}
+
+static __device__ __forceinline__ void df_mbar_init(uint32_t bar, uint32_t count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+
+static __device__ __forceinline__ void df_mbar_wait(uint32_t bar, uint32_t parity) {
+    asm volatile("{\n\t.reg .pred p;\n\t"
+                 "DF_WAIT_%=:\n\t"
+                 "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n\t"
+                 "@!p bra DF_WAIT_%=;\n\t}" ::"r"(bar),
+                 "r"(parity)
+                 : "memory");
+}
+
+static __device__ __forceinline__ void df_mbar_arrive(uint32_t bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+}
+
+static __device__ __forceinline__ void df_mbar_expect(uint32_t bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes)
+                 : "memory");
+}
+
+/* box (16 rows x 256 columns) at (column c0, row r0) of the matrix described by tmap */
+static __device__ __forceinline__ void df_tma_copy(uint32_t dst, const void *tmap, uint32_t c0,
+                                                   uint32_t r0, uint32_t bar) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes "
+                 "[%0], [%1, {%2, %3}], [%4];" ::"r"(dst),
+                 "l"(tmap), "r"(c0), "r"(r0), "r"(bar)
+                 : "memory");
+}
+
+/* The producer (one lane): every slab of the step, in the consumers' order. */
+static __device__ void df_produce(const ni_decode_fused_args &a, const ni_cuda_layer_weights *tab,
+                                  uint32_t ring_base, uint32_t bars, uint32_t ring) {
+    uint32_t seq = 0;
+    const uint32_t n_ph = 4 * (uint32_t)a.L + 1;
+    for (uint32_t ph = 0; ph < n_ph; ph++) {
+        const df_geom g = df_phase_geom(a, tab, ph);
+        const df_share sh = df_share_of(g);
+        const void *tmap = (const uint8_t *)a.tmaps + (size_t)ph * 128;
+        for (uint32_t tile = sh.t0; tile < sh.t1; tile++) {
+            for (uint32_t sl = 0; sl < sh.nslab; sl++, seq++) {
+                const uint32_t slot = seq % ring, full = bars + slot * 16, empty = full + 8;
+                df_mbar_wait(empty, ((seq / ring) & 1u) ^ 1u);
+                df_mbar_expect(full, DF_SLAB_BYTES);
+                df_tma_copy(ring_base + slot * DF_SLAB_BYTES, tmap, sl * DF_SLAB_COLS, tile * 16,
+                            full);
+            }
+        }
+    }
+}
+
+/* ---- GEMV phase --------------------------------------------------------------------------- */
+
+typedef struct {
+    /* sizes */
+    size_t N, C, NH, HS, T, V;
+    /* per-row device inputs */
+    const int32_t *slot, *pos;
+    /* this layer's caches (S, NH, T, HS) */
+    uint16_t *k_cache, *v_cache;
+    float *x;
+    uint16_t *qkv, *fc;
+    float *logits;
+} df_ctx;
+
+/* Output (row n, feature o) of phase kind `epi`: v = the product + bias; xold: the residual's
+ * value (loaded before the tile's products, so that no load waits here). */
+static __device__ __forceinline__ void df_epilogue(int epi, const df_ctx &c, size_t OC, size_t n,
+                                                   size_t o, float v, float xold) {
+    switch (epi) {
+    case DF_EPI_QKV: {
+        const uint16_t b = df_to_bf(v);
+        if (o < c.C) {
+            c.qkv[n * 3 * c.C + o] = b;
+        } else {
+            const size_t ch = (o - c.C) % c.C, h = ch / c.HS, d = ch % c.HS;
+            uint16_t *cache = o < 2 * c.C ? c.k_cache : c.v_cache;
+            cache[(((size_t)c.slot[n] * c.NH + h) * c.T + (size_t)c.pos[n]) * c.HS + d] = b;
+        }
+        break;
+    }
+    case DF_EPI_RESIDUAL:
+        c.x[n * c.C + o] = xold + df_bf(df_to_bf(v));
+        break;
+    case DF_EPI_GELU:
+        c.fc[n * OC + o] = df_to_bf(df_gelu(v));
+        break;
+    default:
+        c.logits[n * OC + o] = v;
+        break;
+    }
+}
+
+/* Tiles finished together (their partial sums side by side in shared memory). 4 ran on gpt2 (3 %
+ * faster there) but a gpt2-xl benchmark with it did not finish in one trial, not yet understood:
+ * kept at 1 until it is. */
+#define DF_GROUP 1
+
+/* One GEMV phase: the block's tiles in groups of up to DF_GROUP; slab j of a group (tile-major,
+ * as the producer copies them) goes to warp j % 16, which multiplies its 8 units of 32 columns
+ * (weights from the ring slot, inputs xs (N, IC) bf16 from shared memory) on the tensor cores;
+ * the 16 warps' partial tiles are added in warp order (red: DF_GROUP x DF_WARPS x 128 floats)
+ * and the epilogue writes the group's tiles. seq: the block's slab count. */
+static __device__ void df_gemv_phase(const ni_decode_fused_args &a, const df_ctx &c,
+                                     const ni_cuda_layer_weights *tab, uint32_t ph, int epi,
+                                     const uint16_t *bias, const uint16_t *xs, float *red,
+                                     uint32_t &seq, uint32_t ring_base, uint32_t bars,
+                                     uint32_t ring) {
+    const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5, r = lane >> 2, t = lane & 3;
+    const df_geom g = df_phase_geom(a, tab, ph);
+    const df_share sh = df_share_of(g);
+    const bool row_ok = r < c.N;
+    const uint16_t *xrow = xs + (row_ok ? r : 0) * (size_t)g.IC;
+    const uint32_t per_tile = (uint32_t)c.N * 16;
+    for (uint32_t g0 = sh.t0; g0 < sh.t1; g0 += DF_GROUP) {
+        const uint32_t nt = sh.t1 - g0 < DF_GROUP ? sh.t1 - g0 : DF_GROUP;
+        /* thread (tile, n, f) < nt x N x 16 finishes feature f of row n of that tile */
+        const bool fin = threadIdx.x < nt * per_tile;
+        const uint32_t ft = threadIdx.x / per_tile, fn = threadIdx.x % per_tile / 16,
+                       ff = threadIdx.x % 16;
+        const size_t fo = (size_t)(g0 + ft) * 16 + ff;
+        float fbias = 0.0f, xold = 0.0f;
+        if (fin && fo < g.OC) {
+            if (bias) fbias = df_bf(bias[fo]);
+            if (epi == DF_EPI_RESIDUAL) xold = __ldcg(c.x + fn * c.C + fo);
+        }
+#pragma unroll
+        for (uint32_t tl = 0; tl < DF_GROUP; tl++) {
+            if (tl >= nt) break;
+            float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+            const uint32_t j0 = tl * sh.nslab;
+            for (uint32_t sl = (warp + DF_WARPS - j0 % DF_WARPS) % DF_WARPS; sl < sh.nslab;
+                 sl += DF_WARPS) {
+                const uint32_t q = seq + j0 + sl, slot = q % ring, full = bars + slot * 16;
+                df_mbar_wait(full, (q / ring) & 1u);
+                const uint32_t base = ring_base + slot * DF_SLAB_BYTES + r * DF_SLAB_PITCH + t * 16;
+#pragma unroll 4
+                for (uint32_t u = 0; u < DF_SLAB_COLS / 32; u++) {
+                    const uint32_t col = sl * DF_SLAB_COLS + u * 32 + 8 * t;
+                    if (sl * DF_SLAB_COLS + u * 32 >= g.IC) break; /* warp-uniform */
+                    uint4 w0, w1;
+                    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+                                 : "=r"(w0.x), "=r"(w0.y), "=r"(w0.z), "=r"(w0.w)
+                                 : "r"(base + u * 64));
+                    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+                                 : "=r"(w1.x), "=r"(w1.y), "=r"(w1.z), "=r"(w1.w)
+                                 : "r"(base + u * 64 + 8 * DF_SLAB_PITCH));
+                    /* columns past IC are zeros in the slab (TMA fill) and in xv */
+                    const uint4 xv = row_ok && col < g.IC
+                                         ? *reinterpret_cast<const uint4 *>(xrow + col)
+                                         : make_uint4(0u, 0u, 0u, 0u);
+#pragma unroll
+                    for (int ks = 0; ks < 2; ks++) {
+                        const uint32_t a0 = df_word(xv, 2 * ks), a2 = df_word(xv, 2 * ks + 1);
+                        df_mma(acc[0], a0, 0u, a2, 0u, df_word(w0, 2 * ks),
+                               df_word(w0, 2 * ks + 1));
+                        df_mma(acc[1], a0, 0u, a2, 0u, df_word(w1, 2 * ks),
+                               df_word(w1, 2 * ks + 1));
+                    }
+                }
+                __syncwarp();
+                if (lane == 0) df_mbar_arrive(full + 8); /* the slot may be refilled */
+            }
+            /* rows g (< 8): features 8 half + 2t + e in acc[half][e] */
+            float *mine = red + (tl * DF_WARPS + warp) * 128 + lane * 4;
+            mine[0] = acc[0][0], mine[1] = acc[0][1], mine[2] = acc[1][0], mine[3] = acc[1][1];
+        }
+        df_bar();
+        if (fin && fo < g.OC) {
+            const uint32_t idx = (fn * 4 + (ff % 8) / 2) * 4 + (ff / 8) * 2 + (ff % 2);
+            float v = 0.0f;
+            for (int w = 0; w < DF_WARPS; w++) v += red[(ft * DF_WARPS + w) * 128 + idx];
+            df_epilogue(epi, c, g.OC, fn, fo, v + fbias, xold);
+        }
+        df_bar();
+        seq += nt * sh.nslab;
+    }
+}
+
+/* Copies src (N, K) bf16 (written during this kernel: through L2) to shared memory, all loads in
+ * flight together. K % 8 == 0. */
+static __device__ void df_stage(uint16_t *dst, const uint16_t *src, size_t N, size_t K) {
+    const size_t n16 = N * K / 8;
+    const uint4 *s4 = reinterpret_cast<const uint4 *>(src);
+    uint4 *d4 = reinterpret_cast<uint4 *>(dst);
+    for (size_t i0 = threadIdx.x; i0 < n16; i0 += 4 * DF_THREADS) {
+        uint4 v[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const size_t i = i0 + (size_t)k * DF_THREADS;
+            v[k] = df_ld_cg16(s4 + (i < n16 ? i : 0), i < n16);
+        }
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const size_t i = i0 + (size_t)k * DF_THREADS;
+            if (i < n16) d4[i] = v[k];
+        }
+    }
+    df_bar();
+}
+
+/* ---- LayerNorm into shared memory --------------------------------------------------------- */
+
+/* out (N, C) bf16 in shared memory = LayerNorm(x rows) * w + b. The rows are first staged in
+ * shared memory (xs, N * C floats) with every load in flight at once (one L2 round trip); then
+ * each row gets a group of 16 / N' warps (N' = N rounded up to a power of two) for the CPU twin's
+ * two-pass statistics (fixed-order sums) and the normalized, scaled output. red: DF_WARPS floats.
+ */
+static __device__ void df_layernorm(uint16_t *out, float *xs, float *red, const float *x,
+                                    const uint16_t *w_g, const uint16_t *b_g, size_t N, size_t C,
+                                    float eps) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const size_t n4 = N * C / 4; /* C % 8 == 0 */
+    /* the scale and shift to shared memory too (after the rows), requested first */
+    uint16_t *w = reinterpret_cast<uint16_t *>(xs + N * C), *b = w + C;
+    const uint2 *w4 = reinterpret_cast<const uint2 *>(w_g),
+                *b4 = reinterpret_cast<const uint2 *>(b_g);
+    const bool wb0 = threadIdx.x < C / 4;
+    const uint2 wv0 = wb0 ? __ldg(w4 + threadIdx.x) : make_uint2(0u, 0u);
+    const uint2 bv0 = wb0 ? __ldg(b4 + threadIdx.x) : make_uint2(0u, 0u);
+    const float4 *x4 = reinterpret_cast<const float4 *>(x);
+    float4 *xs4 = reinterpret_cast<float4 *>(xs);
+    for (size_t i0 = threadIdx.x; i0 < n4; i0 += 4 * DF_THREADS) {
+        float4 v[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const size_t i = i0 + (size_t)k * DF_THREADS;
+            v[k] = i < n4 ? __ldcg(x4 + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const size_t i = i0 + (size_t)k * DF_THREADS;
+            if (i < n4) xs4[i] = v[k];
+        }
+    }
+    if (wb0) {
+        reinterpret_cast<uint2 *>(w)[threadIdx.x] = wv0;
+        reinterpret_cast<uint2 *>(b)[threadIdx.x] = bv0;
+    }
+    for (size_t i = threadIdx.x + DF_THREADS; i < C / 4; i += DF_THREADS) { /* C > 2048 */
+        reinterpret_cast<uint2 *>(w)[i] = __ldg(w4 + i);
+        reinterpret_cast<uint2 *>(b)[i] = __ldg(b4 + i);
+    }
+    int np = 1;
+    while (np < (int)N) np *= 2;
+    const int gw = DF_WARPS / np;         /* warps per row */
+    const size_t n = (size_t)(warp / gw); /* this warp's row (>= N: idle) */
+    const int li = (warp % gw) * 32 + lane, stride = gw * 32;
+    const float *xr = xs + (n < N ? n : 0) * C;
+    df_bar();
+    float sum = 0.0f;
+    if (n < N)
+        for (size_t i = (size_t)li; i < C; i += (size_t)stride) sum += xr[i];
+    sum = df_warp_sum(sum);
+    if (lane == 0) red[warp] = sum;
+    df_bar();
+    float tot = 0.0f;
+    for (int k = 0; k < gw; k++) tot += red[(warp / gw) * gw + k];
+    const float mean = tot / (float)C;
+    df_bar(); /* red is reused */
+    float sq = 0.0f;
+    if (n < N)
+        for (size_t i = (size_t)li; i < C; i += (size_t)stride) {
+            const float d = xr[i] - mean;
+            sq += d * d;
+        }
+    sq = df_warp_sum(sq);
+    if (lane == 0) red[warp] = sq;
+    df_bar();
+    tot = 0.0f;
+    for (int k = 0; k < gw; k++) tot += red[(warp / gw) * gw + k];
+    const float rstd = rsqrtf(tot / (float)C + eps);
+    if (n < N) {
+        uint32_t *o2 = reinterpret_cast<uint32_t *>(out + n * C);
+        const uint32_t *w2 = reinterpret_cast<const uint32_t *>(w);
+        const uint32_t *b2 = reinterpret_cast<const uint32_t *>(b);
+        for (size_t i = (size_t)li; i < C / 2; i += (size_t)stride) {
+            const uint32_t wp = w2[i], bp = b2[i];
+            const float lo =
+                (xr[2 * i] - mean) * rstd * __uint_as_float(wp << 16) + __uint_as_float(bp << 16);
+            const float hi = (xr[2 * i + 1] - mean) * rstd * __uint_as_float(wp & 0xffff0000u) +
+                             __uint_as_float(bp & 0xffff0000u);
+            o2[i] = (uint32_t)df_to_bf(lo) | ((uint32_t)df_to_bf(hi) << 16);
+        }
+    }
+    df_bar();
+}
+
+/* ---- attention ---------------------------------------------------------------------------- */
+
+/* Block max or sum of v; red: DF_WARPS floats of shared memory. */
+template <bool MAX> static __device__ __forceinline__ float df_block_reduce(float v, float *red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = MAX ? df_warp_max(v) : df_warp_sum(v);
+    df_bar(); /* red may still be read from the previous call */
+    if (lane == 0) red[warp] = v;
+    df_bar();
+    v = red[lane % DF_WARPS];
+    return MAX ? df_warp_max(v) : df_warp_sum(v); /* lanes >= 16 repeat lanes 0..15: max only */
+}
+
+/* One block per (row, head) item: q (pre-scaled) to shared memory; thread j scores position j
+ * with all of its key loads in flight; block max and sum; then warp w accumulates positions
+ * w, w + 16, ... with lane l owning the dimension pairs 2l + 64k of the value rows (coalesced
+ * loads, several positions in flight); the 16 warps' sums are added in shared memory. */
+static __device__ void df_attention(uint16_t *att, const df_ctx &c, float *sm) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const size_t HS = c.HS, C = c.C;
+    float *q = sm;                     /* (128) */
+    float *red = q + 128;              /* (DF_WARPS) */
+    float *wacc = red + DF_WARPS;      /* (DF_WARPS, 128) */
+    float *sc = wacc + DF_WARPS * 128; /* (T) scores, then probabilities */
+    const float scale = rsqrtf((float)HS);
+    for (size_t item = blockIdx.x; item < c.N * c.NH; item += gridDim.x) {
+        const size_t n = item / c.NH, h = item % c.NH;
+        const int p = c.pos[n];
+        const uint16_t *qs = c.qkv + n * 3 * C + h * HS;
+        const size_t head = ((size_t)c.slot[n] * c.NH + h) * c.T * HS;
+        const uint16_t *kc = c.k_cache + head, *vc = c.v_cache + head;
+        /* value words of positions warp + 16 u (u < 8) for lane dims 2 lane + 64 k, requested
+         * now with q: neither depends on the softmax */
+        uint32_t vv[8][2];
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            const int j = warp + u * DF_WARPS;
+#pragma unroll
+            for (int k = 0; k < 2; k++) {
+                const size_t d = (size_t)(2 * lane + 64 * k);
+                vv[u][k] = j <= p && d < HS
+                               ? __ldcg(reinterpret_cast<const unsigned *>(vc + (size_t)j * HS + d))
+                               : 0u;
+            }
+        }
+        for (size_t d = threadIdx.x; d < HS; d += DF_THREADS) q[d] = df_bf(__ldcg(qs + d)) * scale;
+        df_bar();
+        float mx = -INFINITY;
+        for (int j = (int)threadIdx.x; j <= p; j += DF_THREADS) {
+            const uint16_t *kr = kc + (size_t)j * HS;
+            float dot = 0.0f;
+#pragma unroll
+            for (int k0 = 0; k0 < 16; k0 += 8) {
+                if ((size_t)(8 * k0) >= HS) break;
+                uint4 kv[8];
+#pragma unroll
+                for (int k = 0; k < 8; k++)
+                    kv[k] = df_ld_cg16(kr + 8 * (k0 + k), (size_t)(8 * (k0 + k)) < HS);
+#pragma unroll
+                for (int k = 0; k < 8; k++) {
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const uint32_t wd = df_word(kv[k], e);
+                        const int d = 8 * (k0 + k) + 2 * e;
+                        if ((size_t)d < HS)
+                            dot += q[d] * __uint_as_float(wd << 16) +
+                                   q[d + 1] * __uint_as_float(wd & 0xffff0000u);
+                    }
+                }
+            }
+            sc[j] = dot;
+            mx = fmaxf(mx, dot);
+        }
+        const float M = df_block_reduce<true>(mx, red);
+        float sum = 0.0f;
+        for (int j = (int)threadIdx.x; j <= p; j += DF_THREADS) {
+            const float e = __expf(sc[j] - M);
+            sc[j] = e;
+            sum += e;
+        }
+        /* the sum over warps: each warp's total in red, added in a fixed order below */
+        sum = df_warp_sum(sum);
+        df_bar();
+        if (lane == 0) red[warp] = sum;
+        df_bar(); /* also publishes sc */
+        float Ls = 0.0f;
+        for (int w = 0; w < DF_WARPS; w++) Ls += red[w];
+        float acc[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
+        for (int j0 = warp; j0 <= p; j0 += 8 * DF_WARPS) {
+            if (j0 != warp) { /* later rounds (contexts past 128) load here */
+#pragma unroll
+                for (int u = 0; u < 8; u++) {
+                    const int j = j0 + u * DF_WARPS;
+#pragma unroll
+                    for (int k = 0; k < 2; k++) {
+                        const size_t d = (size_t)(2 * lane + 64 * k);
+                        vv[u][k] = j <= p && d < HS ? __ldcg(reinterpret_cast<const unsigned *>(
+                                                          vc + (size_t)j * HS + d))
+                                                    : 0u;
+                    }
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                const int j = j0 + u * DF_WARPS;
+                const float pj = j <= p ? sc[j] : 0.0f;
+#pragma unroll
+                for (int k = 0; k < 2; k++) {
+                    acc[k][0] += pj * __uint_as_float(vv[u][k] << 16);
+                    acc[k][1] += pj * __uint_as_float(vv[u][k] & 0xffff0000u);
+                }
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < 2; k++) {
+            const size_t d = (size_t)(2 * lane + 64 * k);
+            if (d < HS) {
+                wacc[warp * 128 + d] = acc[k][0];
+                wacc[warp * 128 + d + 1] = acc[k][1];
+            }
+        }
+        df_bar();
+        for (size_t d = threadIdx.x; d < HS; d += DF_THREADS) {
+            float a = 0.0f;
+            for (int w = 0; w < DF_WARPS; w++) a += wacc[w * 128 + d];
+            att[n * C + h * HS + d] = df_to_bf(a / Ls);
+        }
+        df_bar();
+    }
+}
+
+/* ---- the kernel --------------------------------------------------------------------------- */
+
+/* Dynamic shared memory: the layer table, the rows' slots and positions, the ring's mbarriers
+ * (full, empty) and slots, the reduction tile (DF_WARPS x 128 floats), then the staging area:
+ * the GEMV inputs (N, IC) bf16 (LayerNorm: + (N, C) f32 rows, the scale and shift) or the
+ * attention scratch. Warps 0-15 compute; warp 16 streams the weights. */
+__global__ void __launch_bounds__(DF_BLOCK, 1)
+    decode_fused_kernel(ni_decode_fused_args a, uint32_t ring) {
+    extern __shared__ uint4 df_smem4[];
+    uint8_t *sm0 = reinterpret_cast<uint8_t *>(df_smem4);
+    const size_t L = a.L, tab_bytes = (L * sizeof(ni_cuda_layer_weights) + 15) & ~(size_t)15;
+    ni_cuda_layer_weights *tab = reinterpret_cast<ni_cuda_layer_weights *>(sm0);
+    int32_t *s_slot = reinterpret_cast<int32_t *>(sm0 + tab_bytes);
+    int32_t *s_pos = s_slot + NI_CUDA_DECODE_FUSED_MAX_ROWS;
+    const size_t bars_off = tab_bytes + 64;
+    const size_t ring_off = (bars_off + (size_t)ring * 16 + 127) & ~(size_t)127;
+    const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(sm0);
+    const uint32_t bars = sbase + (uint32_t)bars_off, ring_base = sbase + (uint32_t)ring_off;
+    float *red = reinterpret_cast<float *>(sm0 + ring_off + (size_t)ring * DF_SLAB_BYTES);
+    uint8_t *stage = reinterpret_cast<uint8_t *>(red + DF_GROUP * DF_WARPS * 128);
+    uint16_t *xs = reinterpret_cast<uint16_t *>(stage);                         /* (N, IC) */
+    float *ln_tmp = reinterpret_cast<float *>(stage + (a.N * a.C + 3) / 4 * 8); /* (N, C) */
+    float *att_tmp = reinterpret_cast<float *>(stage);
+    const uint32_t warp = threadIdx.x >> 5;
+    const size_t C = a.C, N = a.N;
+    unsigned target = 0;
+    uint32_t bk = 0; /* barriers passed */
+
+    /* the layer table and the rows' slots and positions, read once; the ring's barriers */
+    for (size_t i = threadIdx.x; i < tab_bytes / 8; i += DF_BLOCK)
+        reinterpret_cast<uint64_t *>(tab)[i] =
+            __ldg(reinterpret_cast<const uint64_t *>(a.layers) + i);
+    if (threadIdx.x < N) {
+        s_slot[threadIdx.x] = a.slot[threadIdx.x];
+        s_pos[threadIdx.x] = a.pos[threadIdx.x];
+    }
+    if (threadIdx.x == 0) {
+        for (uint32_t k = 0; k < ring; k++) {
+            df_mbar_init(bars + k * 16, 1);     /* full: the producer's expect_tx */
+            df_mbar_init(bars + k * 16 + 8, 1); /* empty: the consuming warp */
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+    if (warp == DF_WARPS) {
+        if ((threadIdx.x & 31) == 0) df_produce(a, tab, ring_base, bars, ring);
+        return;
+    }
+    if (a.trace && blockIdx.x == 0 && threadIdx.x == 0) a.trace[2 * (5 * L + 1) + 1] = df_now();
+
+    df_ctx c;
+    c.N = N, c.C = C, c.NH = a.NH, c.HS = C / a.NH, c.T = a.T, c.V = a.V;
+    c.slot = s_slot, c.pos = s_pos;
+    c.x = a.x, c.qkv = a.qkv, c.fc = a.fc, c.logits = a.logits;
+
+    /* the embedding, while the producer streams the first layer's weights */
+    uint32_t seq = 0;
+    for (size_t i = (size_t)blockIdx.x * DF_THREADS + threadIdx.x; i < N * C;
+         i += (size_t)gridDim.x * DF_THREADS) {
+        const size_t n = i / C, k = i % C;
+        a.x[i] = df_bf(a.wte[(size_t)a.tok[n] * C + k]) + df_bf(a.wpe[(size_t)s_pos[n] * C + k]);
+    }
+    df_grid_sync(a.barrier, target, a.trace, bk);
+
+    for (uint32_t l = 0; l < (uint32_t)L; l++) {
+        const ni_cuda_layer_weights *y = tab + l;
+        c.k_cache = a.k_cache + l * a.kv_layer;
+        c.v_cache = a.v_cache + l * a.kv_layer;
+        df_layernorm(xs, ln_tmp, red, a.x, y->ln1_w, y->ln1_b, N, C, a.eps);
+        df_gemv_phase(a, c, tab, 4 * l, DF_EPI_QKV, y->qkv_b, xs, red, seq, ring_base, bars, ring);
+        df_grid_sync(a.barrier, target, a.trace, bk);
+
+        df_attention(a.att, c, att_tmp);
+        df_grid_sync(a.barrier, target, a.trace, bk);
+
+        df_stage(xs, a.att, N, C);
+        df_gemv_phase(a, c, tab, 4 * l + 1, DF_EPI_RESIDUAL, y->proj_b, xs, red, seq, ring_base,
+                      bars, ring);
+        df_grid_sync(a.barrier, target, a.trace, bk);
+
+        df_layernorm(xs, ln_tmp, red, a.x, y->ln2_w, y->ln2_b, N, C, a.eps);
+        df_gemv_phase(a, c, tab, 4 * l + 2, DF_EPI_GELU, y->fc_b, xs, red, seq, ring_base, bars,
+                      ring);
+        df_grid_sync(a.barrier, target, a.trace, bk);
+
+        df_stage(xs, a.fc, N, 4 * C);
+        df_gemv_phase(a, c, tab, 4 * l + 3, DF_EPI_RESIDUAL, y->fcproj_b, xs, red, seq, ring_base,
+                      bars, ring);
+        df_grid_sync(a.barrier, target, a.trace, bk);
+    }
+    df_layernorm(xs, ln_tmp, red, a.x, a.lnf_w, a.lnf_b, N, C, a.eps);
+    df_gemv_phase(a, c, tab, 4 * (uint32_t)L, DF_EPI_LOGITS, NULL, xs, red, seq, ring_base, bars,
+                  ring);
+    df_bar();
+    if (a.trace && threadIdx.x == 0) atomicMax(a.trace + 2 * bk, (unsigned long long)df_now());
+}
+
+/* ---- launcher ----------------------------------------------------------------------------- */
+
+/* Shared memory besides the rings: the reduction tile and the staging area. */
+static size_t df_fixed_smem(size_t N, size_t C, size_t T, size_t L) {
+    /* (the ring's barriers and alignment: 16 bytes per slot + 128, counted with the slots) */
+    size_t gemv_in = N * 4 * C * 2, ln = (N * C + 3) / 4 * 8 + N * C * 4 + 4 * C;
+    size_t attn = (128 + DF_WARPS + DF_WARPS * 128 + T) * 4;
+    size_t st = gemv_in > ln ? gemv_in : ln;
+    if (attn > st) st = attn;
+    const size_t tab = (L * sizeof(ni_cuda_layer_weights) + 15) & ~(size_t)15;
+    return tab + 64 + 128 + (size_t)DF_GROUP * DF_WARPS * 128 * 4 + ((st + 15) & ~(size_t)15);
+}
+
+/* The largest dynamic shared memory of a block on this device. */
+static size_t df_smem_limit(void) {
+    int dev = 0, v = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
+        return 0;
+    return (size_t)v;
+}
+
+/* Ring slots per warp that fit next to the fixed part (0: the sizes don't fit). */
+static uint32_t df_ring_units(size_t N, size_t C, size_t T, size_t L, size_t limit) {
+    const size_t fixed = df_fixed_smem(N, C, T, L);
+    if (fixed >= limit) return 0;
+    size_t ring = (limit - fixed) / ((size_t)DF_SLAB_BYTES + 16);
+    if (ring > DF_RING_MAX) ring = DF_RING_MAX;
+    /* a warp's consecutive slabs are 16 apart, so with >= 16 slots the slab it waits for is at
+     * most one ring turn ahead of the producer, and an mbarrier's parity names it unambiguously */
+    return ring < DF_WARPS ? 0 : (uint32_t)ring;
+}
+
+extern "C" int ni_cuda_decode_fused_supported(size_t N, size_t C, size_t NH, size_t T, size_t L) {
+    if (N == 0 || N > NI_CUDA_DECODE_FUSED_MAX_ROWS || NH == 0 || C % NH) return 0;
+    const size_t HS = C / NH;
+    if (C % 8 || HS % 8 || HS > 128 || 4 * C > 0xffffffu) return 0;
+    const size_t limit = df_smem_limit();
+    cudaGetLastError();
+    return df_ring_units(N, C, T, L, limit) != 0;
+}
+
+/* The 2D tensor maps of the step's weight matrices, in phase order (4 per layer, then wte), for
+ * the producer's TMA copies: bf16 (OC, IC) row-major, boxes of 16 rows x 256 columns, zeros
+ * outside. out: 4 L + 1 maps of 128 bytes (host memory, to be copied to the device). */
+extern "C" int ni_cuda_decode_fused_tensor_maps(void *out, const ni_cuda_layer_weights *layers,
+                                                size_t L, const ni_half16 *wte, size_t C,
+                                                size_t V) {
+    typedef CUresult (*encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *,
+                                  const cuuint64_t *, const cuuint64_t *, const cuuint32_t *,
+                                  const cuuint32_t *, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                  CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+    void *fn = NULL;
+    cudaDriverEntryPointQueryResult q;
+    cudaError_t e = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000,
+                                                     cudaEnableDefault, &q);
+    if (e != cudaSuccess) return (int)e;
+    if (q != cudaDriverEntryPointSuccess || !fn) return (int)cudaErrorNotSupported;
+    encode_fn encode = (encode_fn)fn;
+    CUtensorMap *maps = (CUtensorMap *)out;
+    for (size_t ph = 0; ph <= 4 * L; ph++) {
+        const ni_half16 *w;
+        size_t IC = C, OC;
+        if (ph == 4 * L) {
+            w = wte, OC = V;
+        } else {
+            const ni_cuda_layer_weights *y = layers + ph / 4;
+            switch (ph % 4) {
+            case 0:
+                w = y->qkv_w, OC = 3 * C;
+                break;
+            case 1:
+                w = y->proj_w, OC = C;
+                break;
+            case 2:
+                w = y->fc_w, OC = 4 * C;
+                break;
+            default:
+                w = y->fcproj_w, IC = 4 * C, OC = C;
+                break;
+            }
+        }
+        const cuuint64_t dims[2] = {IC, OC}, strides[1] = {IC * 2};
+        const cuuint32_t box[2] = {DF_SLAB_COLS, 16}, elem[2] = {1, 1};
+        CUresult r =
+            encode(&maps[ph], CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, (void *)w, dims, strides, box,
+                   elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
+                   CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+        if (r != CUDA_SUCCESS) return (int)cudaErrorInvalidValue;
+    }
+    return 0;
+}
+
+extern "C" int ni_cuda_decode_fused_grid(size_t *blocks, size_t *warps) {
+    int dev = 0, sms = 0, per_sm = 0;
+    const size_t limit = df_smem_limit();
+    cudaError_t e = limit ? cudaGetDevice(&dev) : cudaErrorInvalidConfiguration;
+    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(decode_fused_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 (int)limit);
+    if (e == cudaSuccess)
+        e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, decode_fused_kernel, DF_BLOCK,
+                                                          limit);
+    if (e == cudaSuccess && per_sm < 1) e = cudaErrorInvalidConfiguration;
+    if (e != cudaSuccess) return (int)e;
+    /* one block per SM: the barriers need every block resident */
+    *blocks = (size_t)sms;
+    *warps = (size_t)sms * DF_WARPS;
+    return 0;
+}
+
+extern "C" int ni_cuda_decode_fused(const ni_decode_fused_args *a, size_t blocks, ni_stream s) {
+    if (!ni_cuda_decode_fused_supported(a->N, a->C, a->NH, a->T, a->L) || blocks == 0)
+        return (int)cudaErrorInvalidValue;
+    const size_t limit = df_smem_limit();
+    const uint32_t ring = df_ring_units(a->N, a->C, a->T, a->L, limit);
+    const size_t smem = df_fixed_smem(a->N, a->C, a->T, a->L) + (size_t)ring * (DF_SLAB_BYTES + 16);
+    cudaStream_t st = (cudaStream_t)s;
+    /* the barrier counter starts at zero */
+    cudaError_t e = cudaMemsetAsync(a->barrier, 0, sizeof(unsigned), st);
+    if (e == cudaSuccess && a->trace)
+        e = cudaMemsetAsync(a->trace, 0, ni_cuda_decode_fused_trace_words(a->L) * 8, st);
+    if (e != cudaSuccess) return (int)e;
+    decode_fused_kernel<<<(unsigned)blocks, DF_BLOCK, smem, st>>>(*a, ring);
+    return (int)cudaGetLastError();
+}
