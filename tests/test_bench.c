@@ -17,7 +17,8 @@ static void test_quick_sweep_json_csv_plot(void **state) {
     ni_test_path(model, sizeof model, "models/tiny-f16");
     /* prompt 120 + 10 new tokens exceeds the model's 128 positions */
     snprintf(cmd, sizeof cmd,
-             "%s bench --model %s --batch-sizes 1,3 --prompt-len 5,120 --max-new-tokens 10 "
+             "NI_GRAPH_STEPS=4 %s bench --model %s --batch-sizes 1,3 --prompt-len 5,120 "
+             "--max-new-tokens 10 "
              "--runs 2 --warmup 1 --out %s/b 2>/dev/null",
              NI_CLI_PATH, model, tmp);
     int st;
@@ -32,9 +33,13 @@ static void test_quick_sweep_json_csv_plot(void **state) {
     json_t *root = json_load_file(path, 0, &err);
     if (!root) fail_msg("%s: %s", path, err.text);
     json_t *run = json_object_get(root, "run");
-    const char *run_keys[] = {"card", "model", "dtype", "git_commit", "date", "runs", "warmup"};
+    const char *run_keys[] = {"card", "model", "dtype",  "git_commit",
+                              "date", "runs",  "warmup", "env"};
     for (size_t i = 0; i < sizeof run_keys / sizeof *run_keys; i++)
         if (!json_object_get(run, run_keys[i])) fail_msg("run has no '%s'", run_keys[i]);
+    /* the engine switches in the environment are recorded */
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(run, "env"), "NI_GRAPH_STEPS")), "4");
     json_t *rows = json_object_get(root, "results");
     assert_int_equal(json_array_size(rows), 3 * 2 * 2); /* engines x batches x prompt lengths */
     size_t ok = 0, errors = 0;

@@ -1,6 +1,7 @@
 /* Benchmark reports: the terminal table (per batch size, speedups against the first engine),
  * and the JSON and CSV files that tools/plot_bench.py reads. Field names follow DESIGN.md §7. */
 #include <jansson.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -98,6 +99,14 @@ ni_status ni_bench_write_json(const char *path, const ni_bench_opts *o, const ni
     if (r->device.copy_bytes_per_s > 0)
         json_object_set_new(run, "copy_bw_bytes_s", json_real(r->device.copy_bytes_per_s));
     json_object_set_new(run, "git_commit", json_string(NI_GIT_COMMIT));
+    /* the switches that change what the engines run (README, Limits) */
+    static const char *const env_names[] = {"NI_FUSED", "NI_GRAPH_STEPS", "NI_NO_PDL"};
+    json_t *env = json_object();
+    for (size_t i = 0; i < sizeof env_names / sizeof *env_names; i++) {
+        const char *v = getenv(env_names[i]);
+        if (v) json_object_set_new(env, env_names[i], json_string(v));
+    }
+    json_object_set_new(run, "env", env);
     json_object_set_new(run, "date", json_string(date));
     json_object_set_new(run, "wall_s", json_real(r->wall_s));
     for (size_t i = 0; i < r->n_rows; i++) json_array_append_new(rows, row_json(&r->rows[i]));
