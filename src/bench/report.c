@@ -8,9 +8,7 @@
 #include "bench/bench.h"
 #include "common/error.h"
 
-#ifndef NI_GIT_COMMIT
-#define NI_GIT_COMMIT "unknown"
-#endif
+#include "ni_git_commit.h" /* generated at each build: NI_GIT_COMMIT */
 
 static const ni_bench_row *find(const ni_bench_result *r, ni_preset e, size_t B, size_t P) {
     for (size_t i = 0; i < r->n_rows; i++)
