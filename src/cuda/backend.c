@@ -76,8 +76,9 @@ struct ni_backend_ctx {
     int32_t *d_next; /* (S) sampled tokens */
     /* the fused decode step (decode_fused.cu): off when fused_blocks == 0 */
     size_t fused_blocks, fused_warps;
-    int fused_policy;     /* 0 off, 1 every supported batch, 2 where measured faster */
-    cuda_layer *d_layers; /* (L) device copy of `layers` */
+    int fused_policy; /* 0 off, 1 every supported batch, 2 where measured faster */
+    unsigned char fused_rows[NI_CUDA_DECODE_FUSED_MAX_ROWS + 1]; /* supported row counts */
+    cuda_layer *d_layers;                                        /* (L) device copy of `layers` */
     unsigned *fused_sync;
     void *fused_tmaps;               /* (4 L + 1) TMA descriptors */
     unsigned long long *fused_trace; /* NI_FUSED_TRACE: device words, host sums per phase kind */
@@ -405,6 +406,9 @@ static ni_status cuda_create(ni_model *m, const ni_engine_opts *o, ni_backend_ct
         if (s == NI_OK && b->fused_blocks)
             s = ni_cuda_status(cudaMemcpy(b->fused_tmaps, maps, nb, cudaMemcpyHostToDevice),
                                "cudaMemcpy (tensor maps)");
+        for (size_t n = 1; n <= NI_CUDA_DECODE_FUSED_MAX_ROWS; n++)
+            b->fused_rows[n] = (unsigned char)ni_cuda_decode_fused_supported(
+                n, b->cfg->n_embd, b->cfg->n_head, b->max_seq, L);
         free(maps);
     }
     if (s != NI_OK) {
@@ -520,9 +524,8 @@ static void trace_print(const ni_backend_ctx *b) {
  * small models (gpt2 batch 1: -13 %) and from batch 8 on (-13 %). */
 static int fused_ok(const ni_backend_ctx *b, size_t N) {
     if (b->fused_policy == 2 && (N > 4 || b->cfg->n_embd < 1600)) return 0;
-    return b->fused_blocks && b->dt == NI_CUDA_BF16 &&
-           ni_cuda_decode_fused_supported(N, b->cfg->n_embd, b->cfg->n_head, b->max_seq,
-                                          b->cfg->n_layer);
+    return b->fused_blocks && b->dt == NI_CUDA_BF16 && N <= NI_CUDA_DECODE_FUSED_MAX_ROWS &&
+           b->fused_rows[N];
 }
 
 /* The whole forward pass of N single-token rows (tokens, slots, positions on the device) into

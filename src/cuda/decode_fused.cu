@@ -330,6 +330,13 @@ static __device__ void df_gemv_phase(const ni_decode_fused_args &a, const df_ctx
             for (uint32_t sl = (warp + DF_WARPS - j0 % DF_WARPS) % DF_WARPS; sl < sh.nslab;
                  sl += DF_WARPS) {
                 const uint32_t q = seq + j0 + sl, slot = q % ring, full = bars + slot * 16;
+                /* First the slot's previous slab (q - ring) consumed, hence landed; only then
+                 * does the full barrier's parity name slab q and not the fill before it (TMA
+                 * copies into different slots may land out of order). The empty barrier is then
+                 * at most one phase behind as well: every slab up to q - 16 - ring was consumed
+                 * before the producer could issue this warp's previous slab q - 16 (ring >= 16),
+                 * and those before the tile at the last df_bar. */
+                if (q >= ring) df_mbar_wait(full + 8, ((q / ring) + 1u) & 1u);
                 df_mbar_wait(full, (q / ring) & 1u);
                 const uint32_t base = ring_base + slot * DF_SLAB_BYTES + r * DF_SLAB_PITCH + t * 16;
 #pragma unroll 4
@@ -740,8 +747,8 @@ static uint32_t df_ring_units(size_t N, size_t C, size_t T, size_t L, size_t lim
     if (fixed >= limit) return 0;
     size_t ring = (limit - fixed) / ((size_t)DF_SLAB_BYTES + 16);
     if (ring > DF_RING_MAX) ring = DF_RING_MAX;
-    /* a warp's consecutive slabs are 16 apart, so with >= 16 slots the slab it waits for is at
-     * most one ring turn ahead of the producer, and an mbarrier's parity names it unambiguously */
+    /* a warp's consecutive slabs are 16 apart: with >= 16 slots the two waits of df_gemv_phase
+     * are each at most one phase behind (see there) */
     return ring < DF_WARPS ? 0 : (uint32_t)ring;
 }
 
@@ -750,7 +757,7 @@ extern "C" int ni_cuda_decode_fused_supported(size_t N, size_t C, size_t NH, siz
     const size_t HS = C / NH;
     if (C % 8 || HS % 8 || HS > 128 || 4 * C > 0xffffffu) return 0;
     const size_t limit = df_smem_limit();
-    cudaGetLastError();
+    if (!limit) cudaGetLastError(); /* the failed query's error, not an earlier one */
     return df_ring_units(N, C, T, L, limit) != 0;
 }
 
