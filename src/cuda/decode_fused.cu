@@ -290,8 +290,9 @@ static __device__ __forceinline__ void df_epilogue(int epi, const df_ctx &c, siz
 }
 
 /* Tiles finished together (their partial sums side by side in shared memory). 4 ran on gpt2 (3 %
- * faster there) but a gpt2-xl benchmark with it did not finish in one trial, not yet understood:
- * kept at 1 until it is. */
+ * faster there); a gpt2-xl run with it did not finish, most likely the ring race that the empty
+ * wait in df_gemv_phase now closes (its groups of 28 slabs hit it in every layer). To be retried
+ * on a GPU before it is raised. */
 #define DF_GROUP 1
 
 /* One GEMV phase: the block's tiles in groups of up to DF_GROUP; slab j of a group (tile-major,
