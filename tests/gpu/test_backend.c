@@ -2,8 +2,10 @@
  * the fixture models' logits against transformers (float64) within a bound per type, greedy
  * continuations against transformers where the reference's top-2 margin is well above bf16
  * noise, baseline against kv_cache, ragged batches, a named random model against the CPU engine
- * on the same (Philox) weights, and the errors (a batch that does not fit, a prompt beyond the
- * context). Skipped without a GPU. */
+ * on the same (Philox) weights, the fused decode step (forced on: greedy against the references
+ * on the fixtures, reproducible and batch-independent on gpt2-large, whose tiles span many TMA
+ * slabs), and the errors (a batch that does not fit, a prompt beyond the context). Skipped
+ * without a GPU. */
 #include <cuda_runtime_api.h>
 #include <jansson.h>
 #include <math.h>
@@ -248,6 +250,56 @@ static void test_presets_agree(void **state) {
     check_presets_agree(NI_DTYPE_F16);
 }
 
+/* The fused decode step (forced on) on a model whose tiles have more TMA slabs than warps and
+ * ring slots (gpt2-large: fcproj 5120 columns, 20 slabs of 256): the same tokens on every run
+ * (a warp reading a slot before its fill lands would not be reproducible), under the graphs as
+ * eagerly, and a row's tokens do not depend on the rest of the batch. */
+static void test_fused_large_model(void **state) {
+    (void)state;
+    ni_model *m = NULL;
+    ni_model_opts mo = {.seed = 5};
+    assert_int_equal(ni_model_open("gpt2-large", &mo, &m), NI_OK);
+    int32_t p0[] = {464, 2068, 7586, 21831}, p1[] = {40, 588, 257}, p2[] = {50256},
+            p3[] = {3666, 1438, 318, 1757, 290, 314};
+    const int32_t *prompts[] = {p0, p1, p2, p3};
+    size_t lens[] = {4, 3, 1, 6};
+    ni_sampling s = {.temperature = 1.0f,
+                     .top_k = 20,
+                     .top_p = 0.9f,
+                     .seed = 3,
+                     .max_new_tokens = 24,
+                     .ignore_eos = 1};
+    setenv("NI_FUSED", "1", 1);
+    ni_test_tokens ref, c;
+    const ni_preset presets[] = {NI_PRESET_SAMPLING, NI_PRESET_CUDA_GRAPHS};
+    for (size_t k = 0; k < 2; k++) {
+        ni_engine *e = engine(m, NI_BACKEND_CUDA, presets[k], 4, 64, NI_DTYPE_BF16);
+        for (int rep = 0; rep < 3; rep++) {
+            memset(&c, 0, sizeof c);
+            ni_batch b = {4, prompts, lens};
+            if (ni_generate(e, &b, &s, ni_test_collect, &c) != NI_OK)
+                fail_msg("%s: %s", ni_preset_name(presets[k]), ni_last_error());
+            if (k == 0 && rep == 0)
+                ref = c;
+            else if (memcmp(c.tok, ref.tok, sizeof c.tok) != 0)
+                fail_msg("fused %s run %d: tokens differ from the first run",
+                         ni_preset_name(presets[k]), rep);
+        }
+        /* row 0 alone */
+        memset(&c, 0, sizeof c);
+        ni_batch one = {1, prompts, lens};
+        assert_int_equal(ni_generate(e, &one, &s, ni_test_collect, &c), NI_OK);
+        if (memcmp(c.tok[0], ref.tok[0], sizeof c.tok[0]) != 0)
+            fail_msg("fused %s: row 0 alone differs from row 0 of the batch",
+                     ni_preset_name(presets[k]));
+        ni_engine_destroy(e);
+    }
+    setenv("NI_FUSED", "", 1);
+    printf("  gpt2-large, fused step forced on: 24 sampled tokens x 4 rows identical over runs, "
+           "engines and batch sizes\n");
+    ni_model_close(m);
+}
+
 static void test_errors(void **state) {
     (void)state;
     ni_model *m = NULL;
@@ -268,11 +320,9 @@ static void test_errors(void **state) {
 int main(void) {
     if (ni_test_no_gpu()) return NI_TEST_SKIP;
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fixture_logits),
-        cmocka_unit_test(test_fixture_greedy),
-        cmocka_unit_test(test_random_model_against_cpu),
-        cmocka_unit_test(test_presets_agree),
-        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_fixture_logits),           cmocka_unit_test(test_fixture_greedy),
+        cmocka_unit_test(test_random_model_against_cpu), cmocka_unit_test(test_presets_agree),
+        cmocka_unit_test(test_fused_large_model),        cmocka_unit_test(test_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
