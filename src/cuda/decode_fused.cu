@@ -36,6 +36,8 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "cuda/device_math.cuh"
+#include "cuda/dtype.cuh"
 #include "cuda/kernels.h"
 
 #define DF_THREADS 512 /* the consumers: 16 warps; one more warp streams the weights */
@@ -60,43 +62,6 @@ static __device__ __forceinline__ uint4 df_ld_cg16(const void *p, bool pred) {
                  "@p ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];\n\t}"
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                  : "l"(p), "r"((int)pred));
-    return v;
-}
-
-static __device__ __forceinline__ float df_bf(uint16_t u) {
-    return __uint_as_float((uint32_t)u << 16);
-}
-
-static __device__ __forceinline__ uint16_t df_to_bf(float v) {
-    return __bfloat16_as_ushort(__float2bfloat16_rn(v));
-}
-
-static __device__ __forceinline__ uint32_t df_word(const uint4 &v, int i) {
-    return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
-}
-
-static __device__ __forceinline__ void df_mma(float *d, uint32_t a0, uint32_t a1, uint32_t a2,
-                                              uint32_t a3, uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-static __device__ __forceinline__ float df_gelu(float x) {
-    const float k = 0.7978845608028654f; /* sqrt(2 / pi) */
-    return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
-}
-
-static __device__ __forceinline__ float df_warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-static __device__ __forceinline__ float df_warp_max(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
 
@@ -267,7 +232,7 @@ static __device__ __forceinline__ void df_epilogue(int epi, const df_ctx &c, siz
                                                    size_t o, float v, float xold) {
     switch (epi) {
     case DF_EPI_QKV: {
-        const uint16_t b = df_to_bf(v);
+        const uint16_t b = ni_dt_bf16::from_float(v);
         if (o < c.C) {
             c.qkv[n * 3 * c.C + o] = b;
         } else {
@@ -278,10 +243,10 @@ static __device__ __forceinline__ void df_epilogue(int epi, const df_ctx &c, siz
         break;
     }
     case DF_EPI_RESIDUAL:
-        c.x[n * c.C + o] = xold + df_bf(df_to_bf(v));
+        c.x[n * c.C + o] = xold + ni_dt_bf16::to_float(ni_dt_bf16::from_float(v));
         break;
     case DF_EPI_GELU:
-        c.fc[n * OC + o] = df_to_bf(df_gelu(v));
+        c.fc[n * OC + o] = ni_dt_bf16::from_float(ni_gelu_tanh(v));
         break;
     default:
         c.logits[n * OC + o] = v;
@@ -320,7 +285,7 @@ static __device__ void df_gemv_phase(const ni_decode_fused_args &a, const df_ctx
         const size_t fo = (size_t)(g0 + ft) * 16 + ff;
         float fbias = 0.0f, xold = 0.0f;
         if (fin && fo < g.OC) {
-            if (bias) fbias = df_bf(bias[fo]);
+            if (bias) fbias = ni_dt_bf16::to_float(bias[fo]);
             if (epi == DF_EPI_RESIDUAL) xold = __ldcg(c.x + fn * c.C + fo);
         }
 #pragma unroll
@@ -357,11 +322,11 @@ static __device__ void df_gemv_phase(const ni_decode_fused_args &a, const df_ctx
                                          : make_uint4(0u, 0u, 0u, 0u);
 #pragma unroll
                     for (int ks = 0; ks < 2; ks++) {
-                        const uint32_t a0 = df_word(xv, 2 * ks), a2 = df_word(xv, 2 * ks + 1);
-                        df_mma(acc[0], a0, 0u, a2, 0u, df_word(w0, 2 * ks),
-                               df_word(w0, 2 * ks + 1));
-                        df_mma(acc[1], a0, 0u, a2, 0u, df_word(w1, 2 * ks),
-                               df_word(w1, 2 * ks + 1));
+                        const uint32_t a0 = ni_u4_word(xv, 2 * ks), a2 = ni_u4_word(xv, 2 * ks + 1);
+                        ni_dt_bf16::mma(acc[0], a0, 0u, a2, 0u, ni_u4_word(w0, 2 * ks),
+                                        ni_u4_word(w0, 2 * ks + 1));
+                        ni_dt_bf16::mma(acc[1], a0, 0u, a2, 0u, ni_u4_word(w1, 2 * ks),
+                                        ni_u4_word(w1, 2 * ks + 1));
                     }
                 }
                 __syncwarp();
@@ -457,7 +422,7 @@ static __device__ void df_layernorm(uint16_t *out, float *xs, float *red, const 
     float sum = 0.0f;
     if (n < N)
         for (size_t i = (size_t)li; i < C; i += (size_t)stride) sum += xr[i];
-    sum = df_warp_sum(sum);
+    sum = ni_warp_sum(sum);
     if (lane == 0) red[warp] = sum;
     df_bar();
     float tot = 0.0f;
@@ -470,7 +435,7 @@ static __device__ void df_layernorm(uint16_t *out, float *xs, float *red, const 
             const float d = xr[i] - mean;
             sq += d * d;
         }
-    sq = df_warp_sum(sq);
+    sq = ni_warp_sum(sq);
     if (lane == 0) red[warp] = sq;
     df_bar();
     tot = 0.0f;
@@ -486,7 +451,8 @@ static __device__ void df_layernorm(uint16_t *out, float *xs, float *red, const 
                 (xr[2 * i] - mean) * rstd * __uint_as_float(wp << 16) + __uint_as_float(bp << 16);
             const float hi = (xr[2 * i + 1] - mean) * rstd * __uint_as_float(wp & 0xffff0000u) +
                              __uint_as_float(bp & 0xffff0000u);
-            o2[i] = (uint32_t)df_to_bf(lo) | ((uint32_t)df_to_bf(hi) << 16);
+            o2[i] =
+                (uint32_t)ni_dt_bf16::from_float(lo) | ((uint32_t)ni_dt_bf16::from_float(hi) << 16);
         }
     }
     df_bar();
@@ -497,12 +463,12 @@ static __device__ void df_layernorm(uint16_t *out, float *xs, float *red, const 
 /* Block max or sum of v; red: DF_WARPS floats of shared memory. */
 template <bool MAX> static __device__ __forceinline__ float df_block_reduce(float v, float *red) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = MAX ? df_warp_max(v) : df_warp_sum(v);
+    v = MAX ? ni_warp_max(v) : ni_warp_sum(v);
     df_bar(); /* red may still be read from the previous call */
     if (lane == 0) red[warp] = v;
     df_bar();
     v = red[lane % DF_WARPS];
-    return MAX ? df_warp_max(v) : df_warp_sum(v); /* lanes >= 16 repeat lanes 0..15: max only */
+    return MAX ? ni_warp_max(v) : ni_warp_sum(v); /* lanes >= 16 repeat lanes 0..15: max only */
 }
 
 /* One block per (row, head) item: q (pre-scaled) to shared memory; thread j scores position j
@@ -537,7 +503,8 @@ static __device__ void df_attention(uint16_t *att, const df_ctx &c, float *sm) {
                                : 0u;
             }
         }
-        for (size_t d = threadIdx.x; d < HS; d += DF_THREADS) q[d] = df_bf(__ldcg(qs + d)) * scale;
+        for (size_t d = threadIdx.x; d < HS; d += DF_THREADS)
+            q[d] = ni_dt_bf16::to_float(__ldcg(qs + d)) * scale;
         df_bar();
         float mx = -INFINITY;
         for (int j = (int)threadIdx.x; j <= p; j += DF_THREADS) {
@@ -554,7 +521,7 @@ static __device__ void df_attention(uint16_t *att, const df_ctx &c, float *sm) {
                 for (int k = 0; k < 8; k++) {
 #pragma unroll
                     for (int e = 0; e < 4; e++) {
-                        const uint32_t wd = df_word(kv[k], e);
+                        const uint32_t wd = ni_u4_word(kv[k], e);
                         const int d = 8 * (k0 + k) + 2 * e;
                         if ((size_t)d < HS)
                             dot += q[d] * __uint_as_float(wd << 16) +
@@ -573,7 +540,7 @@ static __device__ void df_attention(uint16_t *att, const df_ctx &c, float *sm) {
             sum += e;
         }
         /* the sum over warps: each warp's total in red, added in a fixed order below */
-        sum = df_warp_sum(sum);
+        sum = ni_warp_sum(sum);
         df_bar();
         if (lane == 0) red[warp] = sum;
         df_bar(); /* also publishes sc */
@@ -617,7 +584,7 @@ static __device__ void df_attention(uint16_t *att, const df_ctx &c, float *sm) {
         for (size_t d = threadIdx.x; d < HS; d += DF_THREADS) {
             float a = 0.0f;
             for (int w = 0; w < DF_WARPS; w++) a += wacc[w * 128 + d];
-            att[n * C + h * HS + d] = df_to_bf(a / Ls);
+            att[n * C + h * HS + d] = ni_dt_bf16::from_float(a / Ls);
         }
         df_bar();
     }
@@ -683,7 +650,8 @@ __global__ void __launch_bounds__(DF_BLOCK, 1)
     for (size_t i = (size_t)blockIdx.x * DF_THREADS + threadIdx.x; i < N * C;
          i += (size_t)gridDim.x * DF_THREADS) {
         const size_t n = i / C, k = i % C;
-        a.x[i] = df_bf(a.wte[(size_t)a.tok[n] * C + k]) + df_bf(a.wpe[(size_t)s_pos[n] * C + k]);
+        a.x[i] = ni_dt_bf16::to_float(a.wte[(size_t)a.tok[n] * C + k]) +
+                 ni_dt_bf16::to_float(a.wpe[(size_t)s_pos[n] * C + k]);
     }
     df_grid_sync(a.barrier, target, a.trace, bk);
 

@@ -22,6 +22,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "cuda/device_math.cuh"
 #include "cuda/dtype.cuh"
 #include "cuda/kernels.h"
 #include "cuda/pdl.cuh"
@@ -90,21 +91,11 @@ static __device__ __forceinline__ uint4 gemv_ld_x(const ni_half16 *row, size_t c
     return pred ? gemv_ld_scalar<false>(row, col, IC) : make_uint4(0u, 0u, 0u, 0u);
 }
 
-/* Word i (two 16-bit values) of a 16-byte vector; i is a compile-time constant after unrolling. */
-static __device__ __forceinline__ uint32_t gemv_word(const uint4 &v, int i) {
-    return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
-}
-
 /* d += a (16 x 16, row-major) * b (16 x 8, column-major), 16-bit type D in, f32 accumulate. */
 template <typename D>
 static __device__ __forceinline__ void gemv_mma(float *d, uint32_t a0, uint32_t a1, uint32_t a2,
                                                 uint32_t a3, uint32_t b0, uint32_t b1) {
     D::mma(d, a0, a1, a2, a3, b0, b1);
-}
-
-static __device__ __forceinline__ float gemv_gelu(float x) {
-    const float k = 0.7978845608028654f; /* sqrt(2 / pi) */
-    return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
 }
 
 /* Block: (blockDim.x / 32) warps = G tiles x S slices of IC; warp w works on tile
@@ -183,14 +174,14 @@ __global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, VEC ? 2 : 1)
             for (int u = 0; u < GEMV_U; u++) {
 #pragma unroll
                 for (int ks = 0; ks < 2; ks++) {
-                    const uint32_t a0 = gemv_word(xv[u][0], 2 * ks);
-                    const uint32_t a2 = gemv_word(xv[u][0], 2 * ks + 1);
-                    const uint32_t a1 = NT > 1 ? gemv_word(xv[u][NT - 1], 2 * ks) : 0u;
-                    const uint32_t a3 = NT > 1 ? gemv_word(xv[u][NT - 1], 2 * ks + 1) : 0u;
+                    const uint32_t a0 = ni_u4_word(xv[u][0], 2 * ks);
+                    const uint32_t a2 = ni_u4_word(xv[u][0], 2 * ks + 1);
+                    const uint32_t a1 = NT > 1 ? ni_u4_word(xv[u][NT - 1], 2 * ks) : 0u;
+                    const uint32_t a3 = NT > 1 ? ni_u4_word(xv[u][NT - 1], 2 * ks + 1) : 0u;
 #pragma unroll
                     for (int rt = 0; rt < GEMV_RT; rt++)
-                        gemv_mma<D>(acc[rt], a0, a1, a2, a3, gemv_word(wv[u][rt], 2 * ks),
-                                    gemv_word(wv[u][rt], 2 * ks + 1));
+                        gemv_mma<D>(acc[rt], a0, a1, a2, a3, ni_u4_word(wv[u][rt], 2 * ks),
+                                    ni_u4_word(wv[u][rt], 2 * ks + 1));
                 }
             }
         }
@@ -228,7 +219,7 @@ __global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, VEC ? 2 : 1)
             if (n >= N || o >= OC) continue;
             float v = acc[rt][e];
             if (bias) v += D::to_float(bias[o]);
-            if (gelu) v = gemv_gelu(v);
+            if (gelu) v = ni_gelu_tanh(v);
             const size_t i = (size_t)n * OC + o;
             if (out_f32)
                 out_f32[i] = v;
