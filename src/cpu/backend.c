@@ -202,14 +202,7 @@ static ni_status cpu_decode(ni_backend_ctx *b, const int32_t *last, const uint8_
 }
 
 static ni_status cpu_logits(ni_backend_ctx *b, const int32_t *tokens, size_t len, float *out) {
-    if (len > b->max_seq)
-        return ni_fail(NI_ERR_CONTEXT, "%zu tokens exceed the engine's %zu", len, b->max_seq);
-    for (size_t t = 0; t < len; t++) {
-        b->list.tok[t] = tokens[t];
-        b->list.slot[t] = 0;
-        b->list.pos[t] = (int32_t)t;
-        b->list.want[t] = 1;
-    }
+    NI_TRY(ni_token_list_all_logits(&b->list, tokens, len));
     forward(b, b->list.tok, b->list.slot, b->list.pos, b->list.want, len, out);
     return NI_OK;
 }

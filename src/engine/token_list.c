@@ -44,3 +44,15 @@ ni_status ni_token_list_decode(const ni_token_list *l, size_t n_seq, const int32
     *n_rows = rows;
     return NI_OK;
 }
+
+ni_status ni_token_list_all_logits(const ni_token_list *l, const int32_t *tokens, size_t len) {
+    if (len > l->max_seq)
+        return ni_fail(NI_ERR_CONTEXT, "%zu tokens exceed the engine's %zu", len, l->max_seq);
+    for (size_t t = 0; t < len; t++) {
+        l->tok[t] = tokens[t];
+        l->slot[t] = 0;
+        l->pos[t] = (int32_t)t;
+        l->want[t] = 1;
+    }
+    return NI_OK;
+}

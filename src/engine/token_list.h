@@ -19,6 +19,10 @@ typedef struct {
 /* Lists the prompts; *n_tokens gets the list's length (rows = p->n_seq). */
 void ni_token_list_prefill(const ni_token_list *l, const ni_batch *p, size_t *n_tokens);
 
+/* Lists one sequence of len tokens in slot 0, every position wanting logits (the logits
+ * command); NI_ERR_CONTEXT when len exceeds max_seq. */
+ni_status ni_token_list_all_logits(const ni_token_list *l, const int32_t *tokens, size_t len);
+
 /* Appends last[s] to every live sequence and lists what the step must run (only the new
  * token when kv_cache, else the whole sequence). NI_ERR_CONTEXT when a sequence is full. */
 ni_status ni_token_list_decode(const ni_token_list *l, size_t n_seq, const int32_t *last,
