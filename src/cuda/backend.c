@@ -77,8 +77,8 @@ struct ni_backend_ctx {
     /* the fused decode step (decode_fused.cu): off when fused_blocks == 0 */
     size_t fused_blocks, fused_warps;
     int fused_policy; /* 0 off, 1 every supported batch, 2 where measured faster */
-    unsigned char fused_rows[NI_CUDA_DECODE_FUSED_MAX_ROWS + 1]; /* supported row counts */
-    cuda_layer *d_layers;                                        /* (L) device copy of `layers` */
+    unsigned fused_ring[NI_CUDA_DECODE_FUSED_MAX_ROWS + 1]; /* ring slots per row count, 0: no */
+    cuda_layer *d_layers;                                   /* (L) device copy of `layers` */
     unsigned *fused_sync;
     void *fused_tmaps;               /* (4 L + 1) TMA descriptors */
     unsigned long long *fused_trace; /* NI_FUSED_TRACE: device words, host sums per phase kind */
@@ -407,8 +407,8 @@ static ni_status cuda_create(ni_model *m, const ni_engine_opts *o, ni_backend_ct
             s = ni_cuda_status(cudaMemcpy(b->fused_tmaps, maps, nb, cudaMemcpyHostToDevice),
                                "cudaMemcpy (tensor maps)");
         for (size_t n = 1; n <= NI_CUDA_DECODE_FUSED_MAX_ROWS; n++)
-            b->fused_rows[n] = (unsigned char)ni_cuda_decode_fused_supported(
-                n, b->cfg->n_embd, b->cfg->n_head, b->max_seq, L);
+            b->fused_ring[n] =
+                ni_cuda_decode_fused_ring(n, b->cfg->n_embd, b->cfg->n_head, b->max_seq, L);
         free(maps);
     }
     if (s != NI_OK) {
@@ -525,7 +525,7 @@ static void trace_print(const ni_backend_ctx *b) {
 static int fused_ok(const ni_backend_ctx *b, size_t N) {
     if (b->fused_policy == 2 && (N > 4 || b->cfg->n_embd < 1600)) return 0;
     return b->fused_blocks && b->dt == NI_CUDA_BF16 && N <= NI_CUDA_DECODE_FUSED_MAX_ROWS &&
-           b->fused_rows[N];
+           b->fused_ring[N] != 0;
 }
 
 /* The whole forward pass of N single-token rows (tokens, slots, positions on the device) into
@@ -560,6 +560,7 @@ static ni_status enqueue_fused(ni_backend_ctx *b, size_t N, const int32_t *tok, 
         .barrier = b->fused_sync,
         .trace = b->fused_trace,
         .tmaps = b->fused_tmaps,
+        .ring = b->fused_ring[N],
     };
     NI_CUDA_TRY(ni_cuda_decode_fused(&a, b->fused_blocks, (ni_stream)b->stream),
                 "decode_fused kernel");

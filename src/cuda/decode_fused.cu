@@ -596,9 +596,9 @@ static __device__ void df_attention(uint16_t *att, const df_ctx &c, float *sm) {
  * (full, empty) and slots, the reduction tile (DF_WARPS x 128 floats), then the staging area:
  * the GEMV inputs (N, IC) bf16 (LayerNorm: + (N, C) f32 rows, the scale and shift) or the
  * attention scratch. Warps 0-15 compute; warp 16 streams the weights. */
-__global__ void __launch_bounds__(DF_BLOCK, 1)
-    decode_fused_kernel(ni_decode_fused_args a, uint32_t ring) {
+__global__ void __launch_bounds__(DF_BLOCK, 1) decode_fused_kernel(ni_decode_fused_args a) {
     extern __shared__ uint4 df_smem4[];
+    const uint32_t ring = a.ring;
     uint8_t *sm0 = reinterpret_cast<uint8_t *>(df_smem4);
     const size_t L = a.L, tab_bytes = (L * sizeof(ni_cuda_layer_weights) + 15) & ~(size_t)15;
     ni_cuda_layer_weights *tab = reinterpret_cast<ni_cuda_layer_weights *>(sm0);
@@ -721,13 +721,13 @@ static uint32_t df_ring_units(size_t N, size_t C, size_t T, size_t L, size_t lim
     return ring < DF_WARPS ? 0 : (uint32_t)ring;
 }
 
-extern "C" int ni_cuda_decode_fused_supported(size_t N, size_t C, size_t NH, size_t T, size_t L) {
+extern "C" unsigned ni_cuda_decode_fused_ring(size_t N, size_t C, size_t NH, size_t T, size_t L) {
     if (N == 0 || N > NI_CUDA_DECODE_FUSED_MAX_ROWS || NH == 0 || C % NH) return 0;
     const size_t HS = C / NH;
     if (C % 8 || HS % 8 || HS > 128 || 4 * C > 0xffffffu) return 0;
     const size_t limit = df_smem_limit();
     if (!limit) cudaGetLastError(); /* the failed query's error, not an earlier one */
-    return df_ring_units(N, C, T, L, limit) != 0;
+    return df_ring_units(N, C, T, L, limit);
 }
 
 /* The 2D tensor maps of the step's weight matrices, in phase order (4 per layer, then wte), for
@@ -801,17 +801,17 @@ extern "C" int ni_cuda_decode_fused_grid(size_t *blocks, size_t *warps) {
 }
 
 extern "C" int ni_cuda_decode_fused(const ni_decode_fused_args *a, size_t blocks, ni_stream s) {
-    if (!ni_cuda_decode_fused_supported(a->N, a->C, a->NH, a->T, a->L) || blocks == 0)
+    if (a->N == 0 || a->N > NI_CUDA_DECODE_FUSED_MAX_ROWS || a->ring < DF_WARPS ||
+        a->ring > DF_RING_MAX || blocks == 0)
         return (int)cudaErrorInvalidValue;
-    const size_t limit = df_smem_limit();
-    const uint32_t ring = df_ring_units(a->N, a->C, a->T, a->L, limit);
-    const size_t smem = df_fixed_smem(a->N, a->C, a->T, a->L) + (size_t)ring * (DF_SLAB_BYTES + 16);
+    const size_t smem =
+        df_fixed_smem(a->N, a->C, a->T, a->L) + (size_t)a->ring * (DF_SLAB_BYTES + 16);
     cudaStream_t st = (cudaStream_t)s;
     /* the barrier counter starts at zero */
     cudaError_t e = cudaMemsetAsync(a->barrier, 0, sizeof(unsigned), st);
     if (e == cudaSuccess && a->trace)
         e = cudaMemsetAsync(a->trace, 0, ni_cuda_decode_fused_trace_words(a->L) * 8, st);
     if (e != cudaSuccess) return (int)e;
-    decode_fused_kernel<<<(unsigned)blocks, DF_BLOCK, smem, st>>>(*a, ring);
+    decode_fused_kernel<<<(unsigned)blocks, DF_BLOCK, smem, st>>>(*a);
     return (int)cudaGetLastError();
 }

@@ -110,6 +110,7 @@ typedef struct {
     float *logits;                   /* (N, V) */
     unsigned *barrier;               /* (1) the grid barrier's counter, zeroed by each launch */
     const void *tmaps;               /* (4 L + 1) x 128 bytes: ni_cuda_decode_fused_tensor_maps */
+    unsigned ring;                   /* weight slabs in flight: ni_cuda_decode_fused_ring */
     unsigned long long *trace; /* NULL, or ni_cuda_decode_fused_trace_words(L) words (below) */
 } ni_decode_fused_args;
 #define NI_CUDA_DECODE_FUSED_MAX_ROWS 8
@@ -119,9 +120,9 @@ typedef struct {
  * between its phases and the weights streamed by TMA; the same results as the per-kernel path up
  * to the order of f32 sums. bf16 weights. */
 int ni_cuda_decode_fused(const ni_decode_fused_args *a, size_t blocks, ni_stream s);
-/* 1 when the fused step handles these sizes (N rows, width C, NH heads, T cache positions, L
- * layers). */
-int ni_cuda_decode_fused_supported(size_t N, size_t C, size_t NH, size_t T, size_t L);
+/* The ring slots the fused step has for these sizes (N rows, width C, NH heads, T cache
+ * positions, L layers) on this device, for args.ring; 0 when it does not handle them. */
+unsigned ni_cuda_decode_fused_ring(size_t N, size_t C, size_t NH, size_t T, size_t L);
 /* Phase timing (NI_FUSED_TRACE), globaltimer ns: for each of the 1 + 5 L barriers k, the last
  * block's arrival [2k] and block 0's release [2k + 1]; the last block's end [2 (5 L + 1)] and
  * block 0's start [2 (5 L + 1) + 1]. */
