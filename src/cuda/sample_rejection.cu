@@ -239,33 +239,18 @@ static __device__ __forceinline__ T *sr_peer(const sr_lay *Y, T *p, unsigned r) 
     return (Y->ncl == 1 || r == Y->rank) ? p : cg::this_cluster().map_shared_rank(p, r);
 }
 
-static __device__ __forceinline__ sr_u64 sr_warp_incl(sr_u64 x) {
+/* Inclusive scan and total over the warp, for the 64-bit masses and the 32-bit counts. */
+template <typename T> static __device__ __forceinline__ T sr_warp_incl(T x) {
     const unsigned lane = threadIdx.x & 31u;
 #pragma unroll
     for (unsigned off = 1; off < 32; off <<= 1) {
-        const sr_u64 y = __shfl_up_sync(SR_FULL, x, off);
+        const T y = __shfl_up_sync(SR_FULL, x, off);
         if (lane >= off) x += y;
     }
     return x;
 }
 
-static __device__ __forceinline__ unsigned sr_warp_incl32(unsigned x) {
-    const unsigned lane = threadIdx.x & 31u;
-#pragma unroll
-    for (unsigned off = 1; off < 32; off <<= 1) {
-        const unsigned y = __shfl_up_sync(SR_FULL, x, off);
-        if (lane >= off) x += y;
-    }
-    return x;
-}
-
-static __device__ __forceinline__ sr_u64 sr_warp_sum(sr_u64 x) {
-#pragma unroll
-    for (unsigned off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(SR_FULL, x, off);
-    return x;
-}
-
-static __device__ __forceinline__ unsigned sr_warp_sum32(unsigned x) {
+template <typename T> static __device__ __forceinline__ T sr_warp_sum(T x) {
 #pragma unroll
     for (unsigned off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(SR_FULL, x, off);
     return x;
@@ -282,9 +267,9 @@ static __device__ void sr_exchange(const sr_lay *Y, unsigned *xk, sr_u64 s, unsi
     const unsigned ncl = Y->ncl, rank = Y->rank;
     const size_t base = (size_t)(*xk & 1u) * ncl * SR_WARPS;
     *xk += 1;
-    const sr_u64 is = sr_warp_incl(s);
-    const unsigned ia = sr_warp_incl32(a);
-    const unsigned wb = sr_warp_sum32(b);
+    const sr_u64 is = sr_warp_incl<sr_u64>(s);
+    const unsigned ia = sr_warp_incl<unsigned>(a);
+    const unsigned wb = sr_warp_sum<unsigned>(b);
     const sr_u64 ws = __shfl_sync(SR_FULL, is, 31);
     const unsigned wa = __shfl_sync(SR_FULL, ia, 31);
     if (lane < ncl) { /* lane l pushes this warp's totals to block l */
@@ -310,16 +295,16 @@ static __device__ void sr_exchange(const sr_lay *Y, unsigned *xk, sr_u64 s, unsi
             amine = va;
         }
     }
-    o->S = sr_warp_sum(all);
-    o->blk_off = sr_warp_sum(below);
-    const sr_u64 mi = sr_warp_incl(mine);
+    o->S = sr_warp_sum<sr_u64>(all);
+    o->blk_off = sr_warp_sum<sr_u64>(below);
+    const sr_u64 mi = sr_warp_incl<sr_u64>(mine);
     o->blk_s = __shfl_sync(SR_FULL, mi, 31);
     o->texcl = __shfl_sync(SR_FULL, mi - mine, warp) + is - s;
-    const unsigned ai = sr_warp_incl32(amine);
+    const unsigned ai = sr_warp_incl<unsigned>(amine);
     o->blk_a = __shfl_sync(SR_FULL, ai, 31);
     o->aexcl = __shfl_sync(SR_FULL, ai - amine, warp) + ia - a;
-    o->A = sr_warp_sum32(aall);
-    o->B = sr_warp_sum32(ball);
+    o->A = sr_warp_sum<unsigned>(aall);
+    o->B = sr_warp_sum<unsigned>(ball);
 }
 
 /* Warp-wide: the smallest q in [lo, hi] with W(q) < w, where that predicate is false below its
@@ -458,7 +443,7 @@ static __device__ void sr_find_bin(sr_smem *sm, const sr_u64 *hist, unsigned nb,
     const unsigned b1 = b0 + per < nb ? b0 + per : nb;
     sr_u64 ls = 0;
     for (unsigned b = b0; b < b1; b++) ls += hist[b];
-    const sr_u64 incl = sr_warp_incl(ls);
+    const sr_u64 incl = sr_warp_incl<sr_u64>(ls);
     const sr_u64 acc = below + incl;
     const unsigned hit = __ballot_sync(SR_FULL, MASS ? (double)acc >= goal_d : acc >= goal);
     /* no lane reaches the goal only when the caller's precondition is broken: the last bin */
@@ -629,7 +614,7 @@ static __device__ void sr_pick(const sr_lay *Y, const sr_row *R, const sr_list *
         unsigned q = SR_QZ;
         if (p < s1) q = bq ? bq[p] : sr_q1<SMEM>(R, p);
         const sr_u64 take = q < plim ? sr_weight(q, R->tab) : 0;
-        const sr_u64 incl = sr_warp_incl(take);
+        const sr_u64 incl = sr_warp_incl<sr_u64>(take);
         const unsigned h = __ballot_sync(SR_FULL, take != 0 && carry + incl > rem);
         if (h) {
             const int g = __ffs(h) - 1;
