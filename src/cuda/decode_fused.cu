@@ -348,10 +348,9 @@ static __device__ void df_gemv_phase(const ni_decode_fused_args &a, const df_ctx
     }
 }
 
-/* Copies src (N, K) bf16 (written during this kernel: through L2) to shared memory, all loads in
- * flight together. K % 8 == 0. */
-static __device__ void df_stage(uint16_t *dst, const uint16_t *src, size_t N, size_t K) {
-    const size_t n16 = N * K / 8;
+/* Copies n16 16-byte vectors written during this kernel (through L2) to shared memory, four
+ * loads per thread in flight together; no barrier. */
+static __device__ void df_copy_cg16(void *dst, const void *src, size_t n16) {
     const uint4 *s4 = reinterpret_cast<const uint4 *>(src);
     uint4 *d4 = reinterpret_cast<uint4 *>(dst);
     for (size_t i0 = threadIdx.x; i0 < n16; i0 += 4 * DF_THREADS) {
@@ -367,6 +366,11 @@ static __device__ void df_stage(uint16_t *dst, const uint16_t *src, size_t N, si
             if (i < n16) d4[i] = v[k];
         }
     }
+}
+
+/* Copies src (N, K) bf16 to shared memory. K % 8 == 0. */
+static __device__ void df_stage(uint16_t *dst, const uint16_t *src, size_t N, size_t K) {
+    df_copy_cg16(dst, src, N * K / 8);
     df_bar();
 }
 
@@ -381,7 +385,7 @@ static __device__ void df_layernorm(uint16_t *out, float *xs, float *red, const 
                                     const uint16_t *w_g, const uint16_t *b_g, size_t N, size_t C,
                                     float eps) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const size_t n4 = N * C / 4; /* C % 8 == 0 */
+    const size_t n4 = N * C / 4; /* the rows in 16-byte vectors (C % 8 == 0) */
     /* the scale and shift to shared memory too (after the rows), requested first */
     uint16_t *w = reinterpret_cast<uint16_t *>(xs + N * C), *b = w + C;
     const uint2 *w4 = reinterpret_cast<const uint2 *>(w_g),
@@ -389,21 +393,7 @@ static __device__ void df_layernorm(uint16_t *out, float *xs, float *red, const 
     const bool wb0 = threadIdx.x < C / 4;
     const uint2 wv0 = wb0 ? __ldg(w4 + threadIdx.x) : make_uint2(0u, 0u);
     const uint2 bv0 = wb0 ? __ldg(b4 + threadIdx.x) : make_uint2(0u, 0u);
-    const float4 *x4 = reinterpret_cast<const float4 *>(x);
-    float4 *xs4 = reinterpret_cast<float4 *>(xs);
-    for (size_t i0 = threadIdx.x; i0 < n4; i0 += 4 * DF_THREADS) {
-        float4 v[4];
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            const size_t i = i0 + (size_t)k * DF_THREADS;
-            v[k] = i < n4 ? __ldcg(x4 + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        }
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            const size_t i = i0 + (size_t)k * DF_THREADS;
-            if (i < n4) xs4[i] = v[k];
-        }
-    }
+    df_copy_cg16(xs, x, n4);
     if (wb0) {
         reinterpret_cast<uint2 *>(w)[threadIdx.x] = wv0;
         reinterpret_cast<uint2 *>(b)[threadIdx.x] = bv0;
