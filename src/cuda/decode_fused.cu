@@ -254,11 +254,12 @@ static __device__ __forceinline__ void df_epilogue(int epi, const df_ctx &c, siz
     }
 }
 
-/* Tiles finished together (their partial sums side by side in shared memory). 4 ran on gpt2 (3 %
- * faster there); a gpt2-xl run with it did not finish, most likely the ring race that the empty
- * wait in df_gemv_phase now closes (its groups of 28 slabs hit it in every layer). To be retried
- * on a GPU before it is raised. */
+/* Tiles finished together (their partial sums side by side in shared memory). 4 measured on an
+ * H200: gpt2 batch 1 +10 %, gpt2-xl batch 1 +1 %, batch 4 +2 %, but its 32 KB of partial tiles
+ * leave gpt2-xl fewer than 16 ring slots from 5 rows on. A build option (-DDF_GROUP=4). */
+#ifndef DF_GROUP
 #define DF_GROUP 1
+#endif
 
 /* One GEMV phase: the block's tiles in groups of up to DF_GROUP; slab j of a group (tile-major,
  * as the producer copies them) goes to warp j % 16, which multiplies its 8 units of 32 columns
@@ -378,12 +379,15 @@ static __device__ void df_stage(uint16_t *dst, const uint16_t *src, size_t N, si
 
 /* out (N, C) bf16 in shared memory = LayerNorm(x rows) * w + b. The rows are first staged in
  * shared memory (xs, N * C floats) with every load in flight at once (one L2 round trip); then
- * each row gets a group of 16 / N' warps (N' = N rounded up to a power of two) for the CPU twin's
- * two-pass statistics (fixed-order sums) and the normalized, scaled output. red: DF_WARPS floats.
- */
-static __device__ void df_layernorm(uint16_t *out, float *xs, float *red, const float *x,
-                                    const uint16_t *w_g, const uint16_t *b_g, size_t N, size_t C,
-                                    float eps) {
+ * the CPU twin's two-pass statistics: thread j of the 512 sums elements j, j + 512, ... of every
+ * row, its warp adds the lanes, and the 16 warp sums of a row are added in warp order, an order
+ * that depends on C alone, so that a row's output does not depend on the rest of the batch.
+ * red: 16 N + 2 N floats (N <= 8). Not inlined: inlined, it made ptxas spill in the GEMV loop
+ * (96 registers at most for 544 threads). */
+static __device__ __noinline__ void df_layernorm(uint16_t *out, float *xs, float *red,
+                                                 const float *x, const uint16_t *w_g,
+                                                 const uint16_t *b_g, size_t N, size_t C,
+                                                 float eps) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const size_t n4 = N * C / 4; /* the rows in 16-byte vectors (C % 8 == 0) */
     /* the scale and shift to shared memory too (after the rows), requested first */
@@ -402,44 +406,67 @@ static __device__ void df_layernorm(uint16_t *out, float *xs, float *red, const 
         reinterpret_cast<uint2 *>(w)[i] = __ldg(w4 + i);
         reinterpret_cast<uint2 *>(b)[i] = __ldg(b4 + i);
     }
-    int np = 1;
-    while (np < (int)N) np *= 2;
-    const int gw = DF_WARPS / np;         /* warps per row */
-    const size_t n = (size_t)(warp / gw); /* this warp's row (>= N: idle) */
-    const int li = (warp % gw) * 32 + lane, stride = gw * 32;
-    const float *xr = xs + (n < N ? n : 0) * C;
+    float *mean = red + DF_WARPS * NI_CUDA_DECODE_FUSED_MAX_ROWS, *rstd = mean + N;
+    const int nr = (int)N;
     df_bar();
-    float sum = 0.0f;
-    if (n < N)
-        for (size_t i = (size_t)li; i < C; i += (size_t)stride) sum += xr[i];
-    sum = ni_warp_sum(sum);
-    if (lane == 0) red[warp] = sum;
+    /* the rows side by side: one pass over the columns, N independent sums per thread */
+    float part[NI_CUDA_DECODE_FUSED_MAX_ROWS];
+#pragma unroll
+    for (int n = 0; n < NI_CUDA_DECODE_FUSED_MAX_ROWS; n++) part[n] = 0.0f;
+    for (size_t i = threadIdx.x; i < C; i += DF_THREADS)
+#pragma unroll
+        for (int n = 0; n < NI_CUDA_DECODE_FUSED_MAX_ROWS; n++)
+            if (n < nr) part[n] += xs[n * C + i];
+#pragma unroll
+    for (int n = 0; n < NI_CUDA_DECODE_FUSED_MAX_ROWS; n++) {
+        if (n >= nr) break;
+        const float v = ni_warp_sum(part[n]);
+        if (lane == 0) red[n * DF_WARPS + warp] = v;
+    }
     df_bar();
-    float tot = 0.0f;
-    for (int k = 0; k < gw; k++) tot += red[(warp / gw) * gw + k];
-    const float mean = tot / (float)C;
-    df_bar(); /* red is reused */
-    float sq = 0.0f;
-    if (n < N)
-        for (size_t i = (size_t)li; i < C; i += (size_t)stride) {
-            const float d = xr[i] - mean;
-            sq += d * d;
-        }
-    sq = ni_warp_sum(sq);
-    if (lane == 0) red[warp] = sq;
+    if (threadIdx.x < N) {
+        float tot = 0.0f;
+        for (int k = 0; k < DF_WARPS; k++) tot += red[threadIdx.x * DF_WARPS + k];
+        mean[threadIdx.x] = tot / (float)C;
+    }
     df_bar();
-    tot = 0.0f;
-    for (int k = 0; k < gw; k++) tot += red[(warp / gw) * gw + k];
-    const float rstd = rsqrtf(tot / (float)C + eps);
-    if (n < N) {
+    float m[NI_CUDA_DECODE_FUSED_MAX_ROWS];
+#pragma unroll
+    for (int n = 0; n < NI_CUDA_DECODE_FUSED_MAX_ROWS; n++) {
+        m[n] = n < nr ? mean[n] : 0.0f;
+        part[n] = 0.0f;
+    }
+    for (size_t i = threadIdx.x; i < C; i += DF_THREADS)
+#pragma unroll
+        for (int n = 0; n < NI_CUDA_DECODE_FUSED_MAX_ROWS; n++)
+            if (n < nr) {
+                const float d = xs[n * C + i] - m[n];
+                part[n] += d * d;
+            }
+#pragma unroll
+    for (int n = 0; n < NI_CUDA_DECODE_FUSED_MAX_ROWS; n++) {
+        if (n >= nr) break;
+        const float v = ni_warp_sum(part[n]);
+        if (lane == 0) red[n * DF_WARPS + warp] = v;
+    }
+    df_bar();
+    if (threadIdx.x < N) {
+        float tot = 0.0f;
+        for (int k = 0; k < DF_WARPS; k++) tot += red[threadIdx.x * DF_WARPS + k];
+        rstd[threadIdx.x] = rsqrtf(tot / (float)C + eps);
+    }
+    df_bar();
+    const uint32_t *w2 = reinterpret_cast<const uint32_t *>(w);
+    const uint32_t *b2 = reinterpret_cast<const uint32_t *>(b);
+    for (size_t n = 0; n < N; n++) {
+        const float *xr = xs + n * C;
+        const float mn = mean[n], rs = rstd[n];
         uint32_t *o2 = reinterpret_cast<uint32_t *>(out + n * C);
-        const uint32_t *w2 = reinterpret_cast<const uint32_t *>(w);
-        const uint32_t *b2 = reinterpret_cast<const uint32_t *>(b);
-        for (size_t i = (size_t)li; i < C / 2; i += (size_t)stride) {
+        for (size_t i = threadIdx.x; i < C / 2; i += DF_THREADS) {
             const uint32_t wp = w2[i], bp = b2[i];
             const float lo =
-                (xr[2 * i] - mean) * rstd * __uint_as_float(wp << 16) + __uint_as_float(bp << 16);
-            const float hi = (xr[2 * i + 1] - mean) * rstd * __uint_as_float(wp & 0xffff0000u) +
+                (xr[2 * i] - mn) * rs * __uint_as_float(wp << 16) + __uint_as_float(bp << 16);
+            const float hi = (xr[2 * i + 1] - mn) * rs * __uint_as_float(wp & 0xffff0000u) +
                              __uint_as_float(bp & 0xffff0000u);
             o2[i] =
                 (uint32_t)ni_dt_bf16::from_float(lo) | ((uint32_t)ni_dt_bf16::from_float(hi) << 16);
@@ -649,6 +676,19 @@ __global__ void __launch_bounds__(DF_BLOCK, 1) decode_fused_kernel(ni_decode_fus
         const ni_cuda_layer_weights *y = tab + l;
         c.k_cache = a.k_cache + l * a.kv_layer;
         c.v_cache = a.v_cache + l * a.kv_layer;
+        /* this layer's cached keys and values of the block's attention items, requested into L2
+         * now, while the block normalizes and multiplies: the attention phase then finds them in
+         * L2 instead of HBM (the new position is written by the qkv phase) */
+        if (threadIdx.x < 2)
+            for (size_t item = blockIdx.x; item < N * c.NH; item += gridDim.x) {
+                const size_t n = item / c.NH, h = item % c.NH;
+                const uint32_t bytes = (uint32_t)(s_pos[n] * c.HS * 2);
+                const uint16_t *src = (threadIdx.x ? c.v_cache : c.k_cache) +
+                                      ((size_t)s_slot[n] * c.NH + h) * c.T * c.HS;
+                if (bytes)
+                    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(src), "r"(bytes)
+                                 : "memory");
+            }
         df_layernorm(xs, ln_tmp, red, a.x, y->ln1_w, y->ln1_b, N, C, a.eps);
         df_gemv_phase(a, c, tab, 4 * l, DF_EPI_QKV, y->qkv_b, xs, red, seq, ring_base, bars, ring);
         df_grid_sync(a.barrier, target, a.trace, bk);
