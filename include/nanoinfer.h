@@ -137,6 +137,7 @@ typedef struct {
     size_t generated_tokens; /* summed over the batch */
     size_t peak_mem_bytes;   /* the engine's bytes at their peak (weights included) */
     size_t weight_bytes;     /* bytes of the weights the engine reads each step */
+    size_t fused_steps;      /* decode steps run as the single fused kernel (CUDA, NI_FUSED) */
 } ni_stats;
 
 ni_status ni_engine_stats(const ni_engine *e, ni_stats *out);

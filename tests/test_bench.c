@@ -67,6 +67,8 @@ static void test_quick_sweep_json_csv_plot(void **state) {
         assert_true(fabs(tok_s - (double)B * 1e3 / itl) < 1e-6 * tok_s);
         assert_true(fabs(per_req - 1e3 / itl) < 1e-6 * per_req);
         assert_true(weights > 0 && peak > weights);
+        json_t *fused = json_object_get(r, "fused_steps");
+        assert_true(json_is_integer(fused) && json_integer_value(fused) == 0); /* CPU */
         ok++;
     }
     assert_int_equal(ok, 6);

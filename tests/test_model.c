@@ -514,6 +514,7 @@ static void test_generation_errors_and_eos(void **state) {
     assert_int_equal(st.decode_steps, 8);
     assert_int_equal(st.generated_tokens, 9);
     assert_true(st.peak_mem_bytes > st.weight_bytes);
+    assert_int_equal(st.fused_steps, 0); /* the CPU has no fused step */
     ni_engine_destroy(e);
     ni_model_close(m);
 }

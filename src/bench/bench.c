@@ -122,6 +122,7 @@ static void run_config(bench_state *st, ni_preset engine, size_t B, size_t P, ni
         st->itl[n_timed] = stats.decode_steps ? stats.decode_ms / (double)stats.decode_steps : 0.0;
         row->peak_mem_bytes = stats.peak_mem_bytes;
         row->weight_bytes = stats.weight_bytes;
+        row->fused_steps = stats.fused_steps;
         n_timed++;
     }
     ni_engine_destroy(e);

@@ -36,6 +36,7 @@ typedef struct {
     size_t batch_size, prompt_len, new_tokens;
     double ttft_ms, itl_ms, decode_tok_s, per_request_tok_s, prefill_tok_s;
     size_t peak_mem_bytes, driver_mem_bytes, weight_bytes;
+    size_t fused_steps;    /* decode steps of the last timed run that ran as the fused kernel */
     double bandwidth_frac; /* < 0: not measured */
     char error[160];       /* non-empty: the configuration did not run */
 } ni_bench_row;

@@ -65,6 +65,7 @@ static json_t *row_json(const ni_bench_row *row) {
     json_object_set_new(o, "prefill_tok_s", json_real(row->prefill_tok_s));
     json_object_set_new(o, "peak_mem_bytes", json_integer((json_int_t)row->peak_mem_bytes));
     json_object_set_new(o, "weight_bytes", json_integer((json_int_t)row->weight_bytes));
+    json_object_set_new(o, "fused_steps", json_integer((json_int_t)row->fused_steps));
     if (row->driver_mem_bytes)
         json_object_set_new(o, "driver_mem_bytes", json_integer((json_int_t)row->driver_mem_bytes));
     if (row->bandwidth_frac >= 0)

@@ -82,6 +82,8 @@ struct ni_backend_ctx {
     unsigned *fused_sync;
     void *fused_tmaps;               /* (4 L + 1) TMA descriptors */
     unsigned long long *fused_trace; /* NI_FUSED_TRACE: device words, host sums per phase kind */
+    size_t fused_steps;              /* decode steps run by the fused kernel */
+    int went_fused;                  /* the last forward pass was the fused kernel */
     double trace_ns[8];
     size_t trace_runs;
     ni_sample_params *d_params;
@@ -564,6 +566,7 @@ static ni_status enqueue_fused(ni_backend_ctx *b, size_t N, const int32_t *tok, 
     };
     NI_CUDA_TRY(ni_cuda_decode_fused(&a, b->fused_blocks, (ni_stream)b->stream),
                 "decode_fused kernel");
+    b->went_fused = 1;
     if (b->fused_trace && !b->capturing) NI_TRY(trace_collect(b));
     return NI_OK;
 }
@@ -703,7 +706,9 @@ static ni_status eager_decode(ni_backend_ctx *b, const int32_t *last, const uint
     size_t n, rows;
     NI_TRY(ni_token_list_decode(&b->list, b->n_seq, last, live, b->flags->kv_cache, &n, &rows));
     if (rows == 0) return NI_OK;
+    b->went_fused = 0;
     NI_TRY(forward(b, n, NULL));
+    b->fused_steps += (size_t)b->went_fused;
     return sample(b, rows, step, next);
 }
 
@@ -833,6 +838,7 @@ static ni_status cuda_decode(ni_backend_ctx *b, const int32_t *last, const uint8
                            b->max_seq);
     if (step < b->hist_first || step >= b->hist_first + b->hist_count)
         NI_TRY(graph_run_ahead(b, step));
+    b->fused_steps += (size_t)fused_ok(b, B); /* the graph's step is the fused kernel or not */
     const int32_t *tokens = b->h_hist + (size_t)(step - b->hist_first) * B;
     for (size_t r = 0; r < B; r++) {
         if (tokens[r] < 0 && live[r]) return ni_fail_invalid_logits(r);
@@ -851,6 +857,10 @@ static void cuda_memory(const ni_backend_ctx *b, size_t *peak, size_t *weights) 
     *peak = b->arena_bytes + b->staging_bytes;
 }
 
+static size_t cuda_fused_steps(const ni_backend_ctx *b) {
+    return b->fused_steps;
+}
+
 const ni_backend_ops ni_cuda_backend = {
     .create = cuda_create,
     .destroy = cuda_destroy,
@@ -858,4 +868,5 @@ const ni_backend_ops ni_cuda_backend = {
     .decode = cuda_decode,
     .logits = cuda_logits,
     .memory = cuda_memory,
+    .fused_steps = cuda_fused_steps,
 };

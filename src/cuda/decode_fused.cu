@@ -86,12 +86,22 @@ static __device__ __forceinline__ void df_grid_sync(unsigned *counter, unsigned 
         asm volatile("fence.acq_rel.gpu;\n\tred.relaxed.gpu.global.add.u32 [%0], 1;" ::"l"(counter)
                      : "memory");
         unsigned seen;
+#ifdef DF_POLLRELAX
+        do {
+            asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];"
+                         : "=r"(seen)
+                         : "l"(counter)
+                         : "memory");
+        } while (seen < target);
+        asm volatile("fence.acq_rel.gpu;" ::: "memory");
+#else
         do {
             asm volatile("ld.acquire.gpu.global.u32 %0, [%1];"
                          : "=r"(seen)
                          : "l"(counter)
                          : "memory");
         } while (seen < target);
+#endif
         if (trace && blockIdx.x == 0) trace[2 * k + 1] = df_now();
     }
     k++;

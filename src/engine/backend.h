@@ -43,6 +43,8 @@ typedef struct {
     ni_status (*logits)(ni_backend_ctx *b, const int32_t *tokens, size_t len, float *out);
     /* Peak and weight bytes of this engine. */
     void (*memory)(const ni_backend_ctx *b, size_t *peak_bytes, size_t *weight_bytes);
+    /* Decode steps run so far as one fused kernel (NULL: never). */
+    size_t (*fused_steps)(const ni_backend_ctx *b);
 } ni_backend_ops;
 
 extern const ni_backend_ops ni_cpu_backend;

@@ -155,7 +155,7 @@ ni_status ni_generate(ni_engine *e, const ni_batch *prompts, const ni_sampling *
     NI_TRY(check_request(e, prompts, s));
     ni_stats *st = &e->stats;
     st->ttft_ms = st->decode_ms = 0.0;
-    st->decode_steps = st->generated_tokens = st->prompt_tokens = 0;
+    st->decode_steps = st->generated_tokens = st->prompt_tokens = st->fused_steps = 0;
     if (s->max_new_tokens == 0) return NI_OK;
     size_t B = prompts->n_seq;
     for (size_t i = 0; i < B; i++) st->prompt_tokens += prompts->lens[i];
@@ -163,6 +163,7 @@ ni_status ni_generate(ni_engine *e, const ni_batch *prompts, const ni_sampling *
     ni_gen_request req = {
         prompts, {s->temperature, s->top_k, s->top_p, s->min_p}, s->seed, s->max_new_tokens};
 
+    const size_t fused0 = e->ops->fused_steps ? e->ops->fused_steps(e->ctx) : 0;
     double t0 = now_ms();
     NI_TRY(e->ops->prefill(e->ctx, &req, e->next));
     st->ttft_ms = now_ms() - t0;
@@ -189,6 +190,7 @@ ni_status ni_generate(ni_engine *e, const ni_batch *prompts, const ni_sampling *
             n_live += e->live[i];
         }
     }
+    if (e->ops->fused_steps) st->fused_steps = e->ops->fused_steps(e->ctx) - fused0;
     return NI_OK;
 }
 

@@ -279,6 +279,9 @@ static void test_fused_large_model(void **state) {
             ni_batch b = {4, prompts, lens};
             if (ni_generate(e, &b, &s, ni_test_collect, &c) != NI_OK)
                 fail_msg("%s: %s", ni_preset_name(presets[k]), ni_last_error());
+            ni_stats st;
+            assert_int_equal(ni_engine_stats(e, &st), NI_OK);
+            assert_int_equal(st.fused_steps, s.max_new_tokens - 1); /* it did run fused */
             if (k == 0 && rep == 0)
                 ref = c;
             else if (memcmp(c.tok, ref.tok, sizeof c.tok) != 0)
@@ -294,6 +297,16 @@ static void test_fused_large_model(void **state) {
                      ni_preset_name(presets[k]));
         ni_engine_destroy(e);
     }
+    /* and off: the same engine without it runs no fused step */
+    setenv("NI_FUSED", "0", 1);
+    ni_engine *e = engine(m, NI_BACKEND_CUDA, NI_PRESET_CUDA_GRAPHS, 4, 64, NI_DTYPE_BF16);
+    ni_batch b = {4, prompts, lens};
+    memset(&c, 0, sizeof c);
+    assert_int_equal(ni_generate(e, &b, &s, ni_test_collect, &c), NI_OK);
+    ni_stats st;
+    assert_int_equal(ni_engine_stats(e, &st), NI_OK);
+    assert_int_equal(st.fused_steps, 0);
+    ni_engine_destroy(e);
     setenv("NI_FUSED", "", 1);
     printf("  gpt2-large, fused step forced on: 24 sampled tokens x 4 rows identical over runs, "
            "engines and batch sizes\n");
