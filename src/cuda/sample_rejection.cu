@@ -1,7 +1,8 @@
 /* The fused, sorting-free sampler on the GPU: the twin of the CPU's ni_sample_rejection
  * (src/sampling/sample_rejection.c), token for token. One launch for the batch; each row of
- * logits (B, V) is sampled by a thread-block cluster of ncl blocks of 1024 threads (sm_90), the
- * row cut into ncl contiguous slices in index order, block rank b holding slice b:
+ * logits (B, V) is sampled by a thread-block cluster of ncl blocks of NT threads (sm_90; NT =
+ * 512 when ncl > 1, else 1024: sr_threads), the row cut into ncl contiguous slices in index
+ * order, block rank b holding slice b:
  * (1) each block reads its slice once with 16-byte loads (scalar ones at the unaligned ends) into
  *     shared memory while finding the max, the argmax (lowest index on ties) and whether the
  *     slice is valid; the blocks swap these through distributed shared memory (DSMEM); greedy
@@ -24,7 +25,7 @@
  * - a row is spread over ncl = 8 blocks (B <= 16), 4 (B <= 32), 2 (B <= 64), 1 (larger B; at
  *   least 2048 tokens per block): a function of (B, V) alone, and the token does not depend on it;
  * - a round costs two cluster barriers and no block barrier: every reduction is a warp scan whose
- *   32 warp totals each block pushes into every block of the cluster (DSMEM stores, double
+ *   warp totals each block pushes into every block of the cluster (DSMEM stores, double
  *   buffered), so that after one barrier each block reads, locally, the cluster totals, its
  *   block's offset and its warps' offsets; the crossing warp (the one whose prefix interval holds
  *   the target) walks the chunk, finds the candidate, its two limits, and pushes them to every
@@ -47,8 +48,9 @@
 #include "cuda/pdl.cuh"
 #include "sampling/sampling.h"
 
-#define SR_THREADS 1024
-#define SR_WARPS (SR_THREADS / 32)
+#define SR_THREADS_ONE 1024 /* threads per block when a row is one block (large B) */
+#define SR_THREADS_CL 512   /* ... when a row is a cluster of several (small B): see sr_threads */
+#define SR_WARPS 32         /* the most warps of a block (the per-warp arrays and slots) */
 #define SR_FULL 0xFFFFFFFFu
 #define SR_UNROLL 8          /* 16-byte loads in flight per thread while reading the row */
 #define SR_QMAX (40u << 24)  /* q of t = -40: W = 0 from here on */
@@ -60,6 +62,14 @@
 #define SR_CMAX 16u            /* largest cluster */
 #define SR_CAPMAX 8192u        /* largest compaction buffer (entries) */
 #define SR_MIN_PER_BLOCK 2048u /* tokens per block at least, for the automatic cluster size */
+
+/* a warp reads the per-warp arrays (<= 32 warps); one thread per draw */
+static_assert(SR_THREADS_ONE % 32 == 0 && SR_THREADS_ONE <= 32 * SR_WARPS &&
+                  SR_THREADS_ONE > SR_ROUNDS_CAP,
+              "SR_THREADS_ONE");
+static_assert(SR_THREADS_CL % 32 == 0 && SR_THREADS_CL <= 32 * SR_WARPS &&
+                  SR_THREADS_CL > SR_ROUNDS_CAP,
+              "SR_THREADS_CL");
 
 typedef unsigned long long sr_u64;
 namespace cg = cooperative_groups;
@@ -263,7 +273,7 @@ template <typename T> static __device__ __forceinline__ T sr_warp_sum(T x) {
  * barrier, and so finished reading exchange k - 2, before anyone pushes for exchange k). */
 static __device__ void sr_exchange(const sr_lay *Y, unsigned *xk, sr_u64 s, unsigned a, unsigned b,
                                    sr_xres *o) {
-    const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+    const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     const unsigned ncl = Y->ncl, rank = Y->rank;
     const size_t base = (size_t)(*xk & 1u) * ncl * SR_WARPS;
     *xk += 1;
@@ -282,7 +292,7 @@ static __device__ void sr_exchange(const sr_lay *Y, unsigned *xk, sr_u64 s, unsi
     /* lane l: warp l of every block */
     sr_u64 below = 0, all = 0, mine = 0;
     unsigned aall = 0, amine = 0, ball = 0;
-    for (unsigned r = 0; r < ncl; r++) {
+    for (unsigned r = 0; r < (lane < nw ? ncl : 0u); r++) {
         const size_t at = base + (size_t)r * SR_WARPS + lane;
         const sr_u64 v = Y->xs[at];
         const unsigned va = Y->xa[at];
@@ -508,9 +518,9 @@ static __device__ unsigned sr_radix_level(const sr_lay *Y, unsigned *lvl, const 
     sr_u64 *gnext = Y->ghist + (size_t)((*lvl + 1u) & 1u) * SR_BINS0;
     *lvl += 1;
     __syncthreads(); /* earlier readers of lhist, ghist and sel_* are done */
-    for (unsigned i = tid; i < nb; i += SR_THREADS) Y->lhist[i] = 0;
+    for (unsigned i = tid; i < nb; i += blockDim.x) Y->lhist[i] = 0;
     if (Y->ncl > 1)
-        for (unsigned i = tid; i < SR_BINS0; i += SR_THREADS) gnext[i] = 0;
+        for (unsigned i = tid; i < SR_BINS0; i += blockDim.x) gnext[i] = 0;
     __syncthreads();
     if (L->buf < 0) {
         const unsigned j0 = tid * R->c4;
@@ -532,7 +542,7 @@ static __device__ unsigned sr_radix_level(const sr_lay *Y, unsigned *lvl, const 
     __syncthreads();
     const sr_u64 *hist = Y->lhist;
     if (Y->ncl > 1) { /* add this block's histogram into every block's ghist half */
-        for (unsigned i = tid; i < nb; i += SR_THREADS) {
+        for (unsigned i = tid; i < nb; i += blockDim.x) {
             const sr_u64 v = Y->lhist[i];
             if (v)
                 for (unsigned r = 0; r < Y->ncl; r++) atomicAdd(sr_peer(Y, gh + i, r), v);
@@ -644,8 +654,8 @@ static __device__ void sr_pick(const sr_lay *Y, const sr_row *R, const sr_list *
 
 /* ---- the kernel ---------------------------------------------------------------------------- */
 
-template <int SMEM>
-__global__ void __launch_bounds__(SR_THREADS, 1)
+template <int SMEM, int NT>
+__global__ void __launch_bounds__(NT, 1)
     sr_kernel(int32_t *tokens,                // (B)
               const float *logits,            // (B, V)
               const uint64_t *seq_ids,        // (B) or NULL (then the row index)
@@ -690,7 +700,7 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
     R.ns4 = ns4;
     R.g0 = rank * G;
     R.ng = R.g0 < ns4 ? (ns4 - R.g0 < G ? ns4 - R.g0 : G) : 0u;
-    R.c4 = ((R.ng + SR_THREADS - 1) / SR_THREADS) | 1u;
+    R.c4 = ((R.ng + NT - 1) / NT) | 1u;
     R.q4 = (uint4 *)((char *)sr_dyn + O.row);
     R.m = 0.0f;
     R.s = 0.0f;
@@ -702,7 +712,7 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
         sm->cand_stamp = SR_NONE;
     }
     if (ncl > 1)
-        for (unsigned i = tid; i < 2 * SR_BINS0; i += SR_THREADS) Y.ghist[i] = 0;
+        for (unsigned i = tid; i < 2 * SR_BINS0; i += NT) Y.ghist[i] = 0;
     if (!greedy && tid <= max_rounds) {
         const uint64_t seq = seq_ids ? seq_ids[r] : (uint64_t)r;
         const uint32_t step = steps ? steps[r] : 0u;
@@ -713,17 +723,17 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
     float best = -INFINITY;
     unsigned arg = SR_NONE;
     int bad = 0;
-    for (unsigned j0 = tid; j0 < R.ng; j0 += SR_THREADS * SR_UNROLL) {
+    for (unsigned j0 = tid; j0 < R.ng; j0 += NT * SR_UNROLL) {
         float4 x[SR_UNROLL];
 #pragma unroll
         for (int u = 0; u < SR_UNROLL; u++) {
-            const unsigned j = j0 + (unsigned)u * SR_THREADS;
+            const unsigned j = j0 + (unsigned)u * NT;
             x[u] = j < R.ng ? sr_ld4(&R, R.g0 + j)
                             : make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
         }
 #pragma unroll
         for (int u = 0; u < SR_UNROLL; u++) {
-            const unsigned j = j0 + (unsigned)u * SR_THREADS;
+            const unsigned j = j0 + (unsigned)u * NT;
             const float xv[4] = {x[u].x, x[u].y, x[u].z, x[u].w};
 #pragma unroll
             for (int e = 0; e < 4; e++) {
@@ -756,9 +766,9 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
     }
     __syncthreads();
     if (warp == 0) { /* the block's result, pushed to every block of the cluster */
-        best = sm->wmaxv[lane];
-        arg = sm->wmaxi[lane];
-        bad = sm->wbad[lane];
+        best = lane < NT / 32 ? sm->wmaxv[lane] : -INFINITY;
+        arg = lane < NT / 32 ? sm->wmaxi[lane] : SR_NONE;
+        bad = lane < NT / 32 ? sm->wbad[lane] : 0;
 #pragma unroll
         for (unsigned off = 16; off > 0; off >>= 1) {
             const float ov = __shfl_down_sync(SR_FULL, best, off);
@@ -883,7 +893,7 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
         if (wr) {
             Ln.buf = dst;
             Ln.n = X.blk_a;
-            Ln.cc = ((X.blk_a + SR_THREADS - 1) / SR_THREADS) | 1u;
+            Ln.cc = ((X.blk_a + NT - 1) / NT) | 1u;
         }
         Lp = Lread;
         const sr_u64 s_gt = Xn.S;
@@ -965,6 +975,14 @@ static unsigned sr_auto_cluster(size_t B, size_t V) {
     return c;
 }
 
+/* Threads per block. A row spread over a cluster is latency-bound: 512 threads (128 registers
+ * each, no spills, 16 warps per exchange) beat 1024 (64 registers, spills in every round) there,
+ * while one block per row (large B) wants the shorter per-thread chunks of 1024 threads. A
+ * function of ncl, so of (B, V), alone; the token does not depend on it. */
+static unsigned sr_threads(unsigned ncl) {
+    return ncl > 1 ? SR_THREADS_CL : SR_THREADS_ONE;
+}
+
 extern "C" int ni_cuda_sample_rejection_cfg(int32_t *tokens, const float *logits,
                                             const uint64_t *seq_ids, const uint32_t *steps,
                                             const ni_sample_params *params, size_t B, size_t V,
@@ -981,6 +999,7 @@ extern "C" int ni_cuda_sample_rejection_cfg(int32_t *tokens, const float *logits
                                               tokens, B));
     }
     const unsigned ncl = cluster ? cluster : sr_auto_cluster(B, V);
+    const unsigned nt = sr_threads(ncl);
     int dev = 0, optin = 0;
     cudaError_t e = cudaGetDevice(&dev);
     if (e == cudaSuccess)
@@ -999,14 +1018,15 @@ extern "C" int ni_cuda_sample_rejection_cfg(int32_t *tokens, const float *logits
     if (bytes > (size_t)optin) return (int)cudaErrorInvalidValue; /* fixed part too large */
     void (*kernel)(int32_t *, const float *, const uint64_t *, const uint32_t *,
                    const ni_sample_params *, size_t, unsigned, unsigned, unsigned) =
-        smem ? sr_kernel<1> : sr_kernel<0>;
+        nt == SR_THREADS_CL ? (smem ? sr_kernel<1, SR_THREADS_CL> : sr_kernel<0, SR_THREADS_CL>)
+                            : (smem ? sr_kernel<1, SR_THREADS_ONE> : sr_kernel<0, SR_THREADS_ONE>);
     e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
     if (e == cudaSuccess && ncl > 8)
         e = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
     if (e != cudaSuccess) return (int)e;
     return ni_launch_status(ni_launch_pdl_cluster(
-        kernel, dim3((unsigned)(B * ncl)), dim3(SR_THREADS), bytes, st, ncl, tokens, logits,
-        seq_ids, steps, params, V, (unsigned)max_rounds, ncl, (unsigned)cap));
+        kernel, dim3((unsigned)(B * ncl)), dim3(nt), bytes, st, ncl, tokens, logits, seq_ids, steps,
+        params, V, (unsigned)max_rounds, ncl, (unsigned)cap));
 }
 
 extern "C" int ni_cuda_sample_rejection_ex(int32_t *tokens, const float *logits,
