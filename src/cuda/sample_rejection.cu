@@ -317,22 +317,47 @@ static __device__ void sr_exchange(const sr_lay *Y, unsigned *xk, sr_u64 s, unsi
     o->B = sr_warp_sum<unsigned>(ball);
 }
 
+/* The probe of this lane in [lo, hi] (lo < hi): lo + (hi - lo) * lane / 31 (lane 31: hi), in
+ * 32-bit arithmetic: with d = 31 a + b, d * lane / 31 = a * lane + b * lane / 31. */
+static __device__ __forceinline__ unsigned sr_probe(unsigned lo, unsigned hi) {
+    const unsigned lane = threadIdx.x & 31u, d = hi - lo;
+    return lo + d / 31u * lane + d % 31u * lane / 31u;
+}
+
+/* One step of the search below, from the ballot hit of the probes x over [*lo, *hi]: returns 1
+ * with *res set when the answer is known, else narrows [*lo, *hi]. Warp-uniform. */
+static __device__ __forceinline__ int sr_search_step(unsigned hit, unsigned x, unsigned *lo,
+                                                     unsigned *hi, unsigned *res) {
+    if (!hit) { /* not monotone: impossible, but never loop */
+        *res = *hi;
+        return 1;
+    }
+    const int f = __ffs(hit) - 1;
+    const unsigned xf = __shfl_sync(SR_FULL, x, f);
+    const unsigned xp = __shfl_sync(SR_FULL, x, f > 0 ? f - 1 : 0);
+    if (f == 0) {
+        *res = xf;
+        return 1;
+    }
+    *lo = xp + 1;
+    *hi = xf;
+    if (*lo >= *hi) {
+        *res = *lo;
+        return 1;
+    }
+    return 0;
+}
+
 /* Warp-wide: the smallest q in [lo, hi] with W(q) < w, where that predicate is false below its
  * answer and true from it on (W does not increase with q) and true at hi. 32 probes a step. */
 static __device__ unsigned sr_search(sr_u64 w, unsigned lo, unsigned hi, const unsigned *tab) {
-    const unsigned lane = threadIdx.x & 31u;
-    while (lo < hi) {
-        const unsigned x = lo + (unsigned)((sr_u64)(hi - lo) * lane / 31u); /* lane 31: hi */
-        const unsigned hit = __ballot_sync(SR_FULL, sr_weight(x, tab) < w);
-        if (!hit) return hi; /* not monotone: impossible, but never loop */
-        const int f = __ffs(hit) - 1;
-        const unsigned xf = __shfl_sync(SR_FULL, x, f);
-        const unsigned xp = __shfl_sync(SR_FULL, x, f > 0 ? f - 1 : 0);
-        if (f == 0) return xf;
-        lo = xp + 1;
-        hi = xf;
+    unsigned res = lo;
+    if (lo >= hi) return lo;
+    for (;;) {
+        const unsigned x = sr_probe(lo, hi);
+        if (sr_search_step(__ballot_sync(SR_FULL, sr_weight(x, tab) < w), x, &lo, &hi, &res))
+            return res;
     }
-    return lo;
 }
 
 /* lim(w) = the smallest q with W(q) < w (w >= 1), knowing W(a) >= w: probes a + 2^i first,
@@ -349,17 +374,53 @@ static __device__ unsigned sr_lim_up(sr_u64 w, unsigned a, const unsigned *tab) 
     return sr_search(w, f > 0 ? xp + 1 : a + 1, xf, tab);
 }
 
-/* lim(w) knowing W(a) < w: probes a - 2^i first. */
-static __device__ unsigned sr_lim_down(sr_u64 w, unsigned a, const unsigned *tab) {
+/* The candidate's two limits, for w = W(a) >= 1: *lge = lim(w) as sr_lim_up(w, a) and *lgt =
+ * lim(w + 1) knowing W(a) < w + 1, probing a - 2^i first. The two searches are independent;
+ * their steps are interleaved (one warp, two ballots a step) so that their latencies overlap.
+ * Each answer is the unique smallest q of its predicate, as found by sr_search alone. */
+static __device__ void sr_lims(sr_u64 w, unsigned a, const unsigned *tab, unsigned *lge,
+                               unsigned *lgt) {
     const unsigned lane = threadIdx.x & 31u;
-    const long long xl = lane < 31 ? (long long)a - (1ll << lane) : 0;
-    const unsigned x = xl > 0 ? (unsigned)xl : 0u;
-    const unsigned miss = __ballot_sync(SR_FULL, !(sr_weight(x, tab) < w));
-    if (!miss) return 0; /* W(0) < w */
-    const int g = __ffs(miss) - 1;
-    const unsigned xg = __shfl_sync(SR_FULL, x, g);
-    const unsigned xp = __shfl_sync(SR_FULL, x, g > 0 ? g - 1 : 0);
-    return sr_search(w, xg + 1, g > 0 ? xp : a, tab);
+    const sr_u64 w1 = w + 1;
+    const sr_u64 ul = lane < 31 ? (sr_u64)a + (1ull << lane) : SR_QMAX;
+    const unsigned xu = ul < SR_QMAX ? (unsigned)ul : SR_QMAX;
+    const long long dl = lane < 31 ? (long long)a - (1ll << lane) : 0;
+    const unsigned xd = dl > 0 ? (unsigned)dl : 0u;
+    const unsigned hit = __ballot_sync(SR_FULL, sr_weight(xu, tab) < w); /* lane 31: W = 0 */
+    const unsigned miss = __ballot_sync(SR_FULL, !(sr_weight(xd, tab) < w1));
+    unsigned lo0 = 0, hi0 = 0, r0 = SR_QMAX, lo1 = 0, hi1 = 0, r1 = 0;
+    int d0 = !hit, d1 = !miss; /* no hit: SR_QMAX; no miss: W(0) < w + 1, so 0 */
+    if (hit) {
+        const int f = __ffs(hit) - 1;
+        const unsigned xf = __shfl_sync(SR_FULL, xu, f);
+        const unsigned xp = __shfl_sync(SR_FULL, xu, f > 0 ? f - 1 : 0);
+        lo0 = f > 0 ? xp + 1 : a + 1;
+        hi0 = xf;
+        if (lo0 >= hi0) {
+            r0 = lo0;
+            d0 = 1;
+        }
+    }
+    if (miss) {
+        const int g = __ffs(miss) - 1;
+        const unsigned xg = __shfl_sync(SR_FULL, xd, g);
+        const unsigned xp = __shfl_sync(SR_FULL, xd, g > 0 ? g - 1 : 0);
+        lo1 = xg + 1;
+        hi1 = g > 0 ? xp : a;
+        if (lo1 >= hi1) {
+            r1 = lo1;
+            d1 = 1;
+        }
+    }
+    while (!d0 || !d1) {
+        const unsigned x0 = d0 ? 0u : sr_probe(lo0, hi0), x1 = d1 ? 0u : sr_probe(lo1, hi1);
+        const unsigned h0 = __ballot_sync(SR_FULL, sr_weight(x0, tab) < w);
+        const unsigned h1 = __ballot_sync(SR_FULL, sr_weight(x1, tab) < w1);
+        if (!d0) d0 = sr_search_step(h0, x0, &lo0, &hi0, &r0);
+        if (!d1) d1 = sr_search_step(h1, x1, &lo1, &hi1, &r1);
+    }
+    *lge = r0;
+    *lgt = r1;
 }
 
 /* Block-wide lim(w) for w >= 1 (warp 0 searches, from an anchor a with W(a) >= w when
@@ -402,6 +463,32 @@ static __device__ __forceinline__ void sr_acc1(sr_acc *A, unsigned q, unsigned t
     }
 }
 
+/* sr_acc1 for the four tokens tok .. tok + 3 of a group (the same sums and appends), with one
+ * vote for the group and four independent weights (their chains overlap). */
+static __device__ __forceinline__ void sr_acc4(sr_acc *A, uint4 v, unsigned tok, unsigned plim,
+                                               unsigned lgt, unsigned lge, unsigned *wq,
+                                               unsigned *wi, const unsigned *tab) {
+    A->a += (unsigned)(v.x < lgt) + (v.y < lgt) + (v.z < lgt) + (v.w < lgt);
+    A->b += (unsigned)(v.x < lge) + (v.y < lge) + (v.z < lge) + (v.w < lge);
+    const unsigned mn = min(min(v.x, v.y), min(v.z, v.w));
+    if (__any_sync(SR_FULL, mn < lgt)) {
+        const sr_u64 w0 = sr_weight(v.x, tab), w1 = sr_weight(v.y, tab);
+        const sr_u64 w2 = sr_weight(v.z, tab), w3 = sr_weight(v.w, tab);
+        A->s += ((v.x < lgt ? w0 : 0) + (v.y < lgt ? w1 : 0)) +
+                ((v.z < lgt ? w2 : 0) + (v.w < lgt ? w3 : 0));
+    }
+    if (wq) {
+        const unsigned qq[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            if (qq[e] < plim) {
+                wq[A->woff] = qq[e];
+                wi[A->woff] = tok + (unsigned)e;
+                A->woff++;
+            }
+    }
+}
+
 /* A pass over this thread's chunk of list L: the count of q < lgt, of q < lge and the sum of W
  * over q < lgt (W > w and W >= w for lgt = lim(w + 1), lge = lim(w)); with wq set, the members
  * (q < plim) are copied to wq / wi from index woff on, in order. lgt, lge <= plim. */
@@ -414,11 +501,7 @@ static __device__ sr_acc sr_pass(const sr_lay *Y, const sr_row *R, const sr_list
         const unsigned j0 = threadIdx.x * R->c4;
         for (unsigned i = 0; i < R->c4; i++) {
             const uint4 v = sr_q4<SMEM>(R, j0 + i);
-            const unsigned s0 = 4u * (j0 + i);
-            sr_acc1(&A, v.x, sr_tok(R, s0), plim, lgt, lge, wq, wi, R->tab);
-            sr_acc1(&A, v.y, sr_tok(R, s0 + 1), plim, lgt, lge, wq, wi, R->tab);
-            sr_acc1(&A, v.z, sr_tok(R, s0 + 2), plim, lgt, lge, wq, wi, R->tab);
-            sr_acc1(&A, v.w, sr_tok(R, s0 + 3), plim, lgt, lge, wq, wi, R->tab);
+            sr_acc4(&A, v, sr_tok(R, 4u * (j0 + i)), plim, lgt, lge, wq, wi, R->tab);
         }
     } else {
         const unsigned *cq = Y->cq + (size_t)L->buf * Y->cap, *ci = Y->ci + (size_t)L->buf * Y->cap;
@@ -638,8 +721,7 @@ static __device__ void sr_pick(const sr_lay *Y, const sr_row *R, const sr_list *
     }
     unsigned lge = 0, lgt = 0;
     if (lims && c >= 0) {
-        lge = sr_lim_up(cw, cq, R->tab);
-        lgt = sr_lim_down(cw + 1, cq, R->tab);
+        sr_lims(cw, cq, R->tab, &lge, &lgt);
     }
     if (lane < Y->ncl) {
         sr_smem *d = sr_peer(Y, Y->sm, lane);
