@@ -1,7 +1,8 @@
 /* The fused, sorting-free sampler on the GPU: the twin of the CPU's ni_sample_rejection
  * (src/sampling/sample_rejection.c), token for token. One launch for the batch; each row of
- * logits (B, V) is sampled by a thread-block cluster of ncl blocks of 1024 threads (sm_90), the
- * row cut into ncl contiguous slices in index order, block rank b holding slice b:
+ * logits (B, V) is sampled by a thread-block cluster of ncl blocks of NT threads (sm_90; NT =
+ * 512 when ncl > 1, else 1024: sr_threads), the row cut into ncl contiguous slices in index
+ * order, block rank b holding slice b:
  * (1) each block reads its slice once with 16-byte loads (scalar ones at the unaligned ends) into
  *     shared memory while finding the max, the argmax (lowest index on ties) and whether the
  *     slice is valid; the blocks swap these through distributed shared memory (DSMEM); greedy
@@ -24,7 +25,7 @@
  * - a row is spread over ncl = 8 blocks (B <= 16), 4 (B <= 32), 2 (B <= 64), 1 (larger B; at
  *   least 2048 tokens per block): a function of (B, V) alone, and the token does not depend on it;
  * - a round costs two cluster barriers and no block barrier: every reduction is a warp scan whose
- *   32 warp totals each block pushes into every block of the cluster (DSMEM stores, double
+ *   warp totals each block pushes into every block of the cluster (DSMEM stores, double
  *   buffered), so that after one barrier each block reads, locally, the cluster totals, its
  *   block's offset and its warps' offsets; the crossing warp (the one whose prefix interval holds
  *   the target) walks the chunk, finds the candidate, its two limits, and pushes them to every
@@ -47,8 +48,9 @@
 #include "cuda/pdl.cuh"
 #include "sampling/sampling.h"
 
-#define SR_THREADS 1024
-#define SR_WARPS (SR_THREADS / 32)
+#define SR_THREADS_ONE 1024 /* threads per block when a row is one block (large B) */
+#define SR_THREADS_CL 512   /* ... when a row is a cluster of several (small B): see sr_threads */
+#define SR_WARPS 32         /* the most warps of a block (the per-warp arrays and slots) */
 #define SR_FULL 0xFFFFFFFFu
 #define SR_UNROLL 8          /* 16-byte loads in flight per thread while reading the row */
 #define SR_QMAX (40u << 24)  /* q of t = -40: W = 0 from here on */
@@ -60,6 +62,14 @@
 #define SR_CMAX 16u            /* largest cluster */
 #define SR_CAPMAX 8192u        /* largest compaction buffer (entries) */
 #define SR_MIN_PER_BLOCK 2048u /* tokens per block at least, for the automatic cluster size */
+
+/* a warp reads the per-warp arrays (<= 32 warps); one thread per draw */
+static_assert(SR_THREADS_ONE % 32 == 0 && SR_THREADS_ONE <= 32 * SR_WARPS &&
+                  SR_THREADS_ONE > SR_ROUNDS_CAP,
+              "SR_THREADS_ONE");
+static_assert(SR_THREADS_CL % 32 == 0 && SR_THREADS_CL <= 32 * SR_WARPS &&
+                  SR_THREADS_CL > SR_ROUNDS_CAP,
+              "SR_THREADS_CL");
 
 typedef unsigned long long sr_u64;
 namespace cg = cooperative_groups;
@@ -263,7 +273,7 @@ template <typename T> static __device__ __forceinline__ T sr_warp_sum(T x) {
  * barrier, and so finished reading exchange k - 2, before anyone pushes for exchange k). */
 static __device__ void sr_exchange(const sr_lay *Y, unsigned *xk, sr_u64 s, unsigned a, unsigned b,
                                    sr_xres *o) {
-    const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+    const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     const unsigned ncl = Y->ncl, rank = Y->rank;
     const size_t base = (size_t)(*xk & 1u) * ncl * SR_WARPS;
     *xk += 1;
@@ -282,7 +292,7 @@ static __device__ void sr_exchange(const sr_lay *Y, unsigned *xk, sr_u64 s, unsi
     /* lane l: warp l of every block */
     sr_u64 below = 0, all = 0, mine = 0;
     unsigned aall = 0, amine = 0, ball = 0;
-    for (unsigned r = 0; r < ncl; r++) {
+    for (unsigned r = 0; r < (lane < nw ? ncl : 0u); r++) {
         const size_t at = base + (size_t)r * SR_WARPS + lane;
         const sr_u64 v = Y->xs[at];
         const unsigned va = Y->xa[at];
@@ -307,22 +317,47 @@ static __device__ void sr_exchange(const sr_lay *Y, unsigned *xk, sr_u64 s, unsi
     o->B = sr_warp_sum<unsigned>(ball);
 }
 
+/* The probe of this lane in [lo, hi] (lo < hi): lo + (hi - lo) * lane / 31 (lane 31: hi), in
+ * 32-bit arithmetic: with d = 31 a + b, d * lane / 31 = a * lane + b * lane / 31. */
+static __device__ __forceinline__ unsigned sr_probe(unsigned lo, unsigned hi) {
+    const unsigned lane = threadIdx.x & 31u, d = hi - lo;
+    return lo + d / 31u * lane + d % 31u * lane / 31u;
+}
+
+/* One step of the search below, from the ballot hit of the probes x over [*lo, *hi]: returns 1
+ * with *res set when the answer is known, else narrows [*lo, *hi]. Warp-uniform. */
+static __device__ __forceinline__ int sr_search_step(unsigned hit, unsigned x, unsigned *lo,
+                                                     unsigned *hi, unsigned *res) {
+    if (!hit) { /* not monotone: impossible, but never loop */
+        *res = *hi;
+        return 1;
+    }
+    const int f = __ffs(hit) - 1;
+    const unsigned xf = __shfl_sync(SR_FULL, x, f);
+    const unsigned xp = __shfl_sync(SR_FULL, x, f > 0 ? f - 1 : 0);
+    if (f == 0) {
+        *res = xf;
+        return 1;
+    }
+    *lo = xp + 1;
+    *hi = xf;
+    if (*lo >= *hi) {
+        *res = *lo;
+        return 1;
+    }
+    return 0;
+}
+
 /* Warp-wide: the smallest q in [lo, hi] with W(q) < w, where that predicate is false below its
  * answer and true from it on (W does not increase with q) and true at hi. 32 probes a step. */
 static __device__ unsigned sr_search(sr_u64 w, unsigned lo, unsigned hi, const unsigned *tab) {
-    const unsigned lane = threadIdx.x & 31u;
-    while (lo < hi) {
-        const unsigned x = lo + (unsigned)((sr_u64)(hi - lo) * lane / 31u); /* lane 31: hi */
-        const unsigned hit = __ballot_sync(SR_FULL, sr_weight(x, tab) < w);
-        if (!hit) return hi; /* not monotone: impossible, but never loop */
-        const int f = __ffs(hit) - 1;
-        const unsigned xf = __shfl_sync(SR_FULL, x, f);
-        const unsigned xp = __shfl_sync(SR_FULL, x, f > 0 ? f - 1 : 0);
-        if (f == 0) return xf;
-        lo = xp + 1;
-        hi = xf;
+    unsigned res = lo;
+    if (lo >= hi) return lo;
+    for (;;) {
+        const unsigned x = sr_probe(lo, hi);
+        if (sr_search_step(__ballot_sync(SR_FULL, sr_weight(x, tab) < w), x, &lo, &hi, &res))
+            return res;
     }
-    return lo;
 }
 
 /* lim(w) = the smallest q with W(q) < w (w >= 1), knowing W(a) >= w: probes a + 2^i first,
@@ -339,17 +374,53 @@ static __device__ unsigned sr_lim_up(sr_u64 w, unsigned a, const unsigned *tab) 
     return sr_search(w, f > 0 ? xp + 1 : a + 1, xf, tab);
 }
 
-/* lim(w) knowing W(a) < w: probes a - 2^i first. */
-static __device__ unsigned sr_lim_down(sr_u64 w, unsigned a, const unsigned *tab) {
+/* The candidate's two limits, for w = W(a) >= 1: *lge = lim(w) as sr_lim_up(w, a) and *lgt =
+ * lim(w + 1) knowing W(a) < w + 1, probing a - 2^i first. The two searches are independent;
+ * their steps are interleaved (one warp, two ballots a step) so that their latencies overlap.
+ * Each answer is the unique smallest q of its predicate, as found by sr_search alone. */
+static __device__ void sr_lims(sr_u64 w, unsigned a, const unsigned *tab, unsigned *lge,
+                               unsigned *lgt) {
     const unsigned lane = threadIdx.x & 31u;
-    const long long xl = lane < 31 ? (long long)a - (1ll << lane) : 0;
-    const unsigned x = xl > 0 ? (unsigned)xl : 0u;
-    const unsigned miss = __ballot_sync(SR_FULL, !(sr_weight(x, tab) < w));
-    if (!miss) return 0; /* W(0) < w */
-    const int g = __ffs(miss) - 1;
-    const unsigned xg = __shfl_sync(SR_FULL, x, g);
-    const unsigned xp = __shfl_sync(SR_FULL, x, g > 0 ? g - 1 : 0);
-    return sr_search(w, xg + 1, g > 0 ? xp : a, tab);
+    const sr_u64 w1 = w + 1;
+    const sr_u64 ul = lane < 31 ? (sr_u64)a + (1ull << lane) : SR_QMAX;
+    const unsigned xu = ul < SR_QMAX ? (unsigned)ul : SR_QMAX;
+    const long long dl = lane < 31 ? (long long)a - (1ll << lane) : 0;
+    const unsigned xd = dl > 0 ? (unsigned)dl : 0u;
+    const unsigned hit = __ballot_sync(SR_FULL, sr_weight(xu, tab) < w); /* lane 31: W = 0 */
+    const unsigned miss = __ballot_sync(SR_FULL, !(sr_weight(xd, tab) < w1));
+    unsigned lo0 = 0, hi0 = 0, r0 = SR_QMAX, lo1 = 0, hi1 = 0, r1 = 0;
+    int d0 = !hit, d1 = !miss; /* no hit: SR_QMAX; no miss: W(0) < w + 1, so 0 */
+    if (hit) {
+        const int f = __ffs(hit) - 1;
+        const unsigned xf = __shfl_sync(SR_FULL, xu, f);
+        const unsigned xp = __shfl_sync(SR_FULL, xu, f > 0 ? f - 1 : 0);
+        lo0 = f > 0 ? xp + 1 : a + 1;
+        hi0 = xf;
+        if (lo0 >= hi0) {
+            r0 = lo0;
+            d0 = 1;
+        }
+    }
+    if (miss) {
+        const int g = __ffs(miss) - 1;
+        const unsigned xg = __shfl_sync(SR_FULL, xd, g);
+        const unsigned xp = __shfl_sync(SR_FULL, xd, g > 0 ? g - 1 : 0);
+        lo1 = xg + 1;
+        hi1 = g > 0 ? xp : a;
+        if (lo1 >= hi1) {
+            r1 = lo1;
+            d1 = 1;
+        }
+    }
+    while (!d0 || !d1) {
+        const unsigned x0 = d0 ? 0u : sr_probe(lo0, hi0), x1 = d1 ? 0u : sr_probe(lo1, hi1);
+        const unsigned h0 = __ballot_sync(SR_FULL, sr_weight(x0, tab) < w);
+        const unsigned h1 = __ballot_sync(SR_FULL, sr_weight(x1, tab) < w1);
+        if (!d0) d0 = sr_search_step(h0, x0, &lo0, &hi0, &r0);
+        if (!d1) d1 = sr_search_step(h1, x1, &lo1, &hi1, &r1);
+    }
+    *lge = r0;
+    *lgt = r1;
 }
 
 /* Block-wide lim(w) for w >= 1 (warp 0 searches, from an anchor a with W(a) >= w when
@@ -392,6 +463,32 @@ static __device__ __forceinline__ void sr_acc1(sr_acc *A, unsigned q, unsigned t
     }
 }
 
+/* sr_acc1 for the four tokens tok .. tok + 3 of a group (the same sums and appends), with one
+ * vote for the group and four independent weights (their chains overlap). */
+static __device__ __forceinline__ void sr_acc4(sr_acc *A, uint4 v, unsigned tok, unsigned plim,
+                                               unsigned lgt, unsigned lge, unsigned *wq,
+                                               unsigned *wi, const unsigned *tab) {
+    A->a += (unsigned)(v.x < lgt) + (v.y < lgt) + (v.z < lgt) + (v.w < lgt);
+    A->b += (unsigned)(v.x < lge) + (v.y < lge) + (v.z < lge) + (v.w < lge);
+    const unsigned mn = min(min(v.x, v.y), min(v.z, v.w));
+    if (__any_sync(SR_FULL, mn < lgt)) {
+        const sr_u64 w0 = sr_weight(v.x, tab), w1 = sr_weight(v.y, tab);
+        const sr_u64 w2 = sr_weight(v.z, tab), w3 = sr_weight(v.w, tab);
+        A->s += ((v.x < lgt ? w0 : 0) + (v.y < lgt ? w1 : 0)) +
+                ((v.z < lgt ? w2 : 0) + (v.w < lgt ? w3 : 0));
+    }
+    if (wq) {
+        const unsigned qq[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            if (qq[e] < plim) {
+                wq[A->woff] = qq[e];
+                wi[A->woff] = tok + (unsigned)e;
+                A->woff++;
+            }
+    }
+}
+
 /* A pass over this thread's chunk of list L: the count of q < lgt, of q < lge and the sum of W
  * over q < lgt (W > w and W >= w for lgt = lim(w + 1), lge = lim(w)); with wq set, the members
  * (q < plim) are copied to wq / wi from index woff on, in order. lgt, lge <= plim. */
@@ -404,11 +501,7 @@ static __device__ sr_acc sr_pass(const sr_lay *Y, const sr_row *R, const sr_list
         const unsigned j0 = threadIdx.x * R->c4;
         for (unsigned i = 0; i < R->c4; i++) {
             const uint4 v = sr_q4<SMEM>(R, j0 + i);
-            const unsigned s0 = 4u * (j0 + i);
-            sr_acc1(&A, v.x, sr_tok(R, s0), plim, lgt, lge, wq, wi, R->tab);
-            sr_acc1(&A, v.y, sr_tok(R, s0 + 1), plim, lgt, lge, wq, wi, R->tab);
-            sr_acc1(&A, v.z, sr_tok(R, s0 + 2), plim, lgt, lge, wq, wi, R->tab);
-            sr_acc1(&A, v.w, sr_tok(R, s0 + 3), plim, lgt, lge, wq, wi, R->tab);
+            sr_acc4(&A, v, sr_tok(R, 4u * (j0 + i)), plim, lgt, lge, wq, wi, R->tab);
         }
     } else {
         const unsigned *cq = Y->cq + (size_t)L->buf * Y->cap, *ci = Y->ci + (size_t)L->buf * Y->cap;
@@ -508,9 +601,9 @@ static __device__ unsigned sr_radix_level(const sr_lay *Y, unsigned *lvl, const 
     sr_u64 *gnext = Y->ghist + (size_t)((*lvl + 1u) & 1u) * SR_BINS0;
     *lvl += 1;
     __syncthreads(); /* earlier readers of lhist, ghist and sel_* are done */
-    for (unsigned i = tid; i < nb; i += SR_THREADS) Y->lhist[i] = 0;
+    for (unsigned i = tid; i < nb; i += blockDim.x) Y->lhist[i] = 0;
     if (Y->ncl > 1)
-        for (unsigned i = tid; i < SR_BINS0; i += SR_THREADS) gnext[i] = 0;
+        for (unsigned i = tid; i < SR_BINS0; i += blockDim.x) gnext[i] = 0;
     __syncthreads();
     if (L->buf < 0) {
         const unsigned j0 = tid * R->c4;
@@ -532,7 +625,7 @@ static __device__ unsigned sr_radix_level(const sr_lay *Y, unsigned *lvl, const 
     __syncthreads();
     const sr_u64 *hist = Y->lhist;
     if (Y->ncl > 1) { /* add this block's histogram into every block's ghist half */
-        for (unsigned i = tid; i < nb; i += SR_THREADS) {
+        for (unsigned i = tid; i < nb; i += blockDim.x) {
             const sr_u64 v = Y->lhist[i];
             if (v)
                 for (unsigned r = 0; r < Y->ncl; r++) atomicAdd(sr_peer(Y, gh + i, r), v);
@@ -628,8 +721,7 @@ static __device__ void sr_pick(const sr_lay *Y, const sr_row *R, const sr_list *
     }
     unsigned lge = 0, lgt = 0;
     if (lims && c >= 0) {
-        lge = sr_lim_up(cw, cq, R->tab);
-        lgt = sr_lim_down(cw + 1, cq, R->tab);
+        sr_lims(cw, cq, R->tab, &lge, &lgt);
     }
     if (lane < Y->ncl) {
         sr_smem *d = sr_peer(Y, Y->sm, lane);
@@ -644,8 +736,8 @@ static __device__ void sr_pick(const sr_lay *Y, const sr_row *R, const sr_list *
 
 /* ---- the kernel ---------------------------------------------------------------------------- */
 
-template <int SMEM>
-__global__ void __launch_bounds__(SR_THREADS, 1)
+template <int SMEM, int NT>
+__global__ void __launch_bounds__(NT, 1)
     sr_kernel(int32_t *tokens,                // (B)
               const float *logits,            // (B, V)
               const uint64_t *seq_ids,        // (B) or NULL (then the row index)
@@ -690,7 +782,7 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
     R.ns4 = ns4;
     R.g0 = rank * G;
     R.ng = R.g0 < ns4 ? (ns4 - R.g0 < G ? ns4 - R.g0 : G) : 0u;
-    R.c4 = ((R.ng + SR_THREADS - 1) / SR_THREADS) | 1u;
+    R.c4 = ((R.ng + NT - 1) / NT) | 1u;
     R.q4 = (uint4 *)((char *)sr_dyn + O.row);
     R.m = 0.0f;
     R.s = 0.0f;
@@ -702,7 +794,7 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
         sm->cand_stamp = SR_NONE;
     }
     if (ncl > 1)
-        for (unsigned i = tid; i < 2 * SR_BINS0; i += SR_THREADS) Y.ghist[i] = 0;
+        for (unsigned i = tid; i < 2 * SR_BINS0; i += NT) Y.ghist[i] = 0;
     if (!greedy && tid <= max_rounds) {
         const uint64_t seq = seq_ids ? seq_ids[r] : (uint64_t)r;
         const uint32_t step = steps ? steps[r] : 0u;
@@ -713,17 +805,17 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
     float best = -INFINITY;
     unsigned arg = SR_NONE;
     int bad = 0;
-    for (unsigned j0 = tid; j0 < R.ng; j0 += SR_THREADS * SR_UNROLL) {
+    for (unsigned j0 = tid; j0 < R.ng; j0 += NT * SR_UNROLL) {
         float4 x[SR_UNROLL];
 #pragma unroll
         for (int u = 0; u < SR_UNROLL; u++) {
-            const unsigned j = j0 + (unsigned)u * SR_THREADS;
+            const unsigned j = j0 + (unsigned)u * NT;
             x[u] = j < R.ng ? sr_ld4(&R, R.g0 + j)
                             : make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
         }
 #pragma unroll
         for (int u = 0; u < SR_UNROLL; u++) {
-            const unsigned j = j0 + (unsigned)u * SR_THREADS;
+            const unsigned j = j0 + (unsigned)u * NT;
             const float xv[4] = {x[u].x, x[u].y, x[u].z, x[u].w};
 #pragma unroll
             for (int e = 0; e < 4; e++) {
@@ -756,9 +848,9 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
     }
     __syncthreads();
     if (warp == 0) { /* the block's result, pushed to every block of the cluster */
-        best = sm->wmaxv[lane];
-        arg = sm->wmaxi[lane];
-        bad = sm->wbad[lane];
+        best = lane < NT / 32 ? sm->wmaxv[lane] : -INFINITY;
+        arg = lane < NT / 32 ? sm->wmaxi[lane] : SR_NONE;
+        bad = lane < NT / 32 ? sm->wbad[lane] : 0;
 #pragma unroll
         for (unsigned off = 16; off > 0; off >>= 1) {
             const float ov = __shfl_down_sync(SR_FULL, best, off);
@@ -883,7 +975,7 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
         if (wr) {
             Ln.buf = dst;
             Ln.n = X.blk_a;
-            Ln.cc = ((X.blk_a + SR_THREADS - 1) / SR_THREADS) | 1u;
+            Ln.cc = ((X.blk_a + NT - 1) / NT) | 1u;
         }
         Lp = Lread;
         const sr_u64 s_gt = Xn.S;
@@ -965,6 +1057,14 @@ static unsigned sr_auto_cluster(size_t B, size_t V) {
     return c;
 }
 
+/* Threads per block. A row spread over a cluster is latency-bound: 512 threads (128 registers
+ * each, no spills, 16 warps per exchange) beat 1024 (64 registers, spills in every round) there,
+ * while one block per row (large B) wants the shorter per-thread chunks of 1024 threads. A
+ * function of ncl, so of (B, V), alone; the token does not depend on it. */
+static unsigned sr_threads(unsigned ncl) {
+    return ncl > 1 ? SR_THREADS_CL : SR_THREADS_ONE;
+}
+
 extern "C" int ni_cuda_sample_rejection_cfg(int32_t *tokens, const float *logits,
                                             const uint64_t *seq_ids, const uint32_t *steps,
                                             const ni_sample_params *params, size_t B, size_t V,
@@ -981,6 +1081,7 @@ extern "C" int ni_cuda_sample_rejection_cfg(int32_t *tokens, const float *logits
                                               tokens, B));
     }
     const unsigned ncl = cluster ? cluster : sr_auto_cluster(B, V);
+    const unsigned nt = sr_threads(ncl);
     int dev = 0, optin = 0;
     cudaError_t e = cudaGetDevice(&dev);
     if (e == cudaSuccess)
@@ -999,14 +1100,15 @@ extern "C" int ni_cuda_sample_rejection_cfg(int32_t *tokens, const float *logits
     if (bytes > (size_t)optin) return (int)cudaErrorInvalidValue; /* fixed part too large */
     void (*kernel)(int32_t *, const float *, const uint64_t *, const uint32_t *,
                    const ni_sample_params *, size_t, unsigned, unsigned, unsigned) =
-        smem ? sr_kernel<1> : sr_kernel<0>;
+        nt == SR_THREADS_CL ? (smem ? sr_kernel<1, SR_THREADS_CL> : sr_kernel<0, SR_THREADS_CL>)
+                            : (smem ? sr_kernel<1, SR_THREADS_ONE> : sr_kernel<0, SR_THREADS_ONE>);
     e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
     if (e == cudaSuccess && ncl > 8)
         e = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
     if (e != cudaSuccess) return (int)e;
     return ni_launch_status(ni_launch_pdl_cluster(
-        kernel, dim3((unsigned)(B * ncl)), dim3(SR_THREADS), bytes, st, ncl, tokens, logits,
-        seq_ids, steps, params, V, (unsigned)max_rounds, ncl, (unsigned)cap));
+        kernel, dim3((unsigned)(B * ncl)), dim3(nt), bytes, st, ncl, tokens, logits, seq_ids, steps,
+        params, V, (unsigned)max_rounds, ncl, (unsigned)cap));
 }
 
 extern "C" int ni_cuda_sample_rejection_ex(int32_t *tokens, const float *logits,
