@@ -29,7 +29,8 @@
  * in flight, block max and sum, then warp w accumulates positions w, w + 16, ... (the first
  * value rows requested together with q), lanes owning dimension pairs.
  * All blocks must be resident at once (the barriers spin): one block per SM, sized from the
- * occupancy query, launched without programmatic dependent launch. bf16 only. */
+ * occupancy query, a cooperative launch (which fails rather than hang when they cannot be),
+ * without programmatic dependent launch. bf16 only. */
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -86,22 +87,12 @@ static __device__ __forceinline__ void df_grid_sync(unsigned *counter, unsigned 
         asm volatile("fence.acq_rel.gpu;\n\tred.relaxed.gpu.global.add.u32 [%0], 1;" ::"l"(counter)
                      : "memory");
         unsigned seen;
-#ifdef DF_POLLRELAX
-        do {
-            asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];"
-                         : "=r"(seen)
-                         : "l"(counter)
-                         : "memory");
-        } while (seen < target);
-        asm volatile("fence.acq_rel.gpu;" ::: "memory");
-#else
         do {
             asm volatile("ld.acquire.gpu.global.u32 %0, [%1];"
                          : "=r"(seen)
                          : "l"(counter)
                          : "memory");
         } while (seen < target);
-#endif
         if (trace && blockIdx.x == 0) trace[2 * k + 1] = df_now();
     }
     k++;
@@ -852,6 +843,17 @@ extern "C" int ni_cuda_decode_fused(const ni_decode_fused_args *a, size_t blocks
     if (e == cudaSuccess && a->trace)
         e = cudaMemsetAsync(a->trace, 0, ni_cuda_decode_fused_trace_words(a->L) * 8, st);
     if (e != cudaSuccess) return (int)e;
-    decode_fused_kernel<<<(unsigned)blocks, DF_BLOCK, smem, st>>>(*a);
-    return (int)cudaGetLastError();
+    /* cooperative: the driver either makes every block resident at once, which the spinning
+     * grid barriers need (another context or MPS client could hold SMs), or fails the launch */
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute attr[1] = {};
+    attr[0].id = cudaLaunchAttributeCooperative;
+    attr[0].val.cooperative = 1;
+    cfg.gridDim = dim3((unsigned)blocks);
+    cfg.blockDim = dim3(DF_BLOCK);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    return (int)cudaLaunchKernelEx(&cfg, decode_fused_kernel, *a);
 }
