@@ -523,7 +523,8 @@ static void test_never_outside_kept(void **state) {
 }
 
 /* The rejection sampler's top-k-mass paths (from bounds or a gathered few, or a selection over
- * the whole row) and its fallback all occur, and stay in the kept set; their distribution is
+ * the whole row), its first pivot from the chunk maxima (k <= NI_REJECTION_CHUNKS) or from 0
+ * (larger k) and its fallback all occur, and stay in the kept set; their distribution is
  * checked by the chi-square tests. */
 static void test_rejection_paths(void **state) {
     (void)state;
@@ -531,11 +532,15 @@ static void test_rejection_paths(void **state) {
     float *l = malloc(V * sizeof *l);
     double *p = malloc(V * sizeof *p);
     void *scratch = malloc(ni_sampler_scratch_bytes(V));
-    int sel = 0, nosel = 0, fb = 0, multi = 0;
+    int sel = 0, nosel = 0, fb = 0, multi = 0, cpiv = 0, nopiv = 0;
     for (uint64_t row = 0; row < 40; row++) {
         make_logits(l, V, 500 + row, 1.0f + (float)(row % 4), 0, 0);
-        ni_filter f = filt(1.0f, 5 + row % 30, 0.8f, 0.0f);
+        size_t kept = 0;
+        /* odd rows: k above the chunk count (the rounds start from pivot 0) */
+        size_t k = (row % 2 ? NI_REJECTION_CHUNKS + 1 : 5) + row % 30;
+        ni_filter f = filt(1.0f, k, 0.8f, 0.0f);
         assert_int_equal(ni_sample_distribution(p, l, V, &f), 0);
+        for (size_t i = 0; i < V; i++) kept += p[i] > 0;
         for (uint64_t d = 0; d < 50; d++) {
             ni_rejection_stats st;
             ni_rng_key key = {3, row, (uint32_t)d};
@@ -545,9 +550,13 @@ static void test_rejection_paths(void **state) {
             nosel += !st.topk_mass_sel && !st.fallback;
             fb += st.fallback;
             multi += st.rounds > 1;
+            cpiv += st.chunk_pivot;
+            nopiv += !st.chunk_pivot;
+            /* the first pivot excludes no kept token and leaves at least k above it */
+            assert_true(st.n_above0 >= k && st.n_above0 >= kept);
         }
     }
-    assert_true(sel > 0 && nosel > 0 && fb > 0 && multi > 0);
+    assert_true(sel > 0 && nosel > 0 && fb > 0 && multi > 0 && cpiv > 0 && nopiv > 0);
     free(l);
     free(p);
     free(scratch);
@@ -568,29 +577,35 @@ static void test_speed_gpt2_vocab(void **state) {
     double *p = malloc(V * sizeof *p);
     void *scratch = malloc(ni_sampler_scratch_bytes(V));
     ni_filter f = filt(1.0f, 20, 0.9f, 0.0f);
-    double t_sorted = 0, t_rej = 0, rounds = 0;
-    int sel = 0;
-    for (uint64_t r = 0; r < rows; r++) {
-        make_logits(l, V, 7000 + r, 1.0f, 0, 0);
-        assert_int_equal(ni_sample_distribution(p, l, V, &f), 0);
-        ni_rng_key key = {1, r, 0};
-        double t0 = now_s();
-        int32_t a = ni_sample_sorted(l, V, &f, key, scratch);
-        double t1 = now_s();
-        ni_rejection_stats st;
-        int32_t b = ni_sample_rejection_ex(l, V, &f, key, scratch, NI_REJECTION_MAX_ROUNDS, &st);
-        double t2 = now_s();
-        t_sorted += t1 - t0;
-        t_rej += t2 - t1;
-        rounds += st.rounds;
-        sel += st.topk_mass_sel;
-        assert_true(a >= 0 && p[a] > 0);
-        assert_true(b >= 0 && p[b] > 0);
+    static const float scales[] = {1.0f, 0.55f}; /* 0.55: flat rows (random-weight models) */
+    for (size_t si = 0; si < sizeof scales / sizeof *scales; si++) {
+        double t_sorted = 0, t_rej = 0, rounds = 0, above0 = 0;
+        int sel = 0;
+        for (uint64_t r = 0; r < rows; r++) {
+            make_logits(l, V, 7000 + r, scales[si], 0, 0);
+            assert_int_equal(ni_sample_distribution(p, l, V, &f), 0);
+            ni_rng_key key = {1, r, 0};
+            double t0 = now_s();
+            int32_t a = ni_sample_sorted(l, V, &f, key, scratch);
+            double t1 = now_s();
+            ni_rejection_stats st;
+            int32_t b =
+                ni_sample_rejection_ex(l, V, &f, key, scratch, NI_REJECTION_MAX_ROUNDS, &st);
+            double t2 = now_s();
+            t_sorted += t1 - t0;
+            t_rej += t2 - t1;
+            rounds += st.rounds;
+            above0 += (double)st.n_above0;
+            sel += st.topk_mass_sel;
+            assert_true(a >= 0 && p[a] > 0);
+            assert_true(b >= 0 && p[b] > 0);
+        }
+        printf("[ speed    ] V=%zu logits %.2f N(0,1) T=1 top_k=20 top_p=0.9, one thread: sorted "
+               "%.1f us/row, rejection %.1f us/row (%.2f rounds/row from %.0f candidates, top-k "
+               "mass selection in %d of %zu rows)\n",
+               V, (double)scales[si], 1e6 * t_sorted / (double)rows, 1e6 * t_rej / (double)rows,
+               rounds / (double)rows, above0 / (double)rows, sel, rows);
     }
-    printf("[ speed    ] V=%zu T=1 top_k=20 top_p=0.9, one thread: sorted %.1f us/row, "
-           "rejection %.1f us/row (%.2f rounds/row, top-k mass selection in %d of %zu rows)\n",
-           V, 1e6 * t_sorted / (double)rows, 1e6 * t_rej / (double)rows, rounds / (double)rows, sel,
-           rows);
     free(l);
     free(p);
     free(scratch);

@@ -20,7 +20,21 @@
  * tie group reaching k (M_K = mass of W >= W_c); bounds M_K >= mass(W >= W_c) and, when at least
  * k tokens are above the pivot, M_K <= M_rho; the tokens between pivot and candidate, gathered
  * during the counting pass when few (the k-th largest among them by radix select); and last a
- * radix select over the whole row. */
+ * radix select over the whole row.
+ *
+ * The first pivot. Without top-k the rounds start from pivot 0 (every token of positive weight
+ * is a candidate). With top-k on and 2 <= k <= NI_REJECTION_CHUNKS they start from a pivot that
+ * excludes no kept token: cut the index range into NI_REJECTION_CHUNKS fixed chunks (of
+ * ceil(V / NI_REJECTION_CHUNKS) tokens; a function of V alone), let m_c be the largest W of chunk
+ * c (0 for an empty chunk) and w_k the k-th largest of the m_c (ties counted with multiplicity).
+ * The k chunks holding the k largest m_c hold k distinct tokens of W >= w_k, so the k-th largest
+ * W, the top-k threshold tk, is >= w_k, and every kept token (W >= theta >= tk) has W >= w_k:
+ * the pivot w_k - 1 (0 when w_k = 0) excludes none, and at least k tokens lie above it. One pass
+ * finds the tokens above it, their mass and count, exactly the state a rejected candidate of
+ * weight w_k - 1 would have left; the rounds then run unchanged (round r still takes draw r).
+ * The argument above holds for any pivot below every kept token, so the distribution is the
+ * same; only which draw picks which token changes. Flat rows (where each round about halves the
+ * candidates) start with a few dozen candidates instead of the whole row. */
 #include "sampling/sample_internal.h"
 
 #define GATHER_CAP 4096u
@@ -56,9 +70,30 @@ static round_counts count_pass(const uint64_t *cw, const uint32_t *ci, size_t n,
     return rc;
 }
 
+/* The first pivot for top-k k (2 <= k <= NI_REJECTION_CHUNKS): w_k - 1, or 0 when w_k = 0, for
+ * w_k the k-th largest of the chunk maxima of W (see the top of the file). */
+static uint64_t chunk_pivot(const uint64_t *W, size_t V, size_t k) {
+    uint64_t cmax[NI_REJECTION_CHUNKS];
+    const size_t len = (V + NI_REJECTION_CHUNKS - 1) / NI_REJECTION_CHUNKS;
+    for (size_t c = 0; c < NI_REJECTION_CHUNKS; c++) {
+        size_t lo = c * len, hi = lo + len < V ? lo + len : V;
+        uint64_t m = 0;
+        for (size_t i = lo; i < hi; i++) m = W[i] > m ? W[i] : m;
+        cmax[c] = m;
+    }
+    /* the k-th largest: the largest m with at least k of the maxima >= m */
+    uint64_t wk = 0;
+    for (size_t c = 0; c < NI_REJECTION_CHUNKS; c++) {
+        size_t ge = 0;
+        for (size_t d = 0; d < NI_REJECTION_CHUNKS; d++) ge += cmax[d] >= cmax[c];
+        if (ge >= k && cmax[c] > wk) wk = cmax[c];
+    }
+    return wk ? wk - 1 : 0;
+}
+
 int32_t ni_sample_rejection_ex(const float *logits, size_t V, const ni_filter *f, ni_rng_key key,
                                void *scratch, uint32_t max_rounds, ni_rejection_stats *stats) {
-    ni_rejection_stats local = {0, 0, 0};
+    ni_rejection_stats local = {0, 0, 0, 0, 0};
     ni_rejection_stats *sts = stats ? stats : &local;
     *sts = local;
     ni_samp_row row;
@@ -82,6 +117,20 @@ int32_t ni_sample_rejection_ex(const float *logits, size_t V, const ni_filter *f
     uint64_t pivot = 0, mass_above = row.total;
     size_t n_above = row.n_pos; /* tokens with W > pivot */
     int have_mk = !k || !row.top_p_on;
+    if (max_rounds > 0 && k && k <= NI_REJECTION_CHUNKS) {
+        uint64_t p0 = chunk_pivot(W, V, k);
+        if (p0 > 0) { /* as if a rejected candidate of weight p0 had set the pivot */
+            round_counts rc = count_pass(W, NULL, V, p0, 0, comp_w, comp_i, 0, NULL);
+            pivot = p0;
+            mass_above = rc.s_gt;
+            n_above = rc.cnt_gt;
+            cand_w = comp_w;
+            cand_i = comp_i;
+            n_cand = rc.n_next;
+            sts->chunk_pivot = 1;
+        }
+    }
+    sts->n_above0 = n_above;
     uint64_t mass_topk = row.total;
 
     for (uint32_t r = 0; r < max_rounds; r++) {
