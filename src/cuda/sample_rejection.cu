@@ -17,9 +17,12 @@
  *     function of V alone, not of the cluster or the threads): per thread a running minimum,
  *     atomicMin into the block's array where the chunk changes, then into every block's cluster
  *     array (DSMEM atomics, seen after the next cluster barrier); min is order-independent, so
- *     the result is deterministic. The k-th smallest chunk minimum q_k gives the first pivot
- *     W(q_k) - 1 of the CPU twin (sample_rejection.c: it excludes no kept token): one pass and
- *     exchange count and sum the tokens above it, the state a rejected candidate would leave;
+ *     the result is deterministic. The k-th smallest chunk minimum q_k
+ *     and S_k, the sum of W over the k smallest, decide as the CPU twin does
+ *     (sample_rejection.c): when W(q_k) > 1 and S_k * NI_REJECTION_PIVOT_DIV < the row's mass,
+ *     the first pivot is W(q_k) - 1 (it excludes no kept token) and one pass and exchange count
+ *     and sum the tokens above it, the state a rejected candidate would leave; else (peaked
+ *     rows, which accept within about two rounds anyway) the rounds start from the whole row;
  * (3) rounds as on the CPU: round r takes draw r of (seed, seq, step) and inverts the CDF of the
  *     tokens above the pivot in index order; one pass counts and sums the tokens above and at the
  *     candidate's weight, which decides exactly whether the candidate is kept (the top-k mass by
@@ -76,7 +79,7 @@
 static_assert(SR_THREADS_ONE % 32 == 0 && SR_THREADS_ONE <= 32 * SR_WARPS &&
                   SR_THREADS_ONE > SR_ROUNDS_CAP,
               "SR_THREADS_ONE");
-static_assert(SR_NCH == 64, "SR_NCH: a warp holds two chunk minima per lane (sr_kth_min)");
+static_assert(SR_NCH == 64, "SR_NCH: a warp holds two chunk minima per lane (sr_chunk_top)");
 static_assert(SR_THREADS_CL % 32 == 0 && SR_THREADS_CL <= 32 * SR_WARPS &&
                   SR_THREADS_CL > SR_ROUNDS_CAP,
               "SR_THREADS_CL");
@@ -746,12 +749,17 @@ static __device__ void sr_pick(const sr_lay *Y, const sr_row *R, const sr_list *
     }
 }
 
-/* Warp-wide: the k-th smallest (1 <= k <= SR_NCH, ties counted with multiplicity) of the
- * SR_NCH chunk minima cm, i.e. the smallest of them with at least k of them at or below it. */
-static __device__ unsigned sr_kth_min(const unsigned *cm, unsigned k) {
+/* Warp-wide, over the SR_NCH chunk minima cm: q_k, the k-th smallest of them (1 <= k <= SR_NCH,
+ * ties counted with multiplicity: the smallest with at least k of them at or below it), and
+ * *sk = S_k, the sum of W over the k smallest (fewer than k lie below q_k; the rest of the k
+ * are copies of q_k). W does not increase with q, so these are the k largest chunk maxima of W
+ * and their sum, as the CPU twin's. Integer sums: the same in every warp and block. */
+static __device__ unsigned sr_chunk_top(const unsigned *cm, unsigned k, const unsigned *tab,
+                                        sr_u64 *sk) {
     const unsigned lane = threadIdx.x & 31u;
     const unsigned v0 = cm[lane], v1 = cm[lane + 32];
     unsigned c0 = 0, c1 = 0;
+#pragma unroll 16
     for (unsigned j = 0; j < SR_NCH; j++) {
         const unsigned x = cm[j];
         c0 += x <= v0;
@@ -759,7 +767,11 @@ static __device__ unsigned sr_kth_min(const unsigned *cm, unsigned k) {
     }
     unsigned best = c0 >= k ? v0 : SR_QZ;
     if (c1 >= k && v1 < best) best = v1;
-    return __reduce_min_sync(SR_FULL, best);
+    const unsigned qk = __reduce_min_sync(SR_FULL, best);
+    const sr_u64 s = (v0 < qk ? sr_weight(v0, tab) : 0) + (v1 < qk ? sr_weight(v1, tab) : 0);
+    const unsigned below = __reduce_add_sync(SR_FULL, (unsigned)(v0 < qk) + (v1 < qk));
+    *sk = sr_warp_sum<sr_u64>(s) + (sr_u64)(k - below) * sr_weight(qk, tab);
+    return qk;
 }
 
 /* ---- the kernel ---------------------------------------------------------------------------- */
@@ -997,9 +1009,12 @@ __global__ void __launch_bounds__(NT, 1)
     unsigned n_above = n_pos;
     int have_mk = !k || !top_p_on;
     if (chunks && k) { /* the first pivot (sample_rejection.c): w_k - 1 for w_k = W(q_k) */
-        const unsigned qk = sr_kth_min(ncl > 1 ? sm->ccmin : sm->cmin, k);
+        sr_u64 sk;
+        const unsigned qk = sr_chunk_top(ncl > 1 ? sm->ccmin : sm->cmin, k, R.tab, &sk);
         const sr_u64 wk = sr_weight(qk, R.tab);
-        if (wk > 1) { /* pivot wk - 1 > 0: the tokens above it are q < lim(wk) */
+        /* pivot wk - 1 > 0 (the tokens above it are q < lim(wk)), unless the k largest chunk
+         * maxima hold a 1 / NI_REJECTION_PIVOT_DIV of the mass: then from the whole row */
+        if (wk > 1 && sk * NI_REJECTION_PIVOT_DIV < total) {
             const unsigned lk = sr_lim_block(sm, wk, 1, qk);
             sr_mass_below<SMEM>(&Y, &xk, &R, &Lfull, lk, &tsum, &X);
             plim = lk; /* as after a rejected candidate of weight wk - 1 (no compaction) */

@@ -34,7 +34,14 @@
  * weight w_k - 1 would have left; the rounds then run unchanged (round r still takes draw r).
  * The argument above holds for any pivot below every kept token, so the distribution is the
  * same; only which draw picks which token changes. Flat rows (where each round about halves the
- * candidates) start with a few dozen candidates instead of the whole row. */
+ * candidates) start with a few dozen candidates instead of the whole row.
+ * The pass that finds the tokens above w_k - 1 costs about a round, so the pivot is taken only
+ * when it pays: let S_k be the sum of the k largest m_c (k distinct tokens' weights, so S_k is at
+ * most the top-k mass) and M the row's mass; when S_k * NI_REJECTION_PIVOT_DIV >= M (4: a top-k
+ * token is drawn in round 0 from the whole row with probability S_k / M >= 1/4 or more; such
+ * peaked rows accept within about two rounds), the rounds start from pivot 0. S_k and M are
+ * exact integers (S_k <= 64 * 2^40, M < 2^23 * 2^40), the same on the GPU, which gets the m_c
+ * as chunk minima of q in any order: the choice, and so the token, is the same. */
 #include "sampling/sample_internal.h"
 
 #define GATHER_CAP 4096u
@@ -70,9 +77,11 @@ static round_counts count_pass(const uint64_t *cw, const uint32_t *ci, size_t n,
     return rc;
 }
 
-/* The first pivot for top-k k (2 <= k <= NI_REJECTION_CHUNKS): w_k - 1, or 0 when w_k = 0, for
- * w_k the k-th largest of the chunk maxima of W (see the top of the file). */
-static uint64_t chunk_pivot(const uint64_t *W, size_t V, size_t k) {
+/* The first pivot for top-k k (2 <= k <= NI_REJECTION_CHUNKS): w_k - 1 for w_k the k-th
+ * largest of the chunk maxima of W (see the top of the file), or 0 (start from the whole row)
+ * when w_k <= 1 or when the k largest chunk maxima, summed, hold at least a quarter of the row's
+ * mass (4 S_k >= total: exact integers, S_k <= 64 * 2^40). */
+static uint64_t chunk_pivot(const uint64_t *W, size_t V, size_t k, uint64_t total) {
     uint64_t cmax[NI_REJECTION_CHUNKS];
     const size_t len = (V + NI_REJECTION_CHUNKS - 1) / NI_REJECTION_CHUNKS;
     for (size_t c = 0; c < NI_REJECTION_CHUNKS; c++) {
@@ -81,14 +90,18 @@ static uint64_t chunk_pivot(const uint64_t *W, size_t V, size_t k) {
         for (size_t i = lo; i < hi; i++) m = W[i] > m ? W[i] : m;
         cmax[c] = m;
     }
-    /* the k-th largest: the largest m with at least k of the maxima >= m */
-    uint64_t wk = 0;
-    for (size_t c = 0; c < NI_REJECTION_CHUNKS; c++) {
-        size_t ge = 0;
-        for (size_t d = 0; d < NI_REJECTION_CHUNKS; d++) ge += cmax[d] >= cmax[c];
-        if (ge >= k && cmax[c] > wk) wk = cmax[c];
+    /* descending (insertion sort of 64 values): w_k = cmax[k - 1], S_k the first k summed */
+    for (size_t c = 1; c < NI_REJECTION_CHUNKS; c++) {
+        uint64_t v = cmax[c];
+        size_t d = c;
+        for (; d > 0 && cmax[d - 1] < v; d--) cmax[d] = cmax[d - 1];
+        cmax[d] = v;
     }
-    return wk ? wk - 1 : 0;
+    uint64_t sk = 0;
+    for (size_t c = 0; c < k; c++) sk += cmax[c];
+    const uint64_t wk = cmax[k - 1];
+    if (wk <= 1 || sk * NI_REJECTION_PIVOT_DIV >= total) return 0;
+    return wk - 1;
 }
 
 int32_t ni_sample_rejection_ex(const float *logits, size_t V, const ni_filter *f, ni_rng_key key,
@@ -118,7 +131,7 @@ int32_t ni_sample_rejection_ex(const float *logits, size_t V, const ni_filter *f
     size_t n_above = row.n_pos; /* tokens with W > pivot */
     int have_mk = !k || !row.top_p_on;
     if (max_rounds > 0 && k && k <= NI_REJECTION_CHUNKS) {
-        uint64_t p0 = chunk_pivot(W, V, k);
+        uint64_t p0 = chunk_pivot(W, V, k, row.total);
         if (p0 > 0) { /* as if a rejected candidate of weight p0 had set the pivot */
             round_counts rc = count_pass(W, NULL, V, p0, 0, comp_w, comp_i, 0, NULL);
             pivot = p0;

@@ -90,6 +90,12 @@ typedef struct {
  * from below (sample_rejection.c). A function of V alone, shared by the CPU and the GPU. */
 #define NI_REJECTION_CHUNKS 64u
 
+/* ... used only when it pays: when the k largest chunk maxima, summed (S_k, a lower bound of the
+ * top-k mass), hold less than 1 / NI_REJECTION_PIVOT_DIV of the row's mass M (S_k * DIV < M,
+ * exact integers). Otherwise round 0 from the whole row draws a top-k token with probability
+ * S_k / M >= 1 / DIV or more, and the pivot's extra pass would cost about what it saves. */
+#define NI_REJECTION_PIVOT_DIV 4u
+
 /* Scratch bytes a sampler needs for a row of V logits (caller allocates once, reuses; any
  * alignment of malloc's is enough). The same size serves both samplers. */
 size_t ni_sampler_scratch_bytes(size_t V);
