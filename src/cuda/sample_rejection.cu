@@ -15,9 +15,10 @@
  *     With top-k on and k <= SR_NCH (= NI_REJECTION_CHUNKS), the same pass takes the smallest q
  *     of each of the SR_NCH fixed chunks of the row's index range (of ceil(V / SR_NCH) tokens: a
  *     function of V alone, not of the cluster or the threads): per thread a running minimum,
- *     atomicMin into the block's array where the chunk changes, then into every block's cluster
- *     array (DSMEM atomics, seen after the next cluster barrier); min is order-independent, so
- *     the result is deterministic. The k-th smallest chunk minimum q_k
+ *     atomicMin into the block's array where the chunk changes (once per chunk and warp at the
+ *     end: the lanes sharing a chunk reduce first), then into every block's cluster array (DSMEM
+ *     reductions, one per chunk and block, seen after the next cluster barrier); min is
+ *     order-independent, so the result is deterministic. The k-th smallest chunk minimum q_k
  *     and S_k, the sum of W over the k smallest, decide as the CPU twin does
  *     (sample_rejection.c): when W(q_k) > 1 and S_k * NI_REJECTION_PIVOT_DIV < the row's mass,
  *     the first pivot is W(q_k) - 1 (it excludes no kept token) and one pass and exchange count
@@ -982,13 +983,20 @@ __global__ void __launch_bounds__(NT, 1)
                 }
             }
         }
-        if (cmn != SR_QZ) atomicMin(&sm->cmin[ccur], cmn);
+        if (chunks) { /* the lanes sharing a chunk (consecutive ones) flush their minimum once */
+            const unsigned same = __match_any_sync(SR_FULL, ccur);
+            cmn = __reduce_min_sync(same, cmn);
+            if (lane == (unsigned)(__ffs(same) - 1) && cmn != SR_QZ)
+                atomicMin(&sm->cmin[ccur], cmn);
+        }
     }
     /* the tokens of positive weight are q < lim(1) (a few q just below SR_QMAX give W = 0) */
     unsigned plim = sr_lim_block(sm, 1, 0, 0); /* its block barrier: the block's cmin is done */
-    if (chunks && ncl > 1 && tid < SR_NCH && sm->cmin[tid] != SR_QZ)
-        for (unsigned b = 0; b < ncl; b++)
-            atomicMin(sr_peer(&Y, &sm->ccmin[tid], b), sm->cmin[tid]);
+    if (chunks && ncl > 1) /* one thread per (chunk, block): reductions, no return */
+        for (unsigned i = tid; i < SR_NCH * ncl; i += NT) {
+            const unsigned v = sm->cmin[i % SR_NCH];
+            if (v != SR_QZ) atomicMin(sr_peer(&Y, &sm->ccmin[i % SR_NCH], i / SR_NCH), v);
+        }
     unsigned xk = 0, lvl = 0; /* exchanges and radix levels so far (the same in every block) */
     sr_xres X;
     sr_exchange(&Y, &xk, tsum, npos, 0, &X); /* its cluster barrier: every push to ccmin is seen */
