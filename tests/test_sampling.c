@@ -523,19 +523,24 @@ static void test_never_outside_kept(void **state) {
 }
 
 /* The rejection sampler's top-k-mass paths (from bounds or a gathered few, or a selection over
- * the whole row) and its fallback all occur, and stay in the kept set; their distribution is
- * checked by the chi-square tests. */
+ * the whole row), its first pivot from the chunk maxima (k <= NI_REJECTION_CHUNKS and a flat
+ * enough row) or from 0 (larger k or a peaked row) and its fallback all occur, and stay in the kept
+ * set; their distribution is checked by the chi-square tests. */
 static void test_rejection_paths(void **state) {
     (void)state;
     size_t V = 5000; /* above the gather cap: the top-k mass may need a full selection */
     float *l = malloc(V * sizeof *l);
     double *p = malloc(V * sizeof *p);
     void *scratch = malloc(ni_sampler_scratch_bytes(V));
-    int sel = 0, nosel = 0, fb = 0, multi = 0;
+    int sel = 0, nosel = 0, fb = 0, multi = 0, cpiv = 0, nopiv = 0;
     for (uint64_t row = 0; row < 40; row++) {
         make_logits(l, V, 500 + row, 1.0f + (float)(row % 4), 0, 0);
-        ni_filter f = filt(1.0f, 5 + row % 30, 0.8f, 0.0f);
+        size_t kept = 0;
+        /* odd rows: k above the chunk count (the rounds start from pivot 0) */
+        size_t k = (row % 2 ? NI_REJECTION_CHUNKS + 1 : 5) + row % 30;
+        ni_filter f = filt(1.0f, k, 0.8f, 0.0f);
         assert_int_equal(ni_sample_distribution(p, l, V, &f), 0);
+        for (size_t i = 0; i < V; i++) kept += p[i] > 0;
         for (uint64_t d = 0; d < 50; d++) {
             ni_rejection_stats st;
             ni_rng_key key = {3, row, (uint32_t)d};
@@ -545,11 +550,81 @@ static void test_rejection_paths(void **state) {
             nosel += !st.topk_mass_sel && !st.fallback;
             fb += st.fallback;
             multi += st.rounds > 1;
+            cpiv += st.chunk_pivot;
+            nopiv += !st.chunk_pivot;
+            /* the first pivot excludes no kept token and leaves at least k above it */
+            assert_true(st.n_above0 >= k && st.n_above0 >= kept);
         }
     }
-    assert_true(sel > 0 && nosel > 0 && fb > 0 && multi > 0);
+    assert_true(sel > 0 && nosel > 0 && fb > 0 && multi > 0 && cpiv > 0 && nopiv > 0);
     free(l);
     free(p);
+    free(scratch);
+}
+
+/* The rule for the first pivot, read literally: the chunk maxima of W, w_k = their k-th largest
+ * and S_k = the sum of their k largest (by repeated extraction of the largest), the row's mass
+ * M; the chunk pivot when w_k > 1 and S_k * NI_REJECTION_PIVOT_DIV < M. Returns the number of
+ * tokens above the first pivot (W >= w_k with the chunk pivot, else W > 0), *piv the choice. */
+static size_t first_pivot_ref(const float *l, size_t V, size_t k, int *piv) {
+    float m = -INFINITY;
+    for (size_t i = 0; i < V; i++) m = l[i] > m ? l[i] : m;
+    const float sc = ni_canon_scale(1.0f);
+    uint64_t cmax[NI_REJECTION_CHUNKS] = {0}, total = 0, sk = 0, wk = 0;
+    const size_t len = (V + NI_REJECTION_CHUNKS - 1) / NI_REJECTION_CHUNKS;
+    for (size_t i = 0; i < V; i++) {
+        uint64_t w = ni_canon_weight((l[i] - m) * sc);
+        total += w;
+        if (w > cmax[i / len]) cmax[i / len] = w;
+    }
+    int taken[NI_REJECTION_CHUNKS] = {0};
+    for (size_t j = 0; j < k; j++) {
+        size_t b = NI_REJECTION_CHUNKS;
+        for (size_t c = 0; c < NI_REJECTION_CHUNKS; c++)
+            if (!taken[c] && (b == NI_REJECTION_CHUNKS || cmax[c] > cmax[b])) b = c;
+        taken[b] = 1;
+        sk += cmax[b];
+        wk = cmax[b];
+    }
+    *piv = wk > 1 && sk * NI_REJECTION_PIVOT_DIV < total;
+    size_t n = 0;
+    for (size_t i = 0; i < V; i++) {
+        uint64_t w = ni_canon_weight((l[i] - m) * sc);
+        n += *piv ? w >= wk : w > 0;
+    }
+    return n;
+}
+
+/* The first pivot follows the rule exactly: flat rows (the top-k chunk maxima hold a small
+ * share of the mass) start from the chunk pivot, peaked rows (rounds from the whole row accept
+ * early) from the whole row; rows of both shapes at GPT-2's vocabulary. */
+static void test_rejection_first_pivot(void **state) {
+    (void)state;
+    const size_t V = 50257;
+    float *l = malloc(V * sizeof *l);
+    void *scratch = malloc(ni_sampler_scratch_bytes(V));
+    static const float scales[] = {0.55f, 1.0f, 2.0f, 2.5f, 3.0f, 3.0f, 6.0f};
+    int piv_seen[2] = {0, 0};
+    for (size_t si = 0; si < sizeof scales / sizeof *scales; si++)
+        for (uint64_t row = 0; row < 6; row++) {
+            make_logits(l, V, 900 + 10 * si + row, scales[si], 0, 0);
+            const size_t k = 2 + (size_t)(row * 11 % 63); /* 2 .. 57 */
+            const ni_filter f = filt(1.0f, k, 0.9f, 0.0f);
+            int piv;
+            const size_t n0 = first_pivot_ref(l, V, k, &piv);
+            ni_rejection_stats st;
+            ni_rng_key key = {5, row, (uint32_t)si};
+            int32_t t =
+                ni_sample_rejection_ex(l, V, &f, key, scratch, NI_REJECTION_MAX_ROUNDS, &st);
+            assert_true(t >= 0);
+            assert_int_equal(st.chunk_pivot, piv);
+            assert_int_equal(st.n_above0, n0);
+            if (scales[si] < 1.5f) assert_int_equal(piv, 1); /* flat: the chunk pivot */
+            if (scales[si] > 5.0f) assert_int_equal(piv, 0); /* peaked: the whole row */
+            piv_seen[piv]++;
+        }
+    assert_true(piv_seen[0] > 0 && piv_seen[1] > 0);
+    free(l);
     free(scratch);
 }
 
@@ -568,29 +643,35 @@ static void test_speed_gpt2_vocab(void **state) {
     double *p = malloc(V * sizeof *p);
     void *scratch = malloc(ni_sampler_scratch_bytes(V));
     ni_filter f = filt(1.0f, 20, 0.9f, 0.0f);
-    double t_sorted = 0, t_rej = 0, rounds = 0;
-    int sel = 0;
-    for (uint64_t r = 0; r < rows; r++) {
-        make_logits(l, V, 7000 + r, 1.0f, 0, 0);
-        assert_int_equal(ni_sample_distribution(p, l, V, &f), 0);
-        ni_rng_key key = {1, r, 0};
-        double t0 = now_s();
-        int32_t a = ni_sample_sorted(l, V, &f, key, scratch);
-        double t1 = now_s();
-        ni_rejection_stats st;
-        int32_t b = ni_sample_rejection_ex(l, V, &f, key, scratch, NI_REJECTION_MAX_ROUNDS, &st);
-        double t2 = now_s();
-        t_sorted += t1 - t0;
-        t_rej += t2 - t1;
-        rounds += st.rounds;
-        sel += st.topk_mass_sel;
-        assert_true(a >= 0 && p[a] > 0);
-        assert_true(b >= 0 && p[b] > 0);
+    static const float scales[] = {1.0f, 0.55f}; /* 0.55: flat rows (random-weight models) */
+    for (size_t si = 0; si < sizeof scales / sizeof *scales; si++) {
+        double t_sorted = 0, t_rej = 0, rounds = 0, above0 = 0;
+        int sel = 0;
+        for (uint64_t r = 0; r < rows; r++) {
+            make_logits(l, V, 7000 + r, scales[si], 0, 0);
+            assert_int_equal(ni_sample_distribution(p, l, V, &f), 0);
+            ni_rng_key key = {1, r, 0};
+            double t0 = now_s();
+            int32_t a = ni_sample_sorted(l, V, &f, key, scratch);
+            double t1 = now_s();
+            ni_rejection_stats st;
+            int32_t b =
+                ni_sample_rejection_ex(l, V, &f, key, scratch, NI_REJECTION_MAX_ROUNDS, &st);
+            double t2 = now_s();
+            t_sorted += t1 - t0;
+            t_rej += t2 - t1;
+            rounds += st.rounds;
+            above0 += (double)st.n_above0;
+            sel += st.topk_mass_sel;
+            assert_true(a >= 0 && p[a] > 0);
+            assert_true(b >= 0 && p[b] > 0);
+        }
+        printf("[ speed    ] V=%zu logits %.2f N(0,1) T=1 top_k=20 top_p=0.9, one thread: sorted "
+               "%.1f us/row, rejection %.1f us/row (%.2f rounds/row from %.0f candidates, top-k "
+               "mass selection in %d of %zu rows)\n",
+               V, (double)scales[si], 1e6 * t_sorted / (double)rows, 1e6 * t_rej / (double)rows,
+               rounds / (double)rows, above0 / (double)rows, sel, rows);
     }
-    printf("[ speed    ] V=%zu T=1 top_k=20 top_p=0.9, one thread: sorted %.1f us/row, "
-           "rejection %.1f us/row (%.2f rounds/row, top-k mass selection in %d of %zu rows)\n",
-           V, 1e6 * t_sorted / (double)rows, 1e6 * t_rej / (double)rows, rounds / (double)rows, sel,
-           rows);
     free(l);
     free(p);
     free(scratch);
@@ -613,6 +694,7 @@ int main(void) {
         cmocka_unit_test(test_reproducible),
         cmocka_unit_test(test_never_outside_kept),
         cmocka_unit_test(test_rejection_paths),
+        cmocka_unit_test(test_rejection_first_pivot),
         cmocka_unit_test(test_speed_gpt2_vocab),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

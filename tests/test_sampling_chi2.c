@@ -147,6 +147,9 @@ static const chi_case CASES[] = {
     {"quantized V30 top-p 0.6", 30, 5, 1.0f, {1.0f, 0, 0.6f, 0.0f}},
     {"quantized V40 top-k 8 + top-p 0.8", 40, 5, 1.0f, {1.0f, 8, 0.8f, 0.0f}},
     {"V400 top-k 30 + top-p 0.9", 400, 0, 2.0f, {1.0f, 30, 0.9f, 0.0f}},
+    /* flat enough for the rejection sampler's chunk pivot (the cases above start from the row) */
+    {"V1000 top-k 20 + top-p 0.9", 1000, 0, 1.0f, {1.0f, 20, 0.9f, 0.0f}},
+    {"quantized V1000 top-k 20 + top-p 0.8", 1000, 5, 1.0f, {1.0f, 20, 0.8f, 0.0f}},
 };
 #define N_CASES (sizeof CASES / sizeof CASES[0])
 

@@ -12,6 +12,18 @@
  *     integer arithmetic alone: one 32-bit word per token (V = 50257: 201 KB in one block).
  *     W does not increase with q, so "W > w" is "q < lim(w)" with lim(w) found by a warp-wide
  *     search; the passes compare 32-bit words and re-derive W only where they add weights up;
+ *     With top-k on and k <= SR_NCH (= NI_REJECTION_CHUNKS), the same pass takes the smallest q
+ *     of each of the SR_NCH fixed chunks of the row's index range (of ceil(V / SR_NCH) tokens: a
+ *     function of V alone, not of the cluster or the threads): per thread a running minimum,
+ *     atomicMin into the block's array where the chunk changes (once per chunk and warp at the
+ *     end: the lanes sharing a chunk reduce first), then into every block's cluster array (DSMEM
+ *     reductions, one per chunk and block, seen after the next cluster barrier); min is
+ *     order-independent, so the result is deterministic. The k-th smallest chunk minimum q_k
+ *     and S_k, the sum of W over the k smallest, decide as the CPU twin does
+ *     (sample_rejection.c): when W(q_k) > 1 and S_k * NI_REJECTION_PIVOT_DIV < the row's mass,
+ *     the first pivot is W(q_k) - 1 (it excludes no kept token) and one pass and exchange count
+ *     and sum the tokens above it, the state a rejected candidate would leave; else (peaked
+ *     rows, which accept within about two rounds anyway) the rounds start from the whole row;
  * (3) rounds as on the CPU: round r takes draw r of (seed, seq, step) and inverts the CDF of the
  *     tokens above the pivot in index order; one pass counts and sums the tokens above and at the
  *     candidate's weight, which decides exactly whether the candidate is kept (the top-k mass by
@@ -58,15 +70,17 @@
 #define SR_BINS0 640u        /* first radix digit q >> 20, below SR_QMAX >> 20 */
 #define SR_WMAX (1ull << 40) /* the weight of the max */
 #define SR_NONE 0xFFFFFFFFu
-#define SR_ROUNDS_CAP 64u      /* largest max_rounds (ni_cuda_sample_rejection_ex) */
-#define SR_CMAX 16u            /* largest cluster */
-#define SR_CAPMAX 8192u        /* largest compaction buffer (entries) */
-#define SR_MIN_PER_BLOCK 2048u /* tokens per block at least, for the automatic cluster size */
+#define SR_ROUNDS_CAP 64u          /* largest max_rounds (ni_cuda_sample_rejection_ex) */
+#define SR_CMAX 16u                /* largest cluster */
+#define SR_CAPMAX 8192u            /* largest compaction buffer (entries) */
+#define SR_MIN_PER_BLOCK 2048u     /* tokens per block at least, for the automatic cluster size */
+#define SR_NCH NI_REJECTION_CHUNKS /* chunks of the first pivot (sampling.h) */
 
 /* a warp reads the per-warp arrays (<= 32 warps); one thread per draw */
 static_assert(SR_THREADS_ONE % 32 == 0 && SR_THREADS_ONE <= 32 * SR_WARPS &&
                   SR_THREADS_ONE > SR_ROUNDS_CAP,
               "SR_THREADS_ONE");
+static_assert(SR_NCH == 64, "SR_NCH: a warp holds two chunk minima per lane (sr_chunk_top)");
 static_assert(SR_THREADS_CL % 32 == 0 && SR_THREADS_CL <= 32 * SR_WARPS &&
                   SR_THREADS_CL > SR_ROUNDS_CAP,
               "SR_THREADS_CL");
@@ -90,6 +104,8 @@ typedef struct {
     float xmax[SR_CMAX]; /* max, argmax, invalid per block of the cluster */
     unsigned xarg[SR_CMAX];
     int xbad[SR_CMAX];
+    unsigned cmin[SR_NCH];  /* the smallest q per chunk of the first pivot: this block's */
+    unsigned ccmin[SR_NCH]; /* ... the cluster's (ncl > 1) */
 } sr_smem;
 
 #define SR_FIXED_BYTES ((sizeof(sr_smem) + 15) / 16 * 16)
@@ -734,6 +750,31 @@ static __device__ void sr_pick(const sr_lay *Y, const sr_row *R, const sr_list *
     }
 }
 
+/* Warp-wide, over the SR_NCH chunk minima cm: q_k, the k-th smallest of them (1 <= k <= SR_NCH,
+ * ties counted with multiplicity: the smallest with at least k of them at or below it), and
+ * *sk = S_k, the sum of W over the k smallest (fewer than k lie below q_k; the rest of the k
+ * are copies of q_k). W does not increase with q, so these are the k largest chunk maxima of W
+ * and their sum, as the CPU twin's. Integer sums: the same in every warp and block. */
+static __device__ unsigned sr_chunk_top(const unsigned *cm, unsigned k, const unsigned *tab,
+                                        sr_u64 *sk) {
+    const unsigned lane = threadIdx.x & 31u;
+    const unsigned v0 = cm[lane], v1 = cm[lane + 32];
+    unsigned c0 = 0, c1 = 0;
+#pragma unroll 16
+    for (unsigned j = 0; j < SR_NCH; j++) {
+        const unsigned x = cm[j];
+        c0 += x <= v0;
+        c1 += x <= v1;
+    }
+    unsigned best = c0 >= k ? v0 : SR_QZ;
+    if (c1 >= k && v1 < best) best = v1;
+    const unsigned qk = __reduce_min_sync(SR_FULL, best);
+    const sr_u64 s = (v0 < qk ? sr_weight(v0, tab) : 0) + (v1 < qk ? sr_weight(v1, tab) : 0);
+    const unsigned below = __reduce_add_sync(SR_FULL, (unsigned)(v0 < qk) + (v1 < qk));
+    *sk = sr_warp_sum<sr_u64>(s) + (sr_u64)(k - below) * sr_weight(qk, tab);
+    return qk;
+}
+
 /* ---- the kernel ---------------------------------------------------------------------------- */
 
 template <int SMEM, int NT>
@@ -795,6 +836,10 @@ __global__ void __launch_bounds__(NT, 1)
     }
     if (ncl > 1)
         for (unsigned i = tid; i < 2 * SR_BINS0; i += NT) Y.ghist[i] = 0;
+    if (tid < SR_NCH) {
+        sm->cmin[tid] = SR_QZ;
+        sm->ccmin[tid] = SR_QZ;
+    }
     if (!greedy && tid <= max_rounds) {
         const uint64_t seq = seq_ids ? seq_ids[r] : (uint64_t)r;
         const uint32_t step = steps ? steps[r] : 0u;
@@ -895,11 +940,18 @@ __global__ void __launch_bounds__(NT, 1)
     R.m = best;
     R.s = ni_canon_scale(P.temperature);
 
-    /* (2) q and W per token: the row's mass and the per-thread sums of round 0 */
+    /* (2) q and W per token: the row's mass and the per-thread sums of round 0; with a top-k
+     * that the first pivot may serve, the smallest q of each chunk (this thread's tokens are
+     * consecutive: a running minimum, flushed into the block's cmin where the chunk changes) */
     sr_u64 tsum = 0;
     unsigned npos = 0;
+    const int chunks = max_rounds > 0 && P.top_k >= 2 && P.top_k <= SR_NCH;
     {
         const unsigned j0 = tid * R.c4;
+        const unsigned clen = (unsigned)((V + SR_NCH - 1) / SR_NCH);
+        const int t0 = (int)(4u * (R.g0 + j0)) - (int)R.h0; /* this thread's first token */
+        unsigned ccur = (t0 > 0 ? (unsigned)t0 : 0u) / clen, cmn = SR_QZ;
+        unsigned cend = (ccur + 1) * clen; /* the end of chunk ccur */
         for (unsigned i = 0; i < R.c4; i++) {
             const unsigned j = j0 + i;
             if (j >= R.ng) break;
@@ -919,14 +971,35 @@ __global__ void __launch_bounds__(NT, 1)
                 const sr_u64 w = sr_weight(qq[e], R.tab);
                 tsum += w;
                 npos += w != 0;
+                if (chunks && qq[e] != SR_QZ) { /* a token of the row */
+                    const unsigned tok = sr_tok(&R, 4u * j + (unsigned)e);
+                    while (tok >= cend) {
+                        if (cmn != SR_QZ) atomicMin(&sm->cmin[ccur], cmn);
+                        cmn = SR_QZ;
+                        ccur++;
+                        cend += clen;
+                    }
+                    cmn = min(cmn, qq[e]);
+                }
             }
+        }
+        if (chunks) { /* the lanes sharing a chunk (consecutive ones) flush their minimum once */
+            const unsigned same = __match_any_sync(SR_FULL, ccur);
+            cmn = __reduce_min_sync(same, cmn);
+            if (lane == (unsigned)(__ffs(same) - 1) && cmn != SR_QZ)
+                atomicMin(&sm->cmin[ccur], cmn);
         }
     }
     /* the tokens of positive weight are q < lim(1) (a few q just below SR_QMAX give W = 0) */
-    unsigned plim = sr_lim_block(sm, 1, 0, 0);
+    unsigned plim = sr_lim_block(sm, 1, 0, 0); /* its block barrier: the block's cmin is done */
+    if (chunks && ncl > 1) /* one thread per (chunk, block): reductions, no return */
+        for (unsigned i = tid; i < SR_NCH * ncl; i += NT) {
+            const unsigned v = sm->cmin[i % SR_NCH];
+            if (v != SR_QZ) atomicMin(sr_peer(&Y, &sm->ccmin[i % SR_NCH], i / SR_NCH), v);
+        }
     unsigned xk = 0, lvl = 0; /* exchanges and radix levels so far (the same in every block) */
     sr_xres X;
-    sr_exchange(&Y, &xk, tsum, npos, 0, &X);
+    sr_exchange(&Y, &xk, tsum, npos, 0, &X); /* its cluster barrier: every push to ccmin is seen */
     const sr_u64 total = X.S;
     const unsigned n_pos = X.A;
 
@@ -943,6 +1016,20 @@ __global__ void __launch_bounds__(NT, 1)
     sr_u64 mass_above = total, mass_topk = total;
     unsigned n_above = n_pos;
     int have_mk = !k || !top_p_on;
+    if (chunks && k) { /* the first pivot (sample_rejection.c): w_k - 1 for w_k = W(q_k) */
+        sr_u64 sk;
+        const unsigned qk = sr_chunk_top(ncl > 1 ? sm->ccmin : sm->cmin, k, R.tab, &sk);
+        const sr_u64 wk = sr_weight(qk, R.tab);
+        /* pivot wk - 1 > 0 (the tokens above it are q < lim(wk)), unless the k largest chunk
+         * maxima hold a 1 / NI_REJECTION_PIVOT_DIV of the mass: then from the whole row */
+        if (wk > 1 && sk * NI_REJECTION_PIVOT_DIV < total) {
+            const unsigned lk = sr_lim_block(sm, wk, 1, qk);
+            sr_mass_below<SMEM>(&Y, &xk, &R, &Lfull, lk, &tsum, &X);
+            plim = lk; /* as after a rejected candidate of weight wk - 1 (no compaction) */
+            mass_above = X.S;
+            n_above = X.A;
+        }
+    }
     for (unsigned rd = 0; rd < max_rounds; rd++) {
         const sr_u64 target = ni_canon_target(sm->u[rd], mass_above);
         sr_pick<SMEM>(&Y, &R, &Lp, plim, tsum, &X, target, rd, 1);

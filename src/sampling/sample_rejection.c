@@ -20,7 +20,28 @@
  * tie group reaching k (M_K = mass of W >= W_c); bounds M_K >= mass(W >= W_c) and, when at least
  * k tokens are above the pivot, M_K <= M_rho; the tokens between pivot and candidate, gathered
  * during the counting pass when few (the k-th largest among them by radix select); and last a
- * radix select over the whole row. */
+ * radix select over the whole row.
+ *
+ * The first pivot. Without top-k the rounds start from pivot 0 (every token of positive weight
+ * is a candidate). With top-k on and 2 <= k <= NI_REJECTION_CHUNKS they start from a pivot that
+ * excludes no kept token: cut the index range into NI_REJECTION_CHUNKS fixed chunks (of
+ * ceil(V / NI_REJECTION_CHUNKS) tokens; a function of V alone), let m_c be the largest W of chunk
+ * c (0 for an empty chunk) and w_k the k-th largest of the m_c (ties counted with multiplicity).
+ * The k chunks holding the k largest m_c hold k distinct tokens of W >= w_k, so the k-th largest
+ * W, the top-k threshold tk, is >= w_k, and every kept token (W >= theta >= tk) has W >= w_k:
+ * the pivot w_k - 1 (0 when w_k = 0) excludes none, and at least k tokens lie above it. One pass
+ * finds the tokens above it, their mass and count, exactly the state a rejected candidate of
+ * weight w_k - 1 would have left; the rounds then run unchanged (round r still takes draw r).
+ * The argument above holds for any pivot below every kept token, so the distribution is the
+ * same; only which draw picks which token changes. Flat rows (where each round about halves the
+ * candidates) start with a few dozen candidates instead of the whole row.
+ * The pass that finds the tokens above w_k - 1 costs about a round, so the pivot is taken only
+ * when it pays: let S_k be the sum of the k largest m_c (k distinct tokens' weights, so S_k is at
+ * most the top-k mass) and M the row's mass; when S_k * NI_REJECTION_PIVOT_DIV >= M (4: a top-k
+ * token is drawn in round 0 from the whole row with probability S_k / M >= 1/4 or more; such
+ * peaked rows accept within about two rounds), the rounds start from pivot 0. S_k and M are
+ * exact integers (S_k <= 64 * 2^40, M < 2^23 * 2^40), the same on the GPU, which gets the m_c
+ * as chunk minima of q in any order: the choice, and so the token, is the same. */
 #include "sampling/sample_internal.h"
 
 #define GATHER_CAP 4096u
@@ -56,9 +77,36 @@ static round_counts count_pass(const uint64_t *cw, const uint32_t *ci, size_t n,
     return rc;
 }
 
+/* The first pivot for top-k k (2 <= k <= NI_REJECTION_CHUNKS): w_k - 1 for w_k the k-th
+ * largest of the chunk maxima of W (see the top of the file), or 0 (start from the whole row)
+ * when w_k <= 1 or when the k largest chunk maxima, summed, hold at least a quarter of the row's
+ * mass (4 S_k >= total: exact integers, S_k <= 64 * 2^40). */
+static uint64_t chunk_pivot(const uint64_t *W, size_t V, size_t k, uint64_t total) {
+    uint64_t cmax[NI_REJECTION_CHUNKS];
+    const size_t len = (V + NI_REJECTION_CHUNKS - 1) / NI_REJECTION_CHUNKS;
+    for (size_t c = 0; c < NI_REJECTION_CHUNKS; c++) {
+        size_t lo = c * len, hi = lo + len < V ? lo + len : V;
+        uint64_t m = 0;
+        for (size_t i = lo; i < hi; i++) m = W[i] > m ? W[i] : m;
+        cmax[c] = m;
+    }
+    /* descending (insertion sort of 64 values): w_k = cmax[k - 1], S_k the first k summed */
+    for (size_t c = 1; c < NI_REJECTION_CHUNKS; c++) {
+        uint64_t v = cmax[c];
+        size_t d = c;
+        for (; d > 0 && cmax[d - 1] < v; d--) cmax[d] = cmax[d - 1];
+        cmax[d] = v;
+    }
+    uint64_t sk = 0;
+    for (size_t c = 0; c < k; c++) sk += cmax[c];
+    const uint64_t wk = cmax[k - 1];
+    if (wk <= 1 || sk * NI_REJECTION_PIVOT_DIV >= total) return 0;
+    return wk - 1;
+}
+
 int32_t ni_sample_rejection_ex(const float *logits, size_t V, const ni_filter *f, ni_rng_key key,
                                void *scratch, uint32_t max_rounds, ni_rejection_stats *stats) {
-    ni_rejection_stats local = {0, 0, 0};
+    ni_rejection_stats local = {0, 0, 0, 0, 0};
     ni_rejection_stats *sts = stats ? stats : &local;
     *sts = local;
     ni_samp_row row;
@@ -82,6 +130,20 @@ int32_t ni_sample_rejection_ex(const float *logits, size_t V, const ni_filter *f
     uint64_t pivot = 0, mass_above = row.total;
     size_t n_above = row.n_pos; /* tokens with W > pivot */
     int have_mk = !k || !row.top_p_on;
+    if (max_rounds > 0 && k && k <= NI_REJECTION_CHUNKS) {
+        uint64_t p0 = chunk_pivot(W, V, k, row.total);
+        if (p0 > 0) { /* as if a rejected candidate of weight p0 had set the pivot */
+            round_counts rc = count_pass(W, NULL, V, p0, 0, comp_w, comp_i, 0, NULL);
+            pivot = p0;
+            mass_above = rc.s_gt;
+            n_above = rc.cnt_gt;
+            cand_w = comp_w;
+            cand_i = comp_i;
+            n_cand = rc.n_next;
+            sts->chunk_pivot = 1;
+        }
+    }
+    sts->n_above0 = n_above;
     uint64_t mass_topk = row.total;
 
     for (uint32_t r = 0; r < max_rounds; r++) {

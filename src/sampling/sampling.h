@@ -84,6 +84,18 @@ typedef struct {
 /* Rounds of the rejection sampler before its exact fallback. */
 #define NI_REJECTION_MAX_ROUNDS 32u
 
+/* The rejection sampler's first pivot with top-k on (2 <= k <= NI_REJECTION_CHUNKS): the row's
+ * index range cut into this many chunks of ceil(V / NI_REJECTION_CHUNKS) tokens (the last ones
+ * shorter or empty); the k-th largest of the chunks' largest weights bounds the top-k threshold
+ * from below (sample_rejection.c). A function of V alone, shared by the CPU and the GPU. */
+#define NI_REJECTION_CHUNKS 64u
+
+/* ... used only when it pays: when the k largest chunk maxima, summed (S_k, a lower bound of the
+ * top-k mass), hold less than 1 / NI_REJECTION_PIVOT_DIV of the row's mass M (S_k * DIV < M,
+ * exact integers). Otherwise round 0 from the whole row draws a top-k token with probability
+ * S_k / M >= 1 / DIV or more, and the pivot's extra pass would cost about what it saves. */
+#define NI_REJECTION_PIVOT_DIV 4u
+
 /* Scratch bytes a sampler needs for a row of V logits (caller allocates once, reuses; any
  * alignment of malloc's is enough). The same size serves both samplers. */
 size_t ni_sampler_scratch_bytes(size_t V);
@@ -106,6 +118,8 @@ typedef struct {
     uint32_t rounds;   /* rejection rounds run (candidates drawn) */
     int fallback;      /* 1: the exact fallback produced the token */
     int topk_mass_sel; /* 1: the top-k mass needed a selection pass (radix select) */
+    int chunk_pivot;   /* 1: the rounds started from the chunk-maxima pivot, not from 0 */
+    size_t n_above0;   /* tokens above the first pivot (W > pivot) when round 0 drew */
 } ni_rejection_stats;
 
 /* ni_sample_rejection with a chosen round cap (0 = the exact method alone) and optional stats. */

@@ -142,7 +142,7 @@ static void rj_run(rj_ctx *c, const ni_filter *f, uint64_t seed, uint32_t max_ro
 
 /* What the CPU rejection sampler did over the compared draws. */
 typedef struct {
-    size_t draws, multi_round, fallback, topk_sel;
+    size_t draws, multi_round, fallback, topk_sel, chunk_pivot;
 } cpu_paths;
 
 /* Compares every row of the last run with ni_sample_rejection_ex; with probs (B, V) also checks
@@ -173,6 +173,7 @@ static size_t rj_compare(const rj_ctx *c, const ni_filter *f, uint64_t seed, uin
             cp->multi_round += st.rounds > 1;
             cp->fallback += (size_t)st.fallback;
             cp->topk_sel += (size_t)st.topk_mass_sel;
+            cp->chunk_pivot += (size_t)st.chunk_pivot;
         }
     }
     return bad;
@@ -225,7 +226,7 @@ static void test_matches_cpu(void **state) {
         memcpy(filters, common_filters, sizeof common_filters);
         filters[N_COMMON] = (ni_filter){1.0f, V, 0.9f, 0.0f};                      /* k = V */
         filters[N_COMMON + 1] = (ni_filter){0.8f, V > 1 ? V - 1 : 1, 0.95f, 0.0f}; /* k = V - 1 */
-        cpu_paths cp = {0, 0, 0, 0};
+        cpu_paths cp = {0, 0, 0, 0, 0};
         size_t bad = 0;
         for (size_t fi = 0; fi < N_COMMON + 2; fi++) {
             const ni_filter *f = &filters[fi];
@@ -240,8 +241,8 @@ static void test_matches_cpu(void **state) {
             }
         }
         printf("  V=%-5zu %5zu draws equal to the CPU's (CPU: %zu needed several rounds, %zu the "
-               "top-k mass by selection)\n",
-               V, cp.draws - bad, cp.multi_round, cp.topk_sel);
+               "top-k mass by selection, %zu from the chunk pivot)\n",
+               V, cp.draws - bad, cp.multi_round, cp.topk_sel, cp.chunk_pivot);
         assert_int_equal(bad, 0);
         free(scratch);
         free(probs);
@@ -263,7 +264,7 @@ static void test_fallback_and_global(void **state) {
         rj_upload(&c);
         int32_t *tok = hmalloc(B * sizeof *tok);
         void *scratch = hmalloc(ni_sampler_scratch_bytes(V));
-        cpu_paths cp = {0, 0, 0, 0};
+        cpu_paths cp = {0, 0, 0, 0, 0};
         size_t bad = 0;
         for (size_t fi = 0; fi < N_COMMON; fi++) {
             const ni_filter *f = &common_filters[fi];
@@ -306,7 +307,7 @@ static void test_cluster_sizes(void **state) {
         void *scratch = hmalloc(ni_sampler_scratch_bytes(V));
         for (size_t ci = 0; ci < sizeof clusters / sizeof *clusters; ci++) {
             const uint32_t cl = clusters[ci];
-            cpu_paths cp = {0, 0, 0, 0};
+            cpu_paths cp = {0, 0, 0, 0, 0};
             size_t bad = 0;
             int skipped = 0;
             for (size_t i = 0; i < sizeof fis / sizeof *fis && !skipped; i++) {
@@ -328,8 +329,8 @@ static void test_cluster_sizes(void **state) {
             }
             if (!skipped)
                 printf("  V=%-5zu cluster %2u: %4zu draws equal to the CPU's (CPU: %zu needed "
-                       "several rounds, %zu fell back)\n",
-                       V, cl, cp.draws - bad, cp.multi_round, cp.fallback);
+                       "several rounds, %zu fell back, %zu from the chunk pivot)\n",
+                       V, cl, cp.draws - bad, cp.multi_round, cp.fallback, cp.chunk_pivot);
             assert_int_equal(bad, 0);
         }
         /* a bad cluster size is refused */
