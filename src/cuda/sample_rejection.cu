@@ -941,17 +941,22 @@ __global__ void __launch_bounds__(NT, 1)
     R.s = ni_canon_scale(P.temperature);
 
     /* (2) q and W per token: the row's mass and the per-thread sums of round 0; with a top-k
-     * that the first pivot may serve, the smallest q of each chunk (this thread's tokens are
-     * consecutive: a running minimum, flushed into the block's cmin where the chunk changes) */
+     * that the first pivot may serve, the smallest q of each chunk. This thread's tokens are
+     * consecutive and a chunk (ceil(V / SR_NCH) tokens) is much longer than a thread's run, so
+     * the run crosses a chunk boundary rarely: a running minimum per group of 4 (padding and
+     * tokens of zero weight have q = SR_QZ, which a minimum ignores), and only the group that
+     * holds the next boundary (local group ib) goes token by token, flushing the minimum into
+     * the block's cmin and moving to the next chunk (the lanes sharing the last chunk flush once
+     * at the end). No chunks: ib = SR_NONE, never reached. */
     sr_u64 tsum = 0;
     unsigned npos = 0;
-    const int chunks = max_rounds > 0 && P.top_k >= 2 && P.top_k <= SR_NCH;
+    const int chunks = max_rounds > 0 && P.top_k >= 2 && P.top_k <= SR_NCH && (size_t)P.top_k < V;
     {
         const unsigned j0 = tid * R.c4;
         const unsigned clen = (unsigned)((V + SR_NCH - 1) / SR_NCH);
         const int t0 = (int)(4u * (R.g0 + j0)) - (int)R.h0; /* this thread's first token */
         unsigned ccur = (t0 > 0 ? (unsigned)t0 : 0u) / clen, cmn = SR_QZ;
-        unsigned cend = (ccur + 1) * clen; /* the end of chunk ccur */
+        unsigned ib = chunks ? (unsigned)((int)((ccur + 1) * clen) - t0) >> 2 : SR_NONE;
         for (unsigned i = 0; i < R.c4; i++) {
             const unsigned j = j0 + i;
             if (j >= R.ng) break;
@@ -971,9 +976,15 @@ __global__ void __launch_bounds__(NT, 1)
                 const sr_u64 w = sr_weight(qq[e], R.tab);
                 tsum += w;
                 npos += w != 0;
-                if (chunks && qq[e] != SR_QZ) { /* a token of the row */
-                    const unsigned tok = sr_tok(&R, 4u * j + (unsigned)e);
-                    while (tok >= cend) {
+            }
+            if (i != ib) {
+                cmn = min(cmn, min(min(v.x, v.y), min(v.z, v.w)));
+            } else { /* the group holding the end of chunk ccur: token by token */
+                const int tg = t0 + 4 * (int)i;
+                unsigned cend = (ccur + 1) * clen;
+                for (int e = 0; e < 4; e++) {
+                    if (tg + e < 0 || tg + e >= (int)V) continue; /* padding */
+                    while ((unsigned)(tg + e) >= cend) {
                         if (cmn != SR_QZ) atomicMin(&sm->cmin[ccur], cmn);
                         cmn = SR_QZ;
                         ccur++;
@@ -981,6 +992,7 @@ __global__ void __launch_bounds__(NT, 1)
                     }
                     cmn = min(cmn, qq[e]);
                 }
+                ib = (unsigned)((int)cend - t0) >> 2; /* the next boundary's group (> i) */
             }
         }
         if (chunks) { /* the lanes sharing a chunk (consecutive ones) flush their minimum once */
