@@ -104,8 +104,9 @@ typedef struct {
     float xmax[SR_CMAX]; /* max, argmax, invalid per block of the cluster */
     unsigned xarg[SR_CMAX];
     int xbad[SR_CMAX];
-    unsigned cmin[SR_NCH];  /* the smallest q per chunk of the first pivot: this block's */
-    unsigned ccmin[SR_NCH]; /* ... the cluster's (ncl > 1) */
+    alignas(16) unsigned cmin[SR_NCH];  /* the smallest q per chunk of the first pivot: this
+                                           block's (16-byte loads: sr_chunk_top) */
+    alignas(16) unsigned ccmin[SR_NCH]; /* ... the cluster's (ncl > 1) */
 } sr_smem;
 
 #define SR_FIXED_BYTES ((sizeof(sr_smem) + 15) / 16 * 16)
@@ -760,11 +761,11 @@ static __device__ unsigned sr_chunk_top(const unsigned *cm, unsigned k, const un
     const unsigned lane = threadIdx.x & 31u;
     const unsigned v0 = cm[lane], v1 = cm[lane + 32];
     unsigned c0 = 0, c1 = 0;
-#pragma unroll 16
-    for (unsigned j = 0; j < SR_NCH; j++) {
-        const unsigned x = cm[j];
-        c0 += x <= v0;
-        c1 += x <= v1;
+#pragma unroll 4
+    for (unsigned j = 0; j < SR_NCH; j += 4) { /* broadcast 16-byte loads */
+        const uint4 x = *(const uint4 *)(cm + j);
+        c0 += (unsigned)(x.x <= v0) + (x.y <= v0) + (x.z <= v0) + (x.w <= v0);
+        c1 += (unsigned)(x.x <= v1) + (x.y <= v1) + (x.z <= v1) + (x.w <= v1);
     }
     unsigned best = c0 >= k ? v0 : SR_QZ;
     if (c1 >= k && v1 < best) best = v1;
