@@ -104,8 +104,9 @@ typedef struct {
     float xmax[SR_CMAX]; /* max, argmax, invalid per block of the cluster */
     unsigned xarg[SR_CMAX];
     int xbad[SR_CMAX];
-    unsigned cmin[SR_NCH];  /* the smallest q per chunk of the first pivot: this block's */
-    unsigned ccmin[SR_NCH]; /* ... the cluster's (ncl > 1) */
+    alignas(16) unsigned cmin[SR_NCH];  /* the smallest q per chunk of the first pivot: this
+                                           block's (16-byte loads: sr_chunk_top) */
+    alignas(16) unsigned ccmin[SR_NCH]; /* ... the cluster's (ncl > 1) */
 } sr_smem;
 
 #define SR_FIXED_BYTES ((sizeof(sr_smem) + 15) / 16 * 16)
@@ -760,11 +761,11 @@ static __device__ unsigned sr_chunk_top(const unsigned *cm, unsigned k, const un
     const unsigned lane = threadIdx.x & 31u;
     const unsigned v0 = cm[lane], v1 = cm[lane + 32];
     unsigned c0 = 0, c1 = 0;
-#pragma unroll 16
-    for (unsigned j = 0; j < SR_NCH; j++) {
-        const unsigned x = cm[j];
-        c0 += x <= v0;
-        c1 += x <= v1;
+#pragma unroll 4
+    for (unsigned j = 0; j < SR_NCH; j += 4) { /* broadcast 16-byte loads */
+        const uint4 x = *(const uint4 *)(cm + j);
+        c0 += (unsigned)(x.x <= v0) + (x.y <= v0) + (x.z <= v0) + (x.w <= v0);
+        c1 += (unsigned)(x.x <= v1) + (x.y <= v1) + (x.z <= v1) + (x.w <= v1);
     }
     unsigned best = c0 >= k ? v0 : SR_QZ;
     if (c1 >= k && v1 < best) best = v1;
@@ -941,17 +942,22 @@ __global__ void __launch_bounds__(NT, 1)
     R.s = ni_canon_scale(P.temperature);
 
     /* (2) q and W per token: the row's mass and the per-thread sums of round 0; with a top-k
-     * that the first pivot may serve, the smallest q of each chunk (this thread's tokens are
-     * consecutive: a running minimum, flushed into the block's cmin where the chunk changes) */
+     * that the first pivot may serve, the smallest q of each chunk. This thread's tokens are
+     * consecutive and a chunk (ceil(V / SR_NCH) tokens) is much longer than a thread's run, so
+     * the run crosses a chunk boundary rarely: a running minimum per group of 4 (padding and
+     * tokens of zero weight have q = SR_QZ, which a minimum ignores), and only the group that
+     * holds the next boundary (local group ib) goes token by token, flushing the minimum into
+     * the block's cmin and moving to the next chunk (the lanes sharing the last chunk flush once
+     * at the end). No chunks: ib = SR_NONE, never reached. */
     sr_u64 tsum = 0;
     unsigned npos = 0;
-    const int chunks = max_rounds > 0 && P.top_k >= 2 && P.top_k <= SR_NCH;
+    const int chunks = max_rounds > 0 && P.top_k >= 2 && P.top_k <= SR_NCH && (size_t)P.top_k < V;
     {
         const unsigned j0 = tid * R.c4;
         const unsigned clen = (unsigned)((V + SR_NCH - 1) / SR_NCH);
         const int t0 = (int)(4u * (R.g0 + j0)) - (int)R.h0; /* this thread's first token */
         unsigned ccur = (t0 > 0 ? (unsigned)t0 : 0u) / clen, cmn = SR_QZ;
-        unsigned cend = (ccur + 1) * clen; /* the end of chunk ccur */
+        unsigned ib = chunks ? (unsigned)((int)((ccur + 1) * clen) - t0) >> 2 : SR_NONE;
         for (unsigned i = 0; i < R.c4; i++) {
             const unsigned j = j0 + i;
             if (j >= R.ng) break;
@@ -971,9 +977,15 @@ __global__ void __launch_bounds__(NT, 1)
                 const sr_u64 w = sr_weight(qq[e], R.tab);
                 tsum += w;
                 npos += w != 0;
-                if (chunks && qq[e] != SR_QZ) { /* a token of the row */
-                    const unsigned tok = sr_tok(&R, 4u * j + (unsigned)e);
-                    while (tok >= cend) {
+            }
+            if (i != ib) {
+                cmn = min(cmn, min(min(v.x, v.y), min(v.z, v.w)));
+            } else { /* the group holding the end of chunk ccur: token by token */
+                const int tg = t0 + 4 * (int)i;
+                unsigned cend = (ccur + 1) * clen;
+                for (int e = 0; e < 4; e++) {
+                    if (tg + e < 0 || tg + e >= (int)V) continue; /* padding */
+                    while ((unsigned)(tg + e) >= cend) {
                         if (cmn != SR_QZ) atomicMin(&sm->cmin[ccur], cmn);
                         cmn = SR_QZ;
                         ccur++;
@@ -981,6 +993,7 @@ __global__ void __launch_bounds__(NT, 1)
                     }
                     cmn = min(cmn, qq[e]);
                 }
+                ib = (unsigned)((int)cend - t0) >> 2; /* the next boundary's group (> i) */
             }
         }
         if (chunks) { /* the lanes sharing a chunk (consecutive ones) flush their minimum once */
