@@ -22,8 +22,9 @@
  *     and S_k, the sum of W over the k smallest, decide as the CPU twin does
  *     (sample_rejection.c): when W(q_k) > 1 and S_k * NI_REJECTION_PIVOT_DIV < the row's mass,
  *     the first pivot is W(q_k) - 1 (it excludes no kept token) and one pass and exchange count
- *     and sum the tokens above it, the state a rejected candidate would leave; else (peaked
- *     rows, which accept within about two rounds anyway) the rounds start from the whole row;
+ *     and sum the tokens above it, the state a rejected candidate would leave (the next pass
+ *     compacts them, and a top-k mass selection then reads that short list); else (with DIV = 1,
+ *     when those k tokens hold the whole mass) the rounds start from the whole row;
  * (3) rounds as on the CPU: round r takes draw r of (seed, seq, step) and inverts the CDF of the
  *     tokens above the pivot in index order; one pass counts and sums the tokens above and at the
  *     candidate's weight, which decides exactly whether the candidate is kept (the top-k mass by
@@ -1026,6 +1027,8 @@ __global__ void __launch_bounds__(NT, 1)
      * Ln: the list the next pass reads (Lp, or the compacted copy the last pass wrote). */
     const sr_list Lfull = {-1, 0, 0};
     sr_list Lp = Lfull, Ln = Lfull;
+    sr_list Ltk = Lfull; /* a list that holds every token of the top k (members q < ltk) */
+    unsigned ltk = SR_QMAX;
     sr_u64 mass_above = total, mass_topk = total;
     unsigned n_above = n_pos;
     int have_mk = !k || !top_p_on;
@@ -1034,7 +1037,7 @@ __global__ void __launch_bounds__(NT, 1)
         const unsigned qk = sr_chunk_top(ncl > 1 ? sm->ccmin : sm->cmin, k, R.tab, &sk);
         const sr_u64 wk = sr_weight(qk, R.tab);
         /* pivot wk - 1 > 0 (the tokens above it are q < lim(wk)), unless the k largest chunk
-         * maxima hold a 1 / NI_REJECTION_PIVOT_DIV of the mass: then from the whole row */
+         * maxima hold 1 / NI_REJECTION_PIVOT_DIV of the mass: then from the whole row */
         if (wk > 1 && sk * NI_REJECTION_PIVOT_DIV < total) {
             const unsigned lk = sr_lim_block(sm, wk, 1, qk);
             sr_mass_below<SMEM>(&Y, &xk, &R, &Lfull, lk, &tsum, &X);
@@ -1076,6 +1079,13 @@ __global__ void __launch_bounds__(NT, 1)
             Ln.buf = dst;
             Ln.n = X.blk_a;
             Ln.cc = ((X.blk_a + NT - 1) / NT) | 1u;
+            if (n_above >= k) { /* at least k above the pivot: the copy holds the top k */
+                Ltk = Ln;
+                ltk = plim;
+            } else if (Ltk.buf == dst) { /* overwritten */
+                Ltk = Lfull;
+                ltk = SR_QMAX;
+            }
         }
         Lp = Lread;
         const sr_u64 s_gt = Xn.S;
@@ -1097,11 +1107,15 @@ __global__ void __launch_bounds__(NT, 1)
                 ok = 0; /* M_K <= mass above the pivot */
             } else {
                 /* the k largest lie above the pivot when at least k tokens do: select among
-                 * the list just read (members q < plim), else over the whole row */
+                 * its members (q < plim), in the copy this pass just compacted when it did (a
+                 * few dozen entries after the first pivot, instead of the slice); else among
+                 * the last compacted copy known to hold them (Ltk), else over the whole row.
+                 * Blocks may differ in the list (compaction is per block), not in the result:
+                 * every list holds the k largest, and the extra tokens are all below them */
                 const int above = n_above >= k;
                 sr_u64 tk;
-                mass_topk = sr_topk_mass<SMEM>(&Y, &xk, &lvl, &R, above ? &Lread : &Lfull,
-                                               above ? plim : SR_QMAX, k, &tk);
+                mass_topk = sr_topk_mass<SMEM>(&Y, &xk, &lvl, &R, above ? &Ln : &Ltk,
+                                               above ? plim : ltk, k, &tk);
                 have_mk = 1;
                 ok = (double)s_gt < ni_canon_topp_limit(P.top_p, mass_topk);
             }

@@ -35,11 +35,10 @@
  * The argument above holds for any pivot below every kept token, so the distribution is the
  * same; only which draw picks which token changes. Flat rows (where each round about halves the
  * candidates) start with a few dozen candidates instead of the whole row.
- * The pass that finds the tokens above w_k - 1 costs about a round, so the pivot is taken only
- * when it pays: let S_k be the sum of the k largest m_c (k distinct tokens' weights, so S_k is at
- * most the top-k mass) and M the row's mass; when S_k * NI_REJECTION_PIVOT_DIV >= M (4: a top-k
- * token is drawn in round 0 from the whole row with probability S_k / M >= 1/4 or more; such
- * peaked rows accept within about two rounds), the rounds start from pivot 0. S_k and M are
+ * The pass that finds the tokens above w_k - 1 costs about a round. Let S_k be the sum of the k
+ * largest m_c (k distinct tokens' weights, so S_k is at most the top-k mass) and M the row's
+ * mass; when S_k * NI_REJECTION_PIVOT_DIV >= M (sampling.h; DIV = 1: those k tokens are the
+ * whole mass, so round 0 draws among them anyway), the rounds start from pivot 0. S_k and M are
  * exact integers (S_k <= 64 * 2^40, M < 2^23 * 2^40), the same on the GPU, which gets the m_c
  * as chunk minima of q in any order: the choice, and so the token, is the same. */
 #include "sampling/sample_internal.h"
@@ -79,8 +78,8 @@ static round_counts count_pass(const uint64_t *cw, const uint32_t *ci, size_t n,
 
 /* The first pivot for top-k k (2 <= k <= NI_REJECTION_CHUNKS): w_k - 1 for w_k the k-th
  * largest of the chunk maxima of W (see the top of the file), or 0 (start from the whole row)
- * when w_k <= 1 or when the k largest chunk maxima, summed, hold at least a quarter of the row's
- * mass (4 S_k >= total: exact integers, S_k <= 64 * 2^40). */
+ * when w_k <= 1 or when the k largest chunk maxima, summed, hold at least 1 / DIV of the row's
+ * mass (DIV S_k >= total: exact integers, S_k <= 64 * 2^40). */
 static uint64_t chunk_pivot(const uint64_t *W, size_t V, size_t k, uint64_t total) {
     uint64_t cmax[NI_REJECTION_CHUNKS];
     const size_t len = (V + NI_REJECTION_CHUNKS - 1) / NI_REJECTION_CHUNKS;

@@ -337,5 +337,6 @@ int main(void) {
         cmocka_unit_test(test_random_model_against_cpu), cmocka_unit_test(test_presets_agree),
         cmocka_unit_test(test_fused_large_model),        cmocka_unit_test(test_errors),
     };
+    ni_test_filter_from_env();
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

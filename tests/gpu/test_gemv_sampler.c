@@ -654,5 +654,6 @@ int main(void) {
         cmocka_unit_test(test_sample_chi_square),
         cmocka_unit_test(test_bench),
     };
+    ni_test_filter_from_env();
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -923,5 +923,6 @@ int main(void) {
         BOTH_TYPES(test_attention_decode),
     };
 #undef BOTH_TYPES
+    ni_test_filter_from_env();
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -641,6 +641,46 @@ static void test_greedy_and_invalid(void **state) {
 
 /* ---- (6) micro-benchmark (printed, not asserted) ------------------------------------------- */
 
+/* NI_SR_PER_ROW=n: the cost of each of the first 64 rows alone on a cluster of n blocks (2, as at
+ * B = 64, where a batch takes as long as its slowest row, when n is not 1 .. 16), beside what the
+ * CPU twin did for it (and its token, which must be the kernel's): which rows and which paths
+ * make the batch slow. */
+static void bench_per_row(const float *lg, const float *h, const uint64_t *seq,
+                          const uint32_t *steps, const ni_sample_params *dp, size_t V,
+                          const ni_filter *f, unsigned cluster, cudaEvent_t *ev, float *ms) {
+    enum { ROWS = 64, RUNS = 11 };
+    void *scratch = hmalloc(ni_sampler_scratch_bytes(V));
+    int32_t *tok = dmalloc(sizeof *tok);
+    double sum = 0, worst = 0;
+    printf("    row  alone us  cpu rounds  pivot  above0  topk select  (cluster of %u)\n", cluster);
+    for (size_t r = 0; r < ROWS; r++) {
+        for (size_t i = 0; i < RUNS; i++) {
+            CK(cudaEventRecord(ev[2 * i], NULL));
+            CK(ni_cuda_sample_rejection_cfg(tok, lg + r * V, seq + r, steps + r, dp, 1, V,
+                                            NI_REJECTION_MAX_ROUNDS, 0, cluster, NULL));
+            CK(cudaEventRecord(ev[2 * i + 1], NULL));
+        }
+        CK(cudaDeviceSynchronize());
+        for (size_t i = 0; i < RUNS; i++)
+            CK(cudaEventElapsedTime(&ms[i], ev[2 * i], ev[2 * i + 1]));
+        const double us = median(ms, RUNS) * 1e3;
+        ni_rejection_stats st;
+        const ni_rng_key key = {1, r, 0};
+        const int32_t want =
+            ni_sample_rejection_ex(h + r * V, V, f, key, scratch, NI_REJECTION_MAX_ROUNDS, &st);
+        int32_t got;
+        CK(cudaMemcpy(&got, tok, sizeof got, cudaMemcpyDeviceToHost));
+        assert_int_equal(got, want);
+        printf("    %3zu %9.1f %11u %6d %7zu %12d\n", r, us, st.rounds, st.chunk_pivot, st.n_above0,
+               st.topk_mass_sel);
+        sum += us;
+        worst = us > worst ? us : worst;
+    }
+    printf("    mean %.1f us, slowest %.1f us\n", sum / ROWS, worst);
+    cudaFree(tok);
+    free(scratch);
+}
+
 static void test_bench(void **state) {
     (void)state;
     enum { RUNS = 20, WARM = 3 };
@@ -698,6 +738,11 @@ static void test_bench(void **state) {
             printf("    %-5zu %14.1f %14.1f %9.1fx %16.0f\n", B, t[0] * 1e6, t[1] * 1e6,
                    t[1] / t[0], (double)B * V * 4 / t[0] * 1e-9);
         }
+        const char *per_row = getenv("NI_SR_PER_ROW");
+        if (per_row) {
+            const unsigned cl = (unsigned)atoi(per_row);
+            bench_per_row(lg, h, seq, steps, dp, V, &f, cl >= 1 && cl <= 16 ? cl : 2, ev, ms);
+        }
     }
     free(h);
     free(hs);
@@ -724,5 +769,6 @@ int main(void) {
         cmocka_unit_test(test_cuda_graph),
         cmocka_unit_test(test_bench),
     };
+    ni_test_filter_from_env();
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

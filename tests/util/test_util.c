@@ -71,3 +71,8 @@ int ni_test_collect(void *user, size_t seq, size_t step, int32_t token) {
     t->tok[seq][t->n[seq]++] = token;
     return 0;
 }
+
+void ni_test_filter_from_env(void) {
+    const char *f = getenv("NI_TEST_FILTER");
+    if (f && f[0]) cmocka_set_test_filter(f);
+}

@@ -13,6 +13,10 @@
 /* Exit code that ctest reports as "skipped". */
 #define NI_TEST_SKIP 77
 
+/* NI_TEST_FILTER (a cmocka name pattern such as "test_bench") runs only the matching tests of
+ * the program: profiling or timing one part without the rest. */
+void ni_test_filter_from_env(void);
+
 /* fixture path into buf: $NI_FIXTURES_DIR (or the source tree's tests/fixtures) / rel. */
 void ni_test_path(char *buf, size_t cap, const char *rel);
 /* Reads a whole file; NULL if it cannot. *len gets the size. free() the result. */
