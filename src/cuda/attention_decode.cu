@@ -13,7 +13,11 @@
  * output directly; longer rows write (max, sum, unnormalized acc[HS]) per chunk to `partial`
  * and a small merge kernel combines them with the usual rescaling. Scores and softmax are f32
  * (the probabilities are not rounded to 16 bits), in the log2 domain with the 1/sqrt(HS) scale
- * folded in. Cache rows past pos[r] are never read. */
+ * folded in. Cache rows past pos[r] are never read.
+ * With append set, the kernel also does the KV append of the step (kv_append.cu) and saves
+ * its launch: the block whose chunk holds pos[r] reads that position's key and value from qkv
+ * instead of the cache (no other block reads it), and the lanes that loaded them store them to
+ * the cache from their registers; the result is the same to the bit. */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
@@ -55,22 +59,23 @@ template <typename D> static __device__ __forceinline__ void ad_cvt(uint16_t u, 
 }
 
 /* Rows (s0 + u) * KPS + grp (u < U) of a chunk, this lane's loads of each; rows at or past
- * n_valid and elements at or past HS are never read (zeros instead). */
+ * n_valid and elements at or past HS are never read (zeros instead); row cur_t (the step's own
+ * token when the kernel appends it, else -1) is read from cur instead of the cache. */
 template <int W, int L, int CPL, int U>
-static __device__ __forceinline__ void ad_load_rows(typename ad_vec<W>::t (&buf)[U][CPL],
-                                                    const uint16_t *base, int s0, int grp, int gl,
-                                                    int n_valid, int HS) {
+static __device__ __forceinline__ void
+ad_load_rows(typename ad_vec<W>::t (&buf)[U][CPL], const uint16_t *base, const uint16_t *cur,
+             int cur_t, int s0, int grp, int gl, int n_valid, int HS) {
     constexpr int KPS = AD_THREADS / L;
 #pragma unroll
     for (int u = 0; u < U; u++) {
         int t = (s0 + u) * KPS + grp;
+        const uint16_t *row = t == cur_t ? cur : base + (size_t)t * HS;
 #pragma unroll
         for (int i = 0; i < CPL; i++) {
             int d = (gl + i * L) * W;
-            buf[u][i] =
-                (t < n_valid && d < HS)
-                    ? *reinterpret_cast<const typename ad_vec<W>::t *>(base + (size_t)t * HS + d)
-                    : ad_vec<W>::zero();
+            buf[u][i] = (t < n_valid && d < HS)
+                            ? *reinterpret_cast<const typename ad_vec<W>::t *>(row + d)
+                            : ad_vec<W>::zero();
         }
     }
 }
@@ -89,14 +94,14 @@ static __device__ __forceinline__ void ad_copy_rows(typename ad_vec<W>::t (&dst)
  * (L * CPL * W >= HS). */
 template <typename D, int W, int L, int CPL>
 __global__ void __launch_bounds__(AD_THREADS)
-    attention_decode_chunk_kernel(uint16_t *out,           // (B, C) 16-bit
-                                  float *partial,          // (B, NH, NCH, HS + 2)
-                                  const uint16_t *qkv,     // (B, 3C) 16-bit
-                                  const uint16_t *k_cache, // (S, NH, T, HS) 16-bit
-                                  const uint16_t *v_cache, // (S, NH, T, HS) 16-bit
-                                  const int32_t *slot,     // (B)
-                                  const int32_t *pos,      // (B)
-                                  int NH, int HS, int T, int NCH, float scale_log2) {
+    attention_decode_chunk_kernel(uint16_t *out,       // (B, C) 16-bit
+                                  float *partial,      // (B, NH, NCH, HS + 2)
+                                  uint16_t *k_cache,   // (S, NH, T, HS) 16-bit (written: append)
+                                  uint16_t *v_cache,   // (S, NH, T, HS) 16-bit (written: append)
+                                  const uint16_t *qkv, // (B, 3C) 16-bit
+                                  const int32_t *slot, // (B)
+                                  const int32_t *pos,  // (B)
+                                  int NH, int HS, int T, int NCH, float scale_log2, int append) {
     typedef ad_vec<W> V;
     typedef typename V::t vec_t;
     constexpr int KPS = AD_THREADS / L;      /* rows per step of the block */
@@ -116,8 +121,11 @@ __global__ void __launch_bounds__(AD_THREADS)
     const int n_valid = min(AD_SPLIT, p - t0 + 1);
     const size_t C = (size_t)NH * HS;
     const size_t head = ((size_t)slot[r] * NH + h) * (size_t)T * HS + (size_t)t0 * HS;
-    const uint16_t *Kc = k_cache + head, *Vc = v_cache + head;
+    uint16_t *Kc = k_cache + head, *Vc = v_cache + head;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    /* append: the row's own key and value heads, at chunk row cur_t when this chunk holds pos */
+    const uint16_t *kcur = qkv + (size_t)r * 3 * C + C + (size_t)h * HS, *vcur = kcur + C;
+    const int cur_t = append && p - t0 < AD_SPLIT ? p - t0 : -1;
     const int gl = tid % L, grp = tid / L;
 
     /* this lane's slice of q: elements (gl + i * L) * W .. + W */
@@ -136,27 +144,31 @@ __global__ void __launch_bounds__(AD_THREADS)
      * used, and the first value batch is issued with the first key batch so that its latency
      * hides behind phase 1 and the barrier. */
     vec_t kb[U][CPL], vb[U][CPL];
-    ad_load_rows<W, L, CPL, U>(kb, Kc, 0, grp, gl, n_valid, HS);
-    ad_load_rows<W, L, CPL, U>(vb, Vc, 0, grp, gl, n_valid, HS);
+    ad_load_rows<W, L, CPL, U>(kb, Kc, kcur, cur_t, 0, grp, gl, n_valid, HS);
+    ad_load_rows<W, L, CPL, U>(vb, Vc, vcur, cur_t, 0, grp, gl, n_valid, HS);
 
     /* phase 1: scores of the chunk's rows */
 #pragma unroll(UNROLL)
     for (int s0 = 0; s0 < STEPS; s0 += U) {
         vec_t kn[U][CPL];
-        if (s0 + U < STEPS) ad_load_rows<W, L, CPL, U>(kn, Kc, s0 + U, grp, gl, n_valid, HS);
+        if (s0 + U < STEPS)
+            ad_load_rows<W, L, CPL, U>(kn, Kc, kcur, cur_t, s0 + U, grp, gl, n_valid, HS);
 #pragma unroll
         for (int u = 0; u < U; u++) {
             float dot = 0.0f;
+            const int t = (s0 + u) * KPS + grp;
 #pragma unroll
             for (int i = 0; i < CPL; i++) {
                 float kf[W];
                 ad_cvt<D>(kb[u][i], kf);
 #pragma unroll
                 for (int e = 0; e < W; e++) dot += qv[i][e] * kf[e];
+                const int d = (gl + i * L) * W;
+                if (t == cur_t && d < HS) /* the appended key, from the registers that hold it */
+                    *reinterpret_cast<vec_t *>(Kc + (size_t)t * HS + d) = kb[u][i];
             }
 #pragma unroll
             for (int o = L / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-            int t = (s0 + u) * KPS + grp;
             if (gl == 0 && t < n_valid) s_score[t] = dot * scale_log2;
         }
         if (s0 + U < STEPS) ad_copy_rows<W, CPL, U>(kb, kn);
@@ -182,7 +194,8 @@ __global__ void __launch_bounds__(AD_THREADS)
 #pragma unroll(UNROLL)
     for (int s0 = 0; s0 < STEPS; s0 += U) {
         vec_t vn[U][CPL];
-        if (s0 + U < STEPS) ad_load_rows<W, L, CPL, U>(vn, Vc, s0 + U, grp, gl, n_valid, HS);
+        if (s0 + U < STEPS)
+            ad_load_rows<W, L, CPL, U>(vn, Vc, vcur, cur_t, s0 + U, grp, gl, n_valid, HS);
 #pragma unroll
         for (int u = 0; u < U; u++) {
             int t = (s0 + u) * KPS + grp;
@@ -193,6 +206,9 @@ __global__ void __launch_bounds__(AD_THREADS)
                 ad_cvt<D>(vb[u][i], vf);
 #pragma unroll
                 for (int e = 0; e < W; e++) acc[i][e] += pw * vf[e];
+                const int d = (gl + i * L) * W;
+                if (t == cur_t && d < HS) /* the appended value */
+                    *reinterpret_cast<vec_t *>(Vc + (size_t)t * HS + d) = vb[u][i];
             }
         }
         if (s0 + U < STEPS) ad_copy_rows<W, CPL, U>(vb, vn);
@@ -278,18 +294,18 @@ extern "C" size_t ni_cuda_attention_decode_partial_floats(size_t B, size_t NH, s
 }
 
 template <typename D, int W, int L, int CPL>
-static cudaError_t ad_launch(dim3 grid, uint16_t *out, float *partial, const uint16_t *qkv,
-                             const uint16_t *k_cache, const uint16_t *v_cache, const int32_t *slot,
+static cudaError_t ad_launch(dim3 grid, uint16_t *out, float *partial, uint16_t *k_cache,
+                             uint16_t *v_cache, const uint16_t *qkv, const int32_t *slot,
                              const int32_t *pos, int NH, int HS, int T, int NCH, float scale_log2,
-                             cudaStream_t s) {
+                             int append, cudaStream_t s) {
     return ni_launch_pdl(attention_decode_chunk_kernel<D, W, L, CPL>, grid, dim3(AD_THREADS), 0, s,
-                         out, partial, qkv, k_cache, v_cache, slot, pos, NH, HS, T, NCH,
-                         scale_log2);
+                         out, partial, k_cache, v_cache, qkv, slot, pos, NH, HS, T, NCH, scale_log2,
+                         append);
 }
 
-typedef cudaError_t (*ad_launch_fn)(dim3, uint16_t *, float *, const uint16_t *, const uint16_t *,
+typedef cudaError_t (*ad_launch_fn)(dim3, uint16_t *, float *, uint16_t *, uint16_t *,
                                     const uint16_t *, const int32_t *, const int32_t *, int, int,
-                                    int, int, float, cudaStream_t);
+                                    int, int, float, int, cudaStream_t);
 
 /* The instance for type D, load width W and nck loads per row (nck <= 64, or <= 128 for
  * W == 1). */
@@ -330,11 +346,10 @@ template <typename D> static ad_launch_fn ad_pick(int W, size_t nck) {
 /* Contract beyond kernels.h: 0 <= pos[r] <= max_pos < T (a row with pos[r] > max_pos loses its
  * last chunks, one with pos[r] < 0 is not written); HS <= 128, else cudaErrorInvalidValue and
  * nothing runs. */
-extern "C" int ni_cuda_attention_decode(ni_half16 *out, float *partial, const ni_half16 *qkv,
-                                        const ni_half16 *k_cache, const ni_half16 *v_cache,
-                                        const int32_t *slot, const int32_t *pos, size_t B,
-                                        size_t max_pos, size_t NH, size_t HS, size_t T,
-                                        ni_cuda_dtype dt, ni_stream s) {
+static int ad_run(ni_half16 *out, float *partial, ni_half16 *k_cache, ni_half16 *v_cache,
+                  const ni_half16 *qkv, const int32_t *slot, const int32_t *pos, size_t B,
+                  size_t max_pos, size_t NH, size_t HS, size_t T, int append, ni_cuda_dtype dt,
+                  ni_stream s) {
     if (dt != NI_CUDA_BF16 && dt != NI_CUDA_F16) return (int)cudaErrorInvalidValue;
     if (B == 0 || NH == 0 || T == 0) return (int)cudaGetLastError();
     if (HS == 0 || HS > AD_MAX_HS || B > 65535 || NH > 65535) return (int)cudaErrorInvalidValue;
@@ -349,8 +364,8 @@ extern "C" int ni_cuda_attention_decode(ni_half16 *out, float *partial, const ni
     ad_launch_fn fn = dt == NI_CUDA_F16 ? ad_pick<ni_dt_f16>(W, nck) : ad_pick<ni_dt_bf16>(W, nck);
     cudaError_t e =
         fn(dim3((unsigned int)grid_chunks, (unsigned int)NH, (unsigned int)B), (uint16_t *)out,
-           partial, (const uint16_t *)qkv, (const uint16_t *)k_cache, (const uint16_t *)v_cache,
-           slot, pos, (int)NH, (int)HS, (int)T, (int)nch, scale_log2, st);
+           partial, (uint16_t *)k_cache, (uint16_t *)v_cache, (const uint16_t *)qkv, slot, pos,
+           (int)NH, (int)HS, (int)T, (int)nch, scale_log2, append, st);
     if (e == cudaSuccess && grid_chunks > 1) {
         unsigned int threads = (unsigned int)((HS + 31) / 32 * 32);
         dim3 grid((unsigned int)NH, (unsigned int)B);
@@ -363,4 +378,22 @@ extern "C" int ni_cuda_attention_decode(ni_half16 *out, float *partial, const ni
                                 (int)nch);
     }
     return ni_launch_status(e);
+}
+
+extern "C" int ni_cuda_attention_decode(ni_half16 *out, float *partial, const ni_half16 *qkv,
+                                        const ni_half16 *k_cache, const ni_half16 *v_cache,
+                                        const int32_t *slot, const int32_t *pos, size_t B,
+                                        size_t max_pos, size_t NH, size_t HS, size_t T,
+                                        ni_cuda_dtype dt, ni_stream s) {
+    /* append = 0: the caches are only read */
+    return ad_run(out, partial, (ni_half16 *)k_cache, (ni_half16 *)v_cache, qkv, slot, pos, B,
+                  max_pos, NH, HS, T, 0, dt, s);
+}
+
+extern "C" int ni_cuda_attention_decode_append(ni_half16 *out, float *partial, ni_half16 *k_cache,
+                                               ni_half16 *v_cache, const ni_half16 *qkv,
+                                               const int32_t *slot, const int32_t *pos, size_t B,
+                                               size_t max_pos, size_t NH, size_t HS, size_t T,
+                                               ni_cuda_dtype dt, ni_stream s) {
+    return ad_run(out, partial, k_cache, v_cache, qkv, slot, pos, B, max_pos, NH, HS, T, 1, dt, s);
 }

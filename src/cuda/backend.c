@@ -450,17 +450,19 @@ static ni_status enqueue_layers(ni_backend_ctx *b, const layer_args *a) {
                     "layernorm kernel (ln_1)");
         NI_TRY(ni_matmul(&b->mm, b->qkv, NULL, b->ln, y->qkv_w, y->qkv_b, N, C, 3 * C, 0, b->dt,
                          b->stream));
-        NI_CUDA_TRY(ni_cuda_kv_append(kc, vc, b->qkv, a->slot, a->pos, N, NH, HS, T, st),
-                    "kv_append kernel");
-        if (a->single)
-            NI_CUDA_TRY(ni_cuda_attention_decode(b->att, b->attn_partial, b->qkv, kc, vc, a->slot,
-                                                 a->pos, N, a->max_pos, NH, HS, T, b->dt, st),
+        if (a->single) { /* one token per sequence: the KV append rides in the attention */
+            NI_CUDA_TRY(ni_cuda_attention_decode_append(b->att, b->attn_partial, kc, vc, b->qkv,
+                                                        a->slot, a->pos, N, a->max_pos, NH, HS, T,
+                                                        b->dt, st),
                         "attention_decode kernel");
-        else
+        } else {
+            NI_CUDA_TRY(ni_cuda_kv_append(kc, vc, b->qkv, a->slot, a->pos, N, NH, HS, T, st),
+                        "kv_append kernel");
             NI_CUDA_TRY(ni_cuda_attention_prefill(b->att, b->qkv, kc, vc, a->seq_start, a->seq_len,
                                                   a->seq_slot, a->seq_pos0, a->n_pieces, a->max_len,
                                                   NH, HS, T, b->dt, st),
                         "attention_prefill kernel");
+        }
         NI_TRY(ni_matmul(&b->mm, b->delta, NULL, b->att, y->proj_w, y->proj_b, N, C, C, 0, b->dt,
                          b->stream));
         NI_CUDA_TRY(ni_cuda_residual_layernorm(b->ln, b->x, b->delta, y->ln2_w, y->ln2_b, NULL, N,
