@@ -71,9 +71,10 @@
 #define SR_BINS0 640u        /* first radix digit q >> 20, below SR_QMAX >> 20 */
 #define SR_WMAX (1ull << 40) /* the weight of the max */
 #define SR_NONE 0xFFFFFFFFu
-#define SR_ROUNDS_CAP 64u          /* largest max_rounds (ni_cuda_sample_rejection_ex) */
-#define SR_CMAX 16u                /* largest cluster */
-#define SR_CAPMAX 8192u            /* largest compaction buffer (entries) */
+#define SR_ROUNDS_CAP 64u /* largest max_rounds (ni_cuda_sample_rejection_ex) */
+#define SR_CMAX 16u       /* largest cluster */
+#define SR_CAPMAX 8192u   /* largest compaction buffer (entries) */
+#define SR_SMALL 128u /* the most tokens above the pivot whose top-k mass is found by a gather */
 #define SR_MIN_PER_BLOCK 2048u     /* tokens per block at least, for the automatic cluster size */
 #define SR_NCH NI_REJECTION_CHUNKS /* chunks of the first pivot (sampling.h) */
 
@@ -81,6 +82,7 @@
 static_assert(SR_THREADS_ONE % 32 == 0 && SR_THREADS_ONE <= 32 * SR_WARPS &&
                   SR_THREADS_ONE > SR_ROUNDS_CAP,
               "SR_THREADS_ONE");
+static_assert(SR_CMAX + SR_SMALL <= 2 * SR_BINS0, "SR_SMALL: the gather lives in lhist");
 static_assert(SR_NCH == 64, "SR_NCH: a warp holds two chunk minima per lane (sr_chunk_top)");
 static_assert(SR_THREADS_CL % 32 == 0 && SR_THREADS_CL <= 32 * SR_WARPS &&
                   SR_THREADS_CL > SR_ROUNDS_CAP,
@@ -688,6 +690,87 @@ static __device__ sr_u64 sr_topk_mass(const sr_lay *Y, unsigned *xk, unsigned *l
     return x.S;
 }
 
+/* sr_topk_mass for few members (q < flim, at most SR_SMALL over the cluster, which must hold the k
+ * largest weights), each block's in its compacted list L: every block gathers the members'
+ * q into its own shared memory (two cluster barriers), and warp 0 finds the k-th smallest q and
+ * sums W over the members at or above its weight, with no radix levels, limit search or mass
+ * pass. Returns 0 in every block alike (nothing changed, the caller takes sr_topk_mass) when a
+ * block's members are not in a compacted list or there are more than SR_SMALL of them. The
+ * gather lives in lhist, which nothing else uses between the radix levels (they clear it). */
+static __device__ __noinline__ int sr_topk_mass_small(const sr_lay *Y, const sr_list *L,
+                                                      unsigned flim, unsigned k, sr_u64 *mass,
+                                                      sr_u64 *tk, const unsigned *tab) {
+    sr_smem *sm = Y->sm;
+    unsigned *g = reinterpret_cast<unsigned *>(Y->lhist); /* [SR_CMAX] counts, then the q */
+    const unsigned tid = threadIdx.x, lane = tid & 31u, ncl = Y->ncl, rank = Y->rank;
+    const unsigned *cq = L->buf >= 0 ? Y->cq + (size_t)L->buf * Y->cap : NULL;
+    const unsigned n_list = L->buf >= 0 ? L->n : 0u;
+    if (tid < 32) { /* this block's members: count, or SR_NONE when they are not in a list */
+        unsigned cnt = 0;
+        for (unsigned e0 = 0; e0 < n_list && cnt <= SR_SMALL; e0 += 32) {
+            const unsigned e = e0 + lane;
+            cnt += __popc(__ballot_sync(SR_FULL, e < n_list && cq[e] < flim));
+        }
+        const unsigned v = L->buf < 0 || cnt > SR_SMALL ? SR_NONE : cnt;
+        if (lane < ncl) *sr_peer(Y, g + rank, lane) = v;
+    }
+    sr_csync(ncl);
+    unsigned n = 0, off = 0;
+    int ok = 1;
+    for (unsigned b = 0; b < ncl; b++) {
+        const unsigned v = g[b];
+        ok &= v != SR_NONE;
+        if (ok) {
+            n += v;
+            if (b < rank) off += v;
+        }
+    }
+    if (!ok || n > SR_SMALL || n < k) return 0; /* the same in every block */
+    if (tid < 32) /* the members in list order, after the lower ranks': index order */
+        for (unsigned e0 = 0; e0 < n_list; e0 += 32) {
+            const unsigned e = e0 + lane;
+            const unsigned q = e < n_list ? cq[e] : SR_QZ;
+            const unsigned hit = __ballot_sync(SR_FULL, q < flim);
+            if (q < flim) {
+                const unsigned at = SR_CMAX + off + __popc(hit & ((1u << lane) - 1u));
+                for (unsigned r = 0; r < ncl; r++) *sr_peer(Y, g + at, r) = q;
+            }
+            off += __popc(hit);
+        }
+    sr_csync(ncl);
+    if (tid < 32) {
+        /* the k-th smallest q: fewer than k members below it, at least k at or below it */
+        unsigned qk = SR_NONE;
+        for (unsigned e = lane; e < n; e += 32) {
+            const unsigned q = g[SR_CMAX + e];
+            unsigned lt = 0, le = 0;
+            for (unsigned f = 0; f < n; f++) {
+                const unsigned q2 = g[SR_CMAX + f];
+                lt += q2 < q;
+                le += q2 <= q;
+            }
+            if (lt < k && k <= le) qk = q;
+        }
+        qk = __reduce_min_sync(SR_FULL, qk);
+        const sr_u64 wk = sr_weight(qk, tab);
+        sr_u64 s = 0; /* W >= W(q_k): the top-k mass (equal weights may have other q) */
+        for (unsigned e = lane; e < n; e += 32) {
+            const sr_u64 w = sr_weight(g[SR_CMAX + e], tab);
+            s += w >= wk ? w : 0;
+        }
+        s = sr_warp_sum<sr_u64>(s);
+        if (lane == 0) {
+            sm->sel_below = s;
+            sm->sel_bin = qk;
+        }
+    }
+    __syncthreads();
+    *mass = sm->sel_below;
+    *tk = sr_weight(sm->sel_bin, tab);
+    __syncthreads(); /* everyone has read them before the next writer */
+    return 1;
+}
+
 /* Inverse CDF in index order over the members of L with q < plim (W >= lo for plim = lim(lo)),
  * from the last exchange over them (X, this thread's sum tsum): the block whose interval holds
  * the target, in it the warp whose lane's interval holds it, walks that lane's chunk 32 entries
@@ -1114,8 +1197,11 @@ __global__ void __launch_bounds__(NT, 1)
                  * every list holds the k largest, and the extra tokens are all below them */
                 const int above = n_above >= k;
                 sr_u64 tk;
-                mass_topk = sr_topk_mass<SMEM>(&Y, &xk, &lvl, &R, above ? &Ln : &Ltk,
-                                               above ? plim : ltk, k, &tk);
+                if (!(NT == SR_THREADS_CL && above && n_above <= SR_SMALL && /* not in the
+                                                   1,024-thread instance: it would spill more */
+                      sr_topk_mass_small(&Y, &Ln, plim, k, &mass_topk, &tk, R.tab)))
+                    mass_topk = sr_topk_mass<SMEM>(&Y, &xk, &lvl, &R, above ? &Ln : &Ltk,
+                                                   above ? plim : ltk, k, &tk);
                 have_mk = 1;
                 ok = (double)s_gt < ni_canon_topp_limit(P.top_p, mass_topk);
             }
