@@ -54,6 +54,14 @@ typedef struct {
     cudaGraphExec_t exec;
 } graph_entry;
 
+/* A prefill shape of the cuda_graphs preset: every size its launches depend on. exec is NULL
+ * after the shape's first, eager run (plans and kernel attributes are made outside a capture). */
+typedef struct {
+    size_t N, max_pos, n_pieces, max_len, n_sel;
+    int single;
+    cudaGraphExec_t exec;
+} prefill_graph;
+
 struct ni_backend_ctx {
     ni_model *model;
     const ni_config *cfg;
@@ -104,6 +112,8 @@ struct ni_backend_ctx {
 
     graph_entry graphs[NI_MAX_GRAPHS];
     size_t n_graphs, graph_evict;
+    prefill_graph pgraphs[NI_MAX_GRAPHS]; /* cuda_graphs: captured prefills, by shape */
+    size_t n_pgraphs, pgraph_evict;
     size_t warm_batch; /* batch size whose eager warm-up step has run */
     int capturing;     /* a graph capture is in progress */
 
@@ -303,6 +313,8 @@ static void cuda_destroy(ni_backend_ctx *b) {
     if (!b) return;
     trace_print(b);
     for (size_t i = 0; i < b->n_graphs; i++) cudaGraphExecDestroy(b->graphs[i].exec);
+    for (size_t i = 0; i < b->n_pgraphs; i++)
+        if (b->pgraphs[i].exec) cudaGraphExecDestroy(b->pgraphs[i].exec);
     ni_matmul_destroy(&b->mm);
     if (b->arena) cudaFree(b->arena);
     if (b->h_blk) cudaFreeHost(b->h_blk);
@@ -575,6 +587,61 @@ static ni_status enqueue_fused(ni_backend_ctx *b, size_t N, const int32_t *tok, 
 
 /* The forward pass over the host token list b->list.tok/slot/pos/want[0, n). Logits of the wanted
  * rows go to b->logits (generation: at most S rows) or block by block to host_out. */
+/* The layers and logits of a one-chunk forward pass whose rows are packed on the device (the
+ * first n_sel rows want logits, into b->logits). */
+static ni_status enqueue_chunk(ni_backend_ctx *b, const layer_args *a, size_t n_sel) {
+    NI_TRY(enqueue_layers(b, a));
+    return enqueue_logits(b, b->d.rows, n_sel, b->logits);
+}
+
+/* cuda_graphs: a prefill as one graph launch. Launching a prefill's kernels one by one takes the
+ * host longer than the GPU takes to run them (gpt2-xl, a 32-token prompt: 2.8 ms of launches,
+ * mostly cuBLASLt's host side, the GPU done 0.05 ms after the last), so each shape is captured
+ * on its second use (the first runs eagerly: plans and kernel attributes are made outside a
+ * capture) and replayed after; the token lists are device data, copied before the launch. */
+static ni_status prefill_graphed(ni_backend_ctx *b, const layer_args *a, size_t n_sel) {
+    prefill_graph key = {a->N, a->max_pos, a->n_pieces, a->max_len, n_sel, a->single, NULL};
+    prefill_graph *e = NULL;
+    for (size_t i = 0; i < b->n_pgraphs && !e; i++) {
+        prefill_graph *c = &b->pgraphs[i];
+        if (c->N == key.N && c->max_pos == key.max_pos && c->n_pieces == key.n_pieces &&
+            c->max_len == key.max_len && c->n_sel == key.n_sel && c->single == key.single)
+            e = c;
+    }
+    if (!e) { /* first use: remember the shape, run eagerly */
+        size_t slot = b->n_pgraphs;
+        if (slot == NI_MAX_GRAPHS) {
+            slot = b->pgraph_evict;
+            b->pgraph_evict = (b->pgraph_evict + 1) % NI_MAX_GRAPHS;
+            if (b->pgraphs[slot].exec) cudaGraphExecDestroy(b->pgraphs[slot].exec);
+        } else {
+            b->n_pgraphs++;
+        }
+        b->pgraphs[slot] = key;
+        return enqueue_chunk(b, a, n_sel);
+    }
+    if (!e->exec) {
+        cudaGraph_t g = NULL;
+        NI_CUDA_TRY(cudaStreamBeginCapture(b->stream, cudaStreamCaptureModeThreadLocal),
+                    "cudaStreamBeginCapture");
+        b->capturing = 1;
+        ni_status s = enqueue_chunk(b, a, n_sel);
+        b->capturing = 0;
+        cudaError_t ce = cudaStreamEndCapture(b->stream, &g);
+        if (s != NI_OK) {
+            if (g) cudaGraphDestroy(g);
+            return s;
+        }
+        NI_CUDA_TRY(ce, "cudaStreamEndCapture");
+        ce = cudaGraphInstantiate(&e->exec, g, 0);
+        cudaGraphDestroy(g);
+        if (ce != cudaSuccess) e->exec = NULL;
+        NI_CUDA_TRY(ce, "cudaGraphInstantiate (prefill)");
+    }
+    NI_CUDA_TRY(cudaGraphLaunch(e->exec, b->stream), "cudaGraphLaunch (prefill)");
+    return NI_OK;
+}
+
 static ni_status forward(ni_backend_ctx *b, size_t n, float *host_out) {
     size_t S = b->max_batch, V = b->cfg->vocab_size;
     chunk_block *h = &b->h, *d = &b->d;
@@ -619,6 +686,8 @@ static ni_status forward(ni_backend_ctx *b, size_t n, float *host_out) {
         layer_args a = {N,           d->tok,      d->slot,      d->pos,
                         single,      max_pos,     d->seq_start, d->seq_len,
                         d->seq_slot, d->seq_pos0, n_pieces,     max_len};
+        if (b->flags->cuda_graphs && !host_out && n == N && n_sel <= S && !b->capturing)
+            return prefill_graphed(b, &a, n_sel);
         NI_TRY(enqueue_layers(b, &a));
         for (size_t r0 = 0; r0 < n_sel; r0 += S) {
             size_t nr = n_sel - r0 < S ? n_sel - r0 : S;
