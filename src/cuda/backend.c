@@ -50,12 +50,21 @@ typedef struct {
 } decode_state;
 
 typedef struct {
+    size_t N;                        /* tokens */
+    const int32_t *tok, *slot, *pos; /* device (N) */
+    int single;                      /* one token per sequence: decode attention */
+    size_t max_pos;                  /* bound of pos[] for decode attention */
+    const int32_t *seq_start, *seq_len, *seq_slot, *seq_pos0; /* device pieces (prefill) */
+    size_t n_pieces, max_len;
+} layer_args;
+
+typedef struct {
     size_t batch;
     cudaGraphExec_t exec;
 } graph_entry;
 
 /* A prefill shape of the cuda_graphs preset: every size its launches depend on. exec is NULL
- * after the shape's first, eager run (plans and kernel attributes are made outside a capture). */
+ * until the shape's first, eager run has been captured. */
 typedef struct {
     size_t N, max_pos, n_pieces, max_len, n_sel;
     int single;
@@ -114,8 +123,10 @@ struct ni_backend_ctx {
     size_t n_graphs, graph_evict;
     prefill_graph pgraphs[NI_MAX_GRAPHS]; /* cuda_graphs: captured prefills, by shape */
     size_t n_pgraphs, pgraph_evict;
-    size_t warm_batch; /* batch size whose eager warm-up step has run */
-    int capturing;     /* a graph capture is in progress */
+    prefill_graph *pgraph_pending; /* ran eagerly, to capture once its token is out */
+    layer_args pgraph_args;        /* ... with these launches */
+    size_t warm_batch;             /* batch size whose eager warm-up step has run */
+    int capturing;                 /* a graph capture is in progress */
 
     size_t n_seq, max_new;
     ni_filter filter;
@@ -435,15 +446,6 @@ static ni_status cuda_create(ni_model *m, const ni_engine_opts *o, ni_backend_ct
 
 /* ---- the forward pass ------------------------------------------------------------------------ */
 
-typedef struct {
-    size_t N;                        /* tokens */
-    const int32_t *tok, *slot, *pos; /* device (N) */
-    int single;                      /* one token per sequence: decode attention */
-    size_t max_pos;                  /* bound of pos[] for decode attention */
-    const int32_t *seq_start, *seq_len, *seq_slot, *seq_pos0; /* device pieces (prefill) */
-    size_t n_pieces, max_len;
-} layer_args;
-
 /* Embedding and every transformer block; leaves the last block's output in delta (not yet added
  * to the residual x). */
 static ni_status enqueue_layers(ni_backend_ctx *b, const layer_args *a) {
@@ -596,9 +598,10 @@ static ni_status enqueue_chunk(ni_backend_ctx *b, const layer_args *a, size_t n_
 
 /* cuda_graphs: a prefill as one graph launch. Launching a prefill's kernels one by one takes the
  * host longer than the GPU takes to run them (gpt2-xl, a 32-token prompt: 2.8 ms of launches,
- * mostly cuBLASLt's host side, the GPU done 0.05 ms after the last), so each shape is captured
- * on its second use (the first runs eagerly: plans and kernel attributes are made outside a
- * capture) and replayed after; the token lists are device data, copied before the launch. */
+ * mostly cuBLASLt's host side, the GPU done 0.05 ms after the last), so a shape's first prefill
+ * runs eagerly (plans and kernel attributes are made outside a capture), is captured once its
+ * first tokens are out (prefill_capture_pending: the capture's host time does not delay them),
+ * and later prefills of the shape replay it; the token lists are device data, copied before. */
 static ni_status prefill_graphed(ni_backend_ctx *b, const layer_args *a, size_t n_sel) {
     prefill_graph key = {a->N, a->max_pos, a->n_pieces, a->max_len, n_sel, a->single, NULL};
     prefill_graph *e = NULL;
@@ -618,27 +621,38 @@ static ni_status prefill_graphed(ni_backend_ctx *b, const layer_args *a, size_t 
             b->n_pgraphs++;
         }
         b->pgraphs[slot] = key;
-        return enqueue_chunk(b, a, n_sel);
+        e = &b->pgraphs[slot];
     }
-    if (!e->exec) {
-        cudaGraph_t g = NULL;
-        NI_CUDA_TRY(cudaStreamBeginCapture(b->stream, cudaStreamCaptureModeThreadLocal),
-                    "cudaStreamBeginCapture");
-        b->capturing = 1;
-        ni_status s = enqueue_chunk(b, a, n_sel);
-        b->capturing = 0;
-        cudaError_t ce = cudaStreamEndCapture(b->stream, &g);
-        if (s != NI_OK) {
-            if (g) cudaGraphDestroy(g);
-            return s;
-        }
-        NI_CUDA_TRY(ce, "cudaStreamEndCapture");
-        ce = cudaGraphInstantiate(&e->exec, g, 0);
-        cudaGraphDestroy(g);
-        if (ce != cudaSuccess) e->exec = NULL;
-        NI_CUDA_TRY(ce, "cudaGraphInstantiate (prefill)");
+    if (e->exec) {
+        NI_CUDA_TRY(cudaGraphLaunch(e->exec, b->stream), "cudaGraphLaunch (prefill)");
+        return NI_OK;
     }
-    NI_CUDA_TRY(cudaGraphLaunch(e->exec, b->stream), "cudaGraphLaunch (prefill)");
+    b->pgraph_pending = e;
+    b->pgraph_args = *a;
+    return enqueue_chunk(b, a, n_sel);
+}
+
+/* Captures the prefill that prefill_graphed ran eagerly, if any. */
+static ni_status prefill_capture_pending(ni_backend_ctx *b) {
+    prefill_graph *e = b->pgraph_pending;
+    b->pgraph_pending = NULL;
+    if (!e || e->exec) return NI_OK;
+    cudaGraph_t g = NULL;
+    NI_CUDA_TRY(cudaStreamBeginCapture(b->stream, cudaStreamCaptureModeThreadLocal),
+                "cudaStreamBeginCapture");
+    b->capturing = 1;
+    ni_status s = enqueue_chunk(b, &b->pgraph_args, e->n_sel);
+    b->capturing = 0;
+    cudaError_t ce = cudaStreamEndCapture(b->stream, &g);
+    if (s != NI_OK) {
+        if (g) cudaGraphDestroy(g);
+        return s;
+    }
+    NI_CUDA_TRY(ce, "cudaStreamEndCapture");
+    ce = cudaGraphInstantiate(&e->exec, g, 0);
+    cudaGraphDestroy(g);
+    if (ce != cudaSuccess) e->exec = NULL;
+    NI_CUDA_TRY(ce, "cudaGraphInstantiate (prefill)");
     return NI_OK;
 }
 
@@ -767,9 +781,12 @@ static ni_status cuda_prefill(ni_backend_ctx *b, const ni_gen_request *req, int3
     }
     size_t n;
     ni_token_list_prefill(&b->list, p, &n);
+    b->pgraph_pending = NULL;
     NI_TRY(forward(b, n, NULL));
     NI_TRY(sample(b, p->n_seq, 0, next));
-    return b->flags->cuda_graphs ? init_graph_state(b) : NI_OK;
+    if (!b->flags->cuda_graphs) return NI_OK;
+    NI_TRY(prefill_capture_pending(b));
+    return init_graph_state(b);
 }
 
 static ni_status eager_decode(ni_backend_ctx *b, const int32_t *last, const uint8_t *live,

@@ -194,8 +194,8 @@ static void test_random_model_against_cpu(void **state) {
 }
 
 /* The engines that share a forward pass give the same tokens: cuda_graphs (device-side state,
- * tokens ni_test_tokens every few steps; the prefill of a shape eager on its first use, captured
- * on its second, replayed after) exactly as sampling for the same seed, across batch sizes (one
+ * tokens ni_test_tokens every few steps; the prefill of a shape eager on its first use, then
+ * captured, and replayed after) exactly as sampling for the same seed, across batch sizes (one
  * graph each) and generations; greedy the same in all four. In each dtype. */
 static void check_presets_agree(ni_dtype dt) {
     ni_model *m = NULL;
@@ -218,7 +218,7 @@ static void check_presets_agree(ni_dtype dt) {
         ni_engine *e = engine(m, NI_BACKEND_CUDA, presets[k], 3, 64, dt);
         for (size_t B = 3; B >= 2; B--) {
             const ni_sampling *s = presets[k] == NI_PRESET_KV_CACHE ? &greedy : &sampled;
-            for (int rep = 0; rep < 3; rep++) { /* cuda_graphs: prefill eager, captured, replayed */
+            for (int rep = 0; rep < 3; rep++) { /* cuda_graphs: prefill eager, then replayed */
                 ni_test_tokens c;
                 memset(&c, 0, sizeof c);
                 ni_batch b = {B, prompts, lens};
