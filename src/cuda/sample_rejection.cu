@@ -27,8 +27,9 @@
  *     when those k tokens hold the whole mass) the rounds start from the whole row;
  * (3) rounds as on the CPU: round r takes draw r of (seed, seq, step) and inverts the CDF of the
  *     tokens above the pivot in index order; one pass counts and sums the tokens above and at the
- *     candidate's weight, which decides exactly whether the candidate is kept (the top-k mass by
- *     a cluster-wide radix select over q when the cheap bounds do not decide); a rejected
+ *     candidate's weight, which decides exactly whether the candidate is kept (the top-k mass,
+ *     when the cheap bounds do not decide, by a gather of the few tokens above the pivot into one
+ *     warp, else by a cluster-wide radix select over q); a rejected
  *     candidate's weight becomes the pivot. After max_rounds rounds, the exact fallback: the kept
  *     threshold by radix select and one draw (index max_rounds). Every decision is exact and the
  *     picks use the CPU's order and draws, so the token equals the CPU's for the same
