@@ -26,7 +26,7 @@
 #include "cuda/kernels.h"
 #include "cuda/pdl.cuh"
 
-#define AD_SPLIT 128 /* positions per chunk */
+#define AD_SPLIT NI_CUDA_ATTN_DECODE_CHUNK /* positions per chunk */
 #define AD_THREADS 128
 #define AD_WARPS (AD_THREADS / 32)
 #define AD_MAX_HS 128

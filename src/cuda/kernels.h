@@ -84,6 +84,9 @@ int ni_cuda_attention_decode_append(ni_half16 *out, float *partial, ni_half16 *k
                                     const int32_t *pos, size_t B, size_t max_pos, size_t NH,
                                     size_t HS, size_t T, ni_cuda_dtype dt, ni_stream s);
 size_t ni_cuda_attention_decode_partial_floats(size_t B, size_t NH, size_t HS, size_t T);
+/* Positions per block of decode attention: a launch for max_pos covers max_pos / this + 1 of
+ * them per head and row. */
+#define NI_CUDA_ATTN_DECODE_CHUNK 128
 
 /* ---- matrix-vector products for small batches ---------------------------------------------- */
 
