@@ -653,6 +653,8 @@ static ni_status prefill_capture_pending(ni_backend_ctx *b) {
     cudaGraphDestroy(g);
     if (ce != cudaSuccess) e->exec = NULL;
     NI_CUDA_TRY(ce, "cudaGraphInstantiate (prefill)");
+    /* to the device now, not on the first replay, which a request's first token waits for */
+    NI_CUDA_TRY(cudaGraphUpload(e->exec, b->stream), "cudaGraphUpload (prefill)");
     return NI_OK;
 }
 
