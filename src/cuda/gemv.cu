@@ -1,7 +1,8 @@
 /* Matrix-vector products for small batches (N <= 16 rows): out (N, OC) = inp (N, IC) @ w^T +
  * bias [then GELU], the decode-step matmuls, where the weights are read once and the time is
  * the time to stream them from HBM (cuBLASLt reaches about half the read bandwidth there).
- * Each warp owns 16 output features (two tiles of 8 weight rows) and a slice of IC; per 32
+ * Each warp owns 16 output features (two tiles of 8 weight rows; 8 features, one tile, when 16
+ * would leave fewer tiles than SMs) and a slice of IC; per 32
  * columns each lane loads one 16-byte vector from each of its two weight rows (streamed, no L1
  * allocation) and the 16-byte vectors of the input rows it needs (plain loads through L1: the
  * inputs are small, read by every warp, and served by L1/L2, so no shared-memory staging, which
@@ -27,7 +28,7 @@
 #include "cuda/kernels.h"
 #include "cuda/pdl.cuh"
 
-#define GEMV_RT 2           /* 8-row weight tiles per warp: 16 output features */
+#define GEMV_WIDE_TILES 132 /* 16-feature tiles below which a warp takes 8 (one per SM) */
 #define GEMV_U 4            /* 32-column blocks loaded per round (loads in flight) */
 #define GEMV_MIN_WARPS 8    /* warps per block when the IC split is below 8 */
 #define GEMV_MAX_SPLIT 16   /* most warps sharing one tile's IC (one block) */
@@ -99,9 +100,10 @@ static __device__ __forceinline__ void gemv_mma(float *d, uint32_t a0, uint32_t 
 }
 
 /* Block: (blockDim.x / 32) warps = G tiles x S slices of IC; warp w works on tile
- * blockIdx.x * G + w / S (16 output features) over slice w % S of the 32-column blocks.
+ * blockIdx.x * G + w / S (8 RT output features) over slice w % S of the 32-column blocks.
  * D: the 16-bit type (dtype.cuh).
  * NT: batch-row halves loaded (1: N <= 8, rows 8..15 are zero; 2: N <= 16).
+ * RT: 8-row weight tiles per warp (1 or 2).
  * Lane (g = lane / 4, t = lane % 4) loads, per 32-column block kb, columns kb*32 + 8t .. +8 of
  * weight rows o_base + g and o_base + 8 + g and of input rows g and g + 8. For the two mma
  * k-steps s of that block, logical k = 2t + j (j < 2) is column kb*32 + 8t + 4s + j and
@@ -110,7 +112,7 @@ static __device__ __forceinline__ void gemv_mma(float *d, uint32_t a0, uint32_t 
  * A = {x_g[2s], x_g+8[2s], x_g[2s+1], x_g+8[2s+1]}, B = {w_g[2s], w_g[2s+1]}. The accumulator
  * of weight tile rt holds (batch row g, features o_base + 8rt + 2t, +1) in d0, d1 and batch
  * row g + 8 in d2, d3. */
-template <typename D, int NT, bool VEC>
+template <typename D, int NT, bool VEC, int RT>
 __global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, VEC ? 2 : 1)
     gemv_kernel(ni_half16 *out,        // (N, OC) or NULL
                 float *out_f32,        // (N, OC) or NULL
@@ -118,27 +120,27 @@ __global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, VEC ? 2 : 1)
                 const ni_half16 *w,    // (OC, IC)
                 const ni_half16 *bias, // (OC) or NULL
                 int N, size_t IC, size_t OC, int S, int gelu) {
-    extern __shared__ float gemv_red[]; // (warps, GEMV_RT * 4, 32) partial sums when S > 1
+    extern __shared__ float gemv_red[]; // (warps, RT * 4, 32) partial sums when S > 1
     ni_pdl_wait(); /* inp comes from the previous kernel, which may also still read out */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int s = warp % S;
     const int G = (int)(blockDim.x >> 5) / S;
     const size_t tile = (size_t)blockIdx.x * G + (size_t)(warp / S);
-    const size_t o_base = tile * 16;
+    const size_t o_base = tile * (size_t)(8 * RT);
     const bool live = o_base < OC; // warp-uniform
 
-    float acc[GEMV_RT][4];
+    float acc[RT][4];
 #pragma unroll
-    for (int rt = 0; rt < GEMV_RT; rt++)
+    for (int rt = 0; rt < RT; rt++)
 #pragma unroll
         for (int e = 0; e < 4; e++) acc[rt][e] = 0.0f;
 
     if (live) {
-        const ni_half16 *wrow[GEMV_RT];
-        bool wok[GEMV_RT];
+        const ni_half16 *wrow[RT];
+        bool wok[RT];
 #pragma unroll
-        for (int rt = 0; rt < GEMV_RT; rt++) {
+        for (int rt = 0; rt < RT; rt++) {
             size_t o = o_base + (size_t)(rt * 8 + g);
             wok[rt] = o < OC;
             wrow[rt] = w + (wok[rt] ? o : 0) * IC;
@@ -157,14 +159,14 @@ __global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, VEC ? 2 : 1)
         const uint32_t kb1 = (uint32_t)((uint64_t)nkb * (uint32_t)(s + 1) / (uint32_t)S);
 
         for (uint32_t kb = kb0; kb < kb1; kb += GEMV_U) {
-            uint4 wv[GEMV_U][GEMV_RT], xv[GEMV_U][NT];
+            uint4 wv[GEMV_U][RT], xv[GEMV_U][NT];
             /* all loads of the round first, then the math */
 #pragma unroll
             for (int u = 0; u < GEMV_U; u++) {
                 const uint32_t col = (kb + (uint32_t)u) * 32 + (uint32_t)(8 * t);
                 const bool in = kb + (uint32_t)u < kb1 && col < ic;
 #pragma unroll
-                for (int rt = 0; rt < GEMV_RT; rt++)
+                for (int rt = 0; rt < RT; rt++)
                     wv[u][rt] = gemv_ld_w<VEC>(wrow[rt], col, IC, in && wok[rt]);
 #pragma unroll
                 for (int nt = 0; nt < NT; nt++)
@@ -179,7 +181,7 @@ __global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, VEC ? 2 : 1)
                     const uint32_t a1 = NT > 1 ? ni_u4_word(xv[u][NT - 1], 2 * ks) : 0u;
                     const uint32_t a3 = NT > 1 ? ni_u4_word(xv[u][NT - 1], 2 * ks + 1) : 0u;
 #pragma unroll
-                    for (int rt = 0; rt < GEMV_RT; rt++)
+                    for (int rt = 0; rt < RT; rt++)
                         gemv_mma<D>(acc[rt], a0, a1, a2, a3, ni_u4_word(wv[u][rt], 2 * ks),
                                     ni_u4_word(wv[u][rt], 2 * ks + 1));
                 }
@@ -191,27 +193,26 @@ __global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, VEC ? 2 : 1)
     if (S > 1) {
         /* fixed-order reduction of the S slices: slice 0 + slice 1 + ... */
 #pragma unroll
-        for (int rt = 0; rt < GEMV_RT; rt++)
+        for (int rt = 0; rt < RT; rt++)
 #pragma unroll
             for (int e = 0; e < 4; e++)
-                gemv_red[((size_t)warp * (GEMV_RT * 4) + (size_t)(rt * 4 + e)) * 32 + lane] =
-                    acc[rt][e];
+                gemv_red[((size_t)warp * (RT * 4) + (size_t)(rt * 4 + e)) * 32 + lane] = acc[rt][e];
         __syncthreads();
         if (s != 0 || !live) return;
         for (int s2 = 1; s2 < S; s2++) {
 #pragma unroll
-            for (int rt = 0; rt < GEMV_RT; rt++)
+            for (int rt = 0; rt < RT; rt++)
 #pragma unroll
                 for (int e = 0; e < 4; e++)
                     acc[rt][e] +=
-                        gemv_red[((size_t)(warp + s2) * (GEMV_RT * 4) + (size_t)(rt * 4 + e)) * 32 +
+                        gemv_red[((size_t)(warp + s2) * (RT * 4) + (size_t)(rt * 4 + e)) * 32 +
                                  lane];
         }
     }
     if (!live) return;
 
 #pragma unroll
-    for (int rt = 0; rt < GEMV_RT; rt++) {
+    for (int rt = 0; rt < RT; rt++) {
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             const int n = g + 8 * (e >> 1);
@@ -229,16 +230,28 @@ __global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, VEC ? 2 : 1)
     }
 }
 
+template <typename D, int NT, int RT>
+static cudaError_t gemv_launch_rt(int vec, dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+                                  ni_half16 *out, float *out_f32, const ni_half16 *inp,
+                                  const ni_half16 *w, const ni_half16 *bias, int N, size_t IC,
+                                  size_t OC, int S, int gelu) {
+    if (vec)
+        return ni_launch_pdl(gemv_kernel<D, NT, true, RT>, grid, block, smem, s, out, out_f32, inp,
+                             w, bias, N, IC, OC, S, gelu);
+    return ni_launch_pdl(gemv_kernel<D, NT, false, RT>, grid, block, smem, s, out, out_f32, inp, w,
+                         bias, N, IC, OC, S, gelu);
+}
+
 template <typename D, int NT>
-static cudaError_t gemv_launch(int vec, dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+static cudaError_t gemv_launch(int rt, int vec, dim3 grid, dim3 block, size_t smem, cudaStream_t s,
                                ni_half16 *out, float *out_f32, const ni_half16 *inp,
                                const ni_half16 *w, const ni_half16 *bias, int N, size_t IC,
                                size_t OC, int S, int gelu) {
-    if (vec)
-        return ni_launch_pdl(gemv_kernel<D, NT, true>, grid, block, smem, s, out, out_f32, inp, w,
-                             bias, N, IC, OC, S, gelu);
-    return ni_launch_pdl(gemv_kernel<D, NT, false>, grid, block, smem, s, out, out_f32, inp, w,
-                         bias, N, IC, OC, S, gelu);
+    if (rt == 1)
+        return gemv_launch_rt<D, NT, 1>(vec, grid, block, smem, s, out, out_f32, inp, w, bias, N,
+                                        IC, OC, S, gelu);
+    return gemv_launch_rt<D, NT, 2>(vec, grid, block, smem, s, out, out_f32, inp, w, bias, N, IC,
+                                    OC, S, gelu);
 }
 
 extern "C" int ni_cuda_gemv(ni_half16 *out, float *out_f32, const ni_half16 *inp,
@@ -250,9 +263,12 @@ extern "C" int ni_cuda_gemv(ni_half16 *out, float *out_f32, const ni_half16 *inp
     if (IC > 0 && (!inp || !w)) return (int)cudaErrorInvalidValue;
     if (IC > (size_t)0x7fffffe0) return (int)cudaErrorInvalidValue; /* 32-bit column math */
 
-    /* Split IC over S warps (a power of two): the most warps that still run in one wave
-     * (GEMV_MAX_WARPS), at least two 32-column blocks per warp. A function of (IC, OC) only. */
-    const size_t tiles = (OC + 15) / 16, nkb = (IC + 31) / 32;
+    /* Tiles of 16 output features per warp, or 8 when 16 would leave SMs without one (gpt2's
+     * 768-feature proj and fcproj: 48 tiles). Split IC over S warps (a power of two): the most
+     * warps that still run in one wave (GEMV_MAX_WARPS), at least two 32-column blocks per warp.
+     * A function of (IC, OC) only. */
+    const int rt = (OC + 15) / 16 < GEMV_WIDE_TILES ? 1 : 2;
+    const size_t tiles = (OC + 8 * (size_t)rt - 1) / (8 * (size_t)rt), nkb = (IC + 31) / 32;
     int S = 1;
     while (S < GEMV_MAX_SPLIT && tiles * (size_t)(2 * S) <= GEMV_MAX_WARPS &&
            nkb >= 2 * (size_t)(2 * S))
@@ -260,7 +276,7 @@ extern "C" int ni_cuda_gemv(ni_half16 *out, float *out_f32, const ni_half16 *inp
     const int warps = S < GEMV_MIN_WARPS ? GEMV_MIN_WARPS : S;
     const size_t G = (size_t)(warps / S);
     const size_t blocks = (tiles + G - 1) / G;
-    const size_t smem = S > 1 ? (size_t)warps * GEMV_RT * 4 * 32 * sizeof(float) : 0;
+    const size_t smem = S > 1 ? (size_t)warps * (size_t)rt * 4 * 32 * sizeof(float) : 0;
     const int vec = IC % 8 == 0 && ((uintptr_t)w & 15u) == 0 && ((uintptr_t)inp & 15u) == 0;
 
     dim3 grid((unsigned)blocks), block((unsigned)warps * 32);
@@ -268,16 +284,16 @@ extern "C" int ni_cuda_gemv(ni_half16 *out, float *out_f32, const ni_half16 *inp
     ni_half16 *o = out;
     cudaError_t e;
     if (dt == NI_CUDA_F16 && N > 8)
-        e = gemv_launch<ni_dt_f16, 2>(vec, grid, block, smem, st, o, out_f32, inp, w, bias, (int)N,
-                                      IC, OC, S, gelu);
+        e = gemv_launch<ni_dt_f16, 2>(rt, vec, grid, block, smem, st, o, out_f32, inp, w, bias,
+                                      (int)N, IC, OC, S, gelu);
     else if (dt == NI_CUDA_F16)
-        e = gemv_launch<ni_dt_f16, 1>(vec, grid, block, smem, st, o, out_f32, inp, w, bias, (int)N,
-                                      IC, OC, S, gelu);
+        e = gemv_launch<ni_dt_f16, 1>(rt, vec, grid, block, smem, st, o, out_f32, inp, w, bias,
+                                      (int)N, IC, OC, S, gelu);
     else if (N > 8)
-        e = gemv_launch<ni_dt_bf16, 2>(vec, grid, block, smem, st, o, out_f32, inp, w, bias, (int)N,
-                                       IC, OC, S, gelu);
+        e = gemv_launch<ni_dt_bf16, 2>(rt, vec, grid, block, smem, st, o, out_f32, inp, w, bias,
+                                       (int)N, IC, OC, S, gelu);
     else
-        e = gemv_launch<ni_dt_bf16, 1>(vec, grid, block, smem, st, o, out_f32, inp, w, bias, (int)N,
-                                       IC, OC, S, gelu);
+        e = gemv_launch<ni_dt_bf16, 1>(rt, vec, grid, block, smem, st, o, out_f32, inp, w, bias,
+                                       (int)N, IC, OC, S, gelu);
     return ni_launch_status(e);
 }
