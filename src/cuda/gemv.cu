@@ -1,8 +1,8 @@
 /* Matrix-vector products for small batches (N <= 16 rows): out (N, OC) = inp (N, IC) @ w^T +
  * bias [then GELU], the decode-step matmuls, where the weights are read once and the time is
  * the time to stream them from HBM (cuBLASLt reaches about half the read bandwidth there).
- * Each warp owns 16 output features (two tiles of 8 weight rows; 8 features, one tile, when 16
- * would leave fewer tiles than SMs) and a slice of IC; per 32
+ * Each warp owns 16 output features (two tiles of 8 weight rows; 8 features, one tile, for
+ * matrices of fewer than 4 x 132 such 16-feature tiles) and a slice of IC; per 32
  * columns each lane loads one 16-byte vector from each of its two weight rows (streamed, no L1
  * allocation) and the 16-byte vectors of the input rows it needs (plain loads through L1: the
  * inputs are small, read by every warp, and served by L1/L2, so no shared-memory staging, which
@@ -28,7 +28,7 @@
 #include "cuda/kernels.h"
 #include "cuda/pdl.cuh"
 
-#define GEMV_WIDE_TILES 132 /* 16-feature tiles below which a warp takes 8 (one per SM) */
+#define GEMV_WIDE_TILES 528 /* 16-feature tiles below which a warp takes 8 (4 per SM) */
 #define GEMV_U 4            /* 32-column blocks loaded per round (loads in flight) */
 #define GEMV_MIN_WARPS 8    /* warps per block when the IC split is below 8 */
 #define GEMV_MAX_SPLIT 16   /* most warps sharing one tile's IC (one block) */
@@ -263,8 +263,10 @@ extern "C" int ni_cuda_gemv(ni_half16 *out, float *out_f32, const ni_half16 *inp
     if (IC > 0 && (!inp || !w)) return (int)cudaErrorInvalidValue;
     if (IC > (size_t)0x7fffffe0) return (int)cudaErrorInvalidValue; /* 32-bit column math */
 
-    /* Tiles of 16 output features per warp, or 8 when 16 would leave SMs without one (gpt2's
-     * 768-feature proj and fcproj: 48 tiles). Split IC over S warps (a power of two): the most
+    /* Tiles of 16 output features per warp, or 8 below four 16-feature tiles per SM: the
+     * decode-step matrices of GPT-2 up to gpt2-xl (48-400 tiles), not the logits (3,141): more
+     * warps stream the small matrices sooner (measured: 132 and 264 and 528 as the threshold,
+     * the last best for gpt2-xl). Split IC over S warps (a power of two): the most
      * warps that still run in one wave (GEMV_MAX_WARPS), at least two 32-column blocks per warp.
      * A function of (IC, OC) only. */
     const int rt = (OC + 15) / 16 < GEMV_WIDE_TILES ? 1 : 2;
