@@ -600,8 +600,9 @@ static ni_status enqueue_chunk(ni_backend_ctx *b, const layer_args *a, size_t n_
  * host longer than the GPU takes to run them (gpt2-xl, a 32-token prompt: 2.8 ms of launches,
  * mostly cuBLASLt's host side, the GPU done 0.05 ms after the last), so a shape's first prefill
  * runs eagerly (plans and kernel attributes are made outside a capture), is captured once its
- * first tokens are out (prefill_capture_pending: the capture's host time does not delay them),
- * and later prefills of the shape replay it; the token lists are device data, copied before. */
+ * first tokens have gone to the caller (prefill_capture_pending, at the first decode step: the
+ * capture's host time does not delay them), and later prefills of the shape replay it; the token
+ * lists are device data, copied before. */
 static ni_status prefill_graphed(ni_backend_ctx *b, const layer_args *a, size_t n_sel) {
     prefill_graph key = {a->N, a->max_pos, a->n_pieces, a->max_len, n_sel, a->single, NULL};
     prefill_graph *e = NULL;
@@ -786,9 +787,7 @@ static ni_status cuda_prefill(ni_backend_ctx *b, const ni_gen_request *req, int3
     b->pgraph_pending = NULL;
     NI_TRY(forward(b, n, NULL));
     NI_TRY(sample(b, p->n_seq, 0, next));
-    if (!b->flags->cuda_graphs) return NI_OK;
-    NI_TRY(prefill_capture_pending(b));
-    return init_graph_state(b);
+    return b->flags->cuda_graphs ? init_graph_state(b) : NI_OK;
 }
 
 static ni_status eager_decode(ni_backend_ctx *b, const int32_t *last, const uint8_t *live,
@@ -904,6 +903,7 @@ static ni_status graph_for(ni_backend_ctx *b, size_t B, size_t max_pos, cudaGrap
 
 /* Runs steps [step, step + k) on the device and copies their tokens back in one transfer. */
 static ni_status graph_run_ahead(ni_backend_ctx *b, uint32_t step) {
+    NI_TRY(prefill_capture_pending(b)); /* the first tokens are out by now */
     size_t B = b->n_seq;
     size_t k = b->max_new > step ? b->max_new - step : 1;
     if (k > b->graph_steps) k = b->graph_steps;

@@ -252,41 +252,47 @@ static void test_presets_agree(void **state) {
 }
 
 /* cuda_graphs captures a step per bound of the positions its decode attention covers (one
- * attention chunk of 128 at a time): sequences that cross position 128 mid-generation, and one
- * that starts past it, give the sampling engine's tokens (and the same again on a second run,
- * from the graphs captured by the first). */
+ * attention chunk of 128 at a time): a batch whose longest sequence crosses position 128
+ * mid-generation (so its steps switch from the graph of bound 127 to that of bound 255, inside one
+ * run-ahead window), and then one whose longest starts past it, give the sampling engine's tokens
+ * (and the same again on a second run, from the graphs captured by the first). */
 static void test_graphs_cross_chunks(void **state) {
     (void)state;
     ni_model *m = NULL;
     ni_model_opts mo = {.seed = 5};
     assert_int_equal(ni_model_open("gpt2", &mo, &m), NI_OK);
-    int32_t p0[125], p1[3] = {40, 588, 257}, p2[140];
-    for (size_t i = 0; i < 125; i++) p0[i] = (int32_t)((i * 7919) % 50000);
+    int32_t p0[110], p1[3] = {40, 588, 257}, p2[140];
+    for (size_t i = 0; i < 110; i++) p0[i] = (int32_t)((i * 7919) % 50000);
     for (size_t i = 0; i < 140; i++) p2[i] = (int32_t)((i * 104729) % 50000);
     const int32_t *prompts[] = {p0, p1, p2};
-    size_t lens[] = {125, 3, 140};
+    size_t lens_cross[] = {110, 3, 123}; /* positions up to 146: bound 127, then 255 */
+    size_t lens_past[] = {110, 3, 140};
     ni_sampling s = {.temperature = 1.0f,
                      .top_k = 20,
                      .top_p = 0.9f,
                      .seed = 17,
                      .max_new_tokens = 24,
                      .ignore_eos = 1};
-    ni_batch b = {3, prompts, lens};
-    ni_test_tokens ref;
-    memset(&ref, 0, sizeof ref);
-    ni_engine *e = engine(m, NI_BACKEND_CUDA, NI_PRESET_SAMPLING, 3, 300, NI_DTYPE_BF16);
-    assert_int_equal(ni_generate(e, &b, &s, ni_test_collect, &ref), NI_OK);
-    ni_engine_destroy(e);
-    e = engine(m, NI_BACKEND_CUDA, NI_PRESET_CUDA_GRAPHS, 3, 300, NI_DTYPE_BF16);
-    for (int rep = 0; rep < 2; rep++) {
-        ni_test_tokens c;
-        memset(&c, 0, sizeof c);
-        assert_int_equal(ni_generate(e, &b, &s, ni_test_collect, &c), NI_OK);
-        for (size_t i = 0; i < 3; i++) assert_int_equal(c.n[i], 24);
-        if (memcmp(c.tok, ref.tok, sizeof c.tok) != 0)
-            fail_msg("cuda_graphs run %d: tokens differ from the sampling engine's", rep);
+    ni_engine *es = engine(m, NI_BACKEND_CUDA, NI_PRESET_SAMPLING, 3, 300, NI_DTYPE_BF16);
+    ni_engine *eg = engine(m, NI_BACKEND_CUDA, NI_PRESET_CUDA_GRAPHS, 3, 300, NI_DTYPE_BF16);
+    for (int set = 0; set < 2; set++) {
+        ni_batch b = {3, prompts, set ? lens_past : lens_cross};
+        ni_test_tokens ref;
+        memset(&ref, 0, sizeof ref);
+        assert_int_equal(ni_generate(es, &b, &s, ni_test_collect, &ref), NI_OK);
+        for (int rep = 0; rep < 2; rep++) {
+            ni_test_tokens c;
+            memset(&c, 0, sizeof c);
+            assert_int_equal(ni_generate(eg, &b, &s, ni_test_collect, &c), NI_OK);
+            for (size_t i = 0; i < 3; i++) assert_int_equal(c.n[i], 24);
+            if (memcmp(c.tok, ref.tok, sizeof c.tok) != 0)
+                fail_msg("cuda_graphs, prompts %s 128, run %d: tokens differ from the sampling "
+                         "engine's",
+                         set ? "past" : "crossing", rep);
+        }
     }
-    ni_engine_destroy(e);
+    ni_engine_destroy(es);
+    ni_engine_destroy(eg);
     ni_model_close(m);
 }
 

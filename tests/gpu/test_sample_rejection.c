@@ -642,9 +642,9 @@ static void test_greedy_and_invalid(void **state) {
 /* ---- (6) micro-benchmark (printed, not asserted) ------------------------------------------- */
 
 /* NI_SR_PER_ROW=n: the cost of each of the first 64 rows alone on a cluster of n blocks (2, as at
- * B = 64, where a batch takes as long as its slowest row, when n is not 1 .. 16), beside what the
- * CPU twin did for it (and its token, which must be the kernel's): which rows and which paths
- * make the batch slow. */
+ * B = 64, where a batch takes as long as its slowest row, unless n is 1, 2, 4, 8 or 16), beside
+ * what the CPU twin did for it (and its token, which must be the kernel's): which rows and which
+ * paths make the batch slow. */
 static void bench_per_row(const float *lg, const float *h, const uint64_t *seq,
                           const uint32_t *steps, const ni_sample_params *dp, size_t V,
                           const ni_filter *f, unsigned cluster, cudaEvent_t *ev, float *ms) {
@@ -740,8 +740,9 @@ static void test_bench(void **state) {
         }
         const char *per_row = getenv("NI_SR_PER_ROW");
         if (per_row) {
-            const unsigned cl = (unsigned)atoi(per_row);
-            bench_per_row(lg, h, seq, steps, dp, V, &f, cl >= 1 && cl <= 16 ? cl : 2, ev, ms);
+            const unsigned cl = (unsigned)atoi(per_row); /* a cluster: 1, 2, 4, 8 or 16 */
+            const int ok = cl >= 1 && cl <= 16 && (cl & (cl - 1)) == 0;
+            bench_per_row(lg, h, seq, steps, dp, V, &f, ok ? cl : 2, ev, ms);
         }
     }
     free(h);
