@@ -76,6 +76,27 @@ static round_counts count_pass(const uint64_t *cw, const uint32_t *ci, size_t n,
     return rc;
 }
 
+/* The candidates of a round: the tokens with W > pivot (n_above of them, of mass mass_above),
+ * listed in index order in (w, i) (i NULL: the row itself), n entries. */
+typedef struct {
+    const uint64_t *w;
+    const uint32_t *i;
+    size_t n, n_above;
+    uint64_t pivot, mass_above;
+} cand_set;
+
+/* A rejected candidate of weight wc raises the pivot to wc (the first pivot is set as if one
+ * had): the next candidates are those the pass rc compacted into (comp_w, comp_i). */
+static void raise_pivot(cand_set *cs, uint64_t wc, const round_counts *rc, const uint64_t *comp_w,
+                        const uint32_t *comp_i) {
+    cs->pivot = wc;
+    cs->mass_above = rc->s_gt;
+    cs->n_above = rc->cnt_gt;
+    cs->w = comp_w;
+    cs->i = comp_i;
+    cs->n = rc->n_next;
+}
+
 /* The first pivot for top-k k (2 <= k <= NI_REJECTION_CHUNKS): w_k - 1 for w_k the k-th
  * largest of the chunk maxima of W (see the top of the file), or 0 (start from the whole row)
  * when w_k <= 1 or when the k largest chunk maxima, summed, hold at least 1 / DIV of the row's
@@ -123,40 +144,31 @@ int32_t ni_sample_rejection_ex(const float *logits, size_t V, const ni_filter *f
     const size_t k = row.top_k;
 
     /* Candidates: the tokens with W > pivot, in index order; round 0 reads the row itself. */
-    const uint64_t *cand_w = W;
-    const uint32_t *cand_i = NULL;
-    size_t n_cand = V;
-    uint64_t pivot = 0, mass_above = row.total;
-    size_t n_above = row.n_pos; /* tokens with W > pivot */
+    cand_set cs = {W, NULL, V, row.n_pos, 0, row.total};
     int have_mk = !k || !row.top_p_on;
     if (max_rounds > 0 && k && k <= NI_REJECTION_CHUNKS) {
         uint64_t p0 = chunk_pivot(W, V, k, row.total);
         if (p0 > 0) { /* as if a rejected candidate of weight p0 had set the pivot */
             round_counts rc = count_pass(W, NULL, V, p0, 0, comp_w, comp_i, 0, NULL);
-            pivot = p0;
-            mass_above = rc.s_gt;
-            n_above = rc.cnt_gt;
-            cand_w = comp_w;
-            cand_i = comp_i;
-            n_cand = rc.n_next;
+            raise_pivot(&cs, p0, &rc, comp_w, comp_i);
             sts->chunk_pivot = 1;
         }
     }
-    sts->n_above0 = n_above;
+    sts->n_above0 = cs.n_above;
     uint64_t mass_topk = row.total;
 
     for (uint32_t r = 0; r < max_rounds; r++) {
         sts->rounds = r + 1;
         float u = ni_rng_uniform(key.seed, key.seq, key.step, r);
-        size_t pos = ni_samp_pick(cand_w, n_cand, pivot + 1, ni_canon_target(u, mass_above));
-        int32_t c = cand_i ? (int32_t)cand_i[pos] : (int32_t)pos;
-        uint64_t wc = cand_w[pos];
+        size_t pos = ni_samp_pick(cs.w, cs.n, cs.pivot + 1, ni_canon_target(u, cs.mass_above));
+        int32_t c = cs.i ? (int32_t)cs.i[pos] : (int32_t)pos;
+        uint64_t wc = cs.w[pos];
 
         /* The weights between pivot and c hold the top-k threshold when at least k tokens lie
          * above the pivot and fewer than k at or above c: gather them when few. */
-        int gather = !have_mk && n_above <= GATHER_CAP && n_above >= k;
+        int gather = !have_mk && cs.n_above <= GATHER_CAP && cs.n_above >= k;
         round_counts rc =
-            count_pass(cand_w, cand_i, n_cand, wc, pivot, comp_w, comp_i, gather, gathered);
+            count_pass(cs.w, cs.i, cs.n, wc, cs.pivot, comp_w, comp_i, gather, gathered);
 
         int ok = wc >= row.wmin && (!k || rc.cnt_gt < k);
         if (ok && row.top_p_on && rc.s_gt > 0) {
@@ -168,8 +180,8 @@ int32_t ni_sample_rejection_ex(const float *logits, size_t V, const ni_filter *f
                 ok = (double)rc.s_gt < ni_canon_topp_limit(row.top_p, mass_topk);
             } else if ((double)rc.s_gt < ni_canon_topp_limit(row.top_p, rc.s_ge)) {
                 ok = 1; /* M_K >= s_ge: kept whatever M_K is */
-            } else if (n_above >= k &&
-                       !((double)rc.s_gt < ni_canon_topp_limit(row.top_p, mass_above))) {
+            } else if (cs.n_above >= k &&
+                       !((double)rc.s_gt < ni_canon_topp_limit(row.top_p, cs.mass_above))) {
                 ok = 0; /* M_K <= mass above the pivot: dropped whatever M_K is */
             } else {
                 if (gather) {
@@ -186,12 +198,7 @@ int32_t ni_sample_rejection_ex(const float *logits, size_t V, const ni_filter *f
             }
         }
         if (ok) return c;
-        pivot = wc;
-        mass_above = rc.s_gt;
-        n_above = rc.cnt_gt;
-        cand_w = comp_w;
-        cand_i = comp_i;
-        n_cand = rc.n_next;
+        raise_pivot(&cs, wc, &rc, comp_w, comp_i);
     }
 
     /* Exact fallback: the kept threshold by radix select, one draw. */
