@@ -633,27 +633,40 @@ static ni_status prefill_graphed(ni_backend_ctx *b, const layer_args *a, size_t 
     return enqueue_chunk(b, a, n_sel);
 }
 
+/* A capture of the stream's next launches into a graph: capture_begin, the launches (their
+ * status s), then capture_end, which ends the capture whatever s is and, when s and the capture
+ * are fine, instantiates the graph into *exec (else *exec stays NULL). */
+static ni_status capture_begin(ni_backend_ctx *b) {
+    NI_CUDA_TRY(cudaStreamBeginCapture(b->stream, cudaStreamCaptureModeThreadLocal),
+                "cudaStreamBeginCapture");
+    b->capturing = 1;
+    return NI_OK;
+}
+
+static ni_status capture_end(ni_backend_ctx *b, ni_status s, cudaGraphExec_t *exec) {
+    cudaGraph_t g = NULL;
+    b->capturing = 0;
+    *exec = NULL;
+    cudaError_t e = cudaStreamEndCapture(b->stream, &g);
+    if (s != NI_OK) {
+        if (g) cudaGraphDestroy(g);
+        return s;
+    }
+    NI_CUDA_TRY(e, "cudaStreamEndCapture");
+    e = cudaGraphInstantiate(exec, g, 0);
+    cudaGraphDestroy(g);
+    if (e != cudaSuccess) *exec = NULL;
+    NI_CUDA_TRY(e, "cudaGraphInstantiate");
+    return NI_OK;
+}
+
 /* Captures the prefill that prefill_graphed ran eagerly, if any. */
 static ni_status prefill_capture_pending(ni_backend_ctx *b) {
     prefill_graph *e = b->pgraph_pending;
     b->pgraph_pending = NULL;
     if (!e || e->exec) return NI_OK;
-    cudaGraph_t g = NULL;
-    NI_CUDA_TRY(cudaStreamBeginCapture(b->stream, cudaStreamCaptureModeThreadLocal),
-                "cudaStreamBeginCapture");
-    b->capturing = 1;
-    ni_status s = enqueue_chunk(b, &b->pgraph_args, e->n_sel);
-    b->capturing = 0;
-    cudaError_t ce = cudaStreamEndCapture(b->stream, &g);
-    if (s != NI_OK) {
-        if (g) cudaGraphDestroy(g);
-        return s;
-    }
-    NI_CUDA_TRY(ce, "cudaStreamEndCapture");
-    ce = cudaGraphInstantiate(&e->exec, g, 0);
-    cudaGraphDestroy(g);
-    if (ce != cudaSuccess) e->exec = NULL;
-    NI_CUDA_TRY(ce, "cudaGraphInstantiate (prefill)");
+    NI_TRY(capture_begin(b));
+    NI_TRY(capture_end(b, enqueue_chunk(b, &b->pgraph_args, e->n_sel), &e->exec));
     /* to the device now, not on the first replay, which a request's first token waits for */
     NI_CUDA_TRY(cudaGraphUpload(e->exec, b->stream), "cudaGraphUpload (prefill)");
     return NI_OK;
@@ -870,22 +883,9 @@ static ni_status graph_for(ni_backend_ctx *b, size_t B, size_t max_pos, cudaGrap
             *out = b->graphs[i].exec;
             return NI_OK;
         }
-    cudaGraph_t g = NULL;
-    NI_CUDA_TRY(cudaStreamBeginCapture(b->stream, cudaStreamCaptureModeThreadLocal),
-                "cudaStreamBeginCapture");
-    b->capturing = 1;
-    ni_status s = enqueue_graph_step(b, B, max_pos);
-    b->capturing = 0;
-    cudaError_t e = cudaStreamEndCapture(b->stream, &g);
-    if (s != NI_OK) {
-        if (g) cudaGraphDestroy(g);
-        return s;
-    }
-    NI_CUDA_TRY(e, "cudaStreamEndCapture");
     cudaGraphExec_t exec = NULL;
-    e = cudaGraphInstantiate(&exec, g, 0);
-    cudaGraphDestroy(g);
-    NI_CUDA_TRY(e, "cudaGraphInstantiate");
+    NI_TRY(capture_begin(b));
+    NI_TRY(capture_end(b, enqueue_graph_step(b, B, max_pos), &exec));
     size_t slot = b->n_graphs;
     if (slot == NI_MAX_GRAPHS) {
         slot = b->graph_evict;
