@@ -29,7 +29,7 @@ static void usage(FILE *f) {
         fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
     fputs("\nenvironment (GPU engines; bench records them in its JSON):\n"
           "  NI_FUSED=0|1       the fused decode step off, or on for every batch of up to 8 rows\n"
-          "                     (default: up to 4 rows of models with n_embd >= 1600)\n"
+          "                     (default: up to 2 rows of models with n_embd >= 1600)\n"
           "  NI_GRAPH_STEPS=N   cuda_graphs: decode steps between host wake-ups (default 8)\n"
           "  NI_NO_PDL=1        launch kernels without programmatic dependent launch\n"
           "  NI_FUSED_TRACE=1   print the fused step's phase times when an engine closes\n",

@@ -536,12 +536,14 @@ static void trace_print(const ni_backend_ctx *b) {
 }
 
 /* Whether the fused decode step takes a chunk of N single-token rows, all wanting logits. By
- * default only where it measured faster than the per-kernel path (H200): up to 4 rows of a model
- * with large layers (gpt2-xl: +9 to +12 % at batch 1, +4 % at 4); its five grid barriers, two
- * LayerNorms and the attention per layer cost more than the kernel boundaries they replace for
- * small models (gpt2 batch 1: -13 %) and from batch 8 on (-13 %). */
+ * default only where it measured faster than the per-kernel path under CUDA graphs (H200): up to
+ * 2 rows of a model with large layers (gpt2-xl: +4 % at batch 1, +2 % at 2; -1 % at 3 and -3 % at
+ * 4, where eager launches still gain +3 % and 0 %: one policy for every engine, so that the
+ * presets give the same tokens); its five grid barriers, two LayerNorms and the attention per
+ * layer cost more than the kernel boundaries they replace for small models (gpt2 batch 1: -13 %)
+ * and for more rows. */
 static int fused_ok(const ni_backend_ctx *b, size_t N) {
-    if (b->fused_policy == 2 && (N > 4 || b->cfg->n_embd < 1600)) return 0;
+    if (b->fused_policy == 2 && (N > 2 || b->cfg->n_embd < 1600)) return 0;
     return b->fused_blocks && b->dt == NI_CUDA_BF16 && N <= NI_CUDA_DECODE_FUSED_MAX_ROWS &&
            b->fused_ring[N] != 0;
 }
