@@ -197,7 +197,10 @@ static size_t arena_layout(ni_backend_ctx *b, uint8_t *base) {
         b->fused_sync = carve(base, &off, sizeof(unsigned));
         b->fused_tmaps = carve(base, &off, (4 * L + 1) * 128);
         if (getenv("NI_FUSED_TRACE"))
-            b->fused_trace = carve(base, &off, ni_cuda_decode_fused_trace_words(L) * 8);
+            b->fused_trace = carve(base, &off,
+                                   (ni_cuda_decode_fused_trace_words(L) +
+                                    ni_cuda_decode_fused_trace_detail_words(L, b->fused_blocks)) *
+                                       8);
     }
     b->d_params = carve(base, &off, sizeof(ni_sample_params));
     b->sample_ws = carve(base, &off, b->sample_ws_bytes);
@@ -500,6 +503,31 @@ static ni_status enqueue_logits(ni_backend_ctx *b, const int32_t *rows, size_t n
     return ni_matmul(&b->mm, NULL, out, b->sel, b->wte, NULL, n, C, V, 0, b->dt, b->stream);
 }
 
+/* NI_FUSED_TRACE_FILE with a -DDF_TRACE_DETAIL build: appends one eager step's words, the basic
+ * ones then the per-block ones (kernels.h), after a header of four 64-bit words: "NIFT", L, the
+ * blocks, the words that follow (tools/fused_trace.py reads them). */
+static ni_status trace_detail_append(ni_backend_ctx *b) {
+    const char *path = getenv("NI_FUSED_TRACE_FILE");
+    size_t L = b->cfg->n_layer, nb = ni_cuda_decode_fused_trace_words(L),
+           nd = ni_cuda_decode_fused_trace_detail_words(L, b->fused_blocks);
+    if (!path || !path[0] || !nd) return NI_OK;
+    unsigned long long *h = malloc((nb + nd) * 8);
+    if (!h) return ni_fail(NI_ERR_NO_MEMORY, "fused trace: %zu bytes", (nb + nd) * 8);
+    ni_status s = ni_cuda_status(
+        cudaMemcpy(h, b->fused_trace, (nb + nd) * 8, cudaMemcpyDeviceToHost), "cudaMemcpy (trace)");
+    FILE *f = s == NI_OK ? fopen(path, "ab") : NULL;
+    if (s == NI_OK && !f) s = ni_fail(NI_ERR_IO, "fused trace: cannot open %s", path);
+    if (f) {
+        const unsigned long long head[4] = {0x5446494eull, L, b->fused_blocks, nb + nd};
+        if (fwrite(head, 8, 4, f) != 4 || fwrite(h, 8, nb + nd, f) != nb + nd)
+            s = ni_fail(NI_ERR_IO, "fused trace: cannot write %s", path);
+        if (fclose(f) != 0 && s == NI_OK)
+            s = ni_fail(NI_ERR_IO, "fused trace: cannot write %s", path);
+    }
+    free(h);
+    return s;
+}
+
 /* NI_FUSED_TRACE: adds one eager launch's phase times to the sums printed at destruction:
  * 0 embedding, 1 ln_1 + qkv, 2 attention, 3 proj, 4 ln_2 + fc, 5 fcproj, 6 ln_f + logits, 7 the
  * barriers' latency. */
@@ -520,7 +548,7 @@ static ni_status trace_collect(ni_backend_ctx *b) {
         }
     }
     b->trace_runs++;
-    return NI_OK;
+    return trace_detail_append(b);
 }
 
 static void trace_print(const ni_backend_ctx *b) {

@@ -66,6 +66,29 @@ static __device__ __forceinline__ uint4 df_ld_cg16(const void *p, bool pred) {
     return v;
 }
 
+/* ---- a phase's epilogue inputs, copied ahead -----------------------------------------------
+ * While the producers keep HBM saturated with weight slabs, a demand miss of the consumers waits
+ * behind them: the GEMV tiles' biases, read once per step, were such misses on the critical path
+ * of every tile, and the residual values an L2 round trip. So each GEMV phase, at its start,
+ * copies those of its tiles into shared memory with cp.async while its LayerNorm or input staging
+ * runs (gpt2-xl, H200: +1.2 % at batch 1, +2.6 % at 2). Copying the next phase's biases and
+ * LayerNorm parameters a phase ahead instead measured slower (+1.6 % at 2, -0.5 % at 1): the
+ * extra loads delayed the staging loads issued after them. */
+
+/* 16 bytes from global memory (through L2 only: also data other SMs wrote during the kernel) to
+ * shared memory, asynchronously. */
+static __device__ __forceinline__ void df_cp_async16(void *dst, const void *src) {
+    asm volatile(
+        "cp.async.cg.shared.global [%0], [%1], 16;" ::"r"((uint32_t)__cvta_generic_to_shared(dst)),
+        "l"(src)
+        : "memory");
+}
+
+/* This thread's copies have landed. */
+static __device__ __forceinline__ void df_cp_async_wait_all(void) {
+    asm volatile("cp.async.commit_group;\n\tcp.async.wait_all;" ::: "memory");
+}
+
 /* ---- grid barrier ------------------------------------------------------------------------- */
 
 /* Every block arrives once per barrier; `target` (thread 0's) counts the arrivals to wait for.
@@ -76,12 +99,47 @@ static __device__ __forceinline__ uint64_t df_now(void) {
     return t;
 }
 
+/* -DDF_TRACE_DETAIL (a diagnostic build, never the default): besides the barrier times, per
+ * block and phase the words of ni_cuda_decode_fused_trace_words_detail, written after the
+ * basic trace words: for each of the 5 L + 2 consumer phases k (the embedding, per layer ln_1 +
+ * qkv, attention, proj, ln_2 + fc, fcproj, then ln_f + logits) and block b, at
+ * [(k * blocks + b) * 8]: the phase's start (barrier left), the end of its LayerNorm or input
+ * staging (0: none), its end (barrier reached), in globaltimer ns, the cycles its warps spent
+ * waiting for weight slabs to land (summed over the warps), then for LayerNorm phases the times
+ * at which the rows were staged, the mean and the deviation were known, and the LayerNorm began;
+ * then for each of the 4 L + 1 GEMV phases and block, 4 words: the producer's first and last
+ * slab issue (ns) and the cycles it waited for a free ring slot while issuing that phase's slabs.
+ */
+#ifdef DF_TRACE_DETAIL
+#define DF_TD(...) __VA_ARGS__
+#define DF_TD_LN(k) (a.trace ? df_td_cons(a.trace, (uint32_t)a.L, k) + 4 : NULL)
+#else
+#define DF_TD(...)
+#define DF_TD_LN(k) NULL
+#endif
+
+#ifdef DF_TRACE_DETAIL
+static __device__ __forceinline__ unsigned long long *df_td_cons(unsigned long long *trace,
+                                                                 uint32_t L, uint32_t k) {
+    return trace + ni_cuda_decode_fused_trace_words(L) + ((size_t)k * gridDim.x + blockIdx.x) * 8;
+}
+
+static __device__ __forceinline__ unsigned long long *df_td_prod(unsigned long long *trace,
+                                                                 uint32_t L, uint32_t ph) {
+    return trace + ni_cuda_decode_fused_trace_words(L) + (size_t)(5 * L + 2) * gridDim.x * 8 +
+           ((size_t)ph * gridDim.x + blockIdx.x) * 4;
+}
+#endif
+
 /* trace (optional): per barrier k, the latest arrival over the blocks [2k] and block 0's exit
  * [2k + 1], in ns (globaltimer). */
 static __device__ __forceinline__ void df_grid_sync(unsigned *counter, unsigned &target,
-                                                    unsigned long long *trace, uint32_t &k) {
+                                                    unsigned long long *trace, uint32_t &k,
+                                                    uint32_t L) {
+    (void)L;  /* the layers, for -DDF_TRACE_DETAIL */
     df_bar(); /* the block's writes happen before thread 0's release below */
     if (trace && threadIdx.x == 0) atomicMax(trace + 2 * k, (unsigned long long)df_now());
+    DF_TD(if (trace && threadIdx.x == 0) df_td_cons(trace, L, k)[2] = df_now());
     if (threadIdx.x == 0) {
         target += gridDim.x;
         asm volatile("fence.acq_rel.gpu;\n\tred.relaxed.gpu.global.add.u32 [%0], 1;" ::"l"(counter)
@@ -94,6 +152,7 @@ static __device__ __forceinline__ void df_grid_sync(unsigned *counter, unsigned 
                          : "memory");
         } while (seen < target);
         if (trace && blockIdx.x == 0) trace[2 * k + 1] = df_now();
+        DF_TD(if (trace) df_td_cons(trace, L, k + 1)[0] = df_now());
     }
     k++;
     df_bar();
@@ -159,6 +218,26 @@ static __device__ __forceinline__ df_share df_share_of(const df_geom &g) {
     s.t1 = (uint32_t)((uint64_t)(blockIdx.x + 1) * tiles / gridDim.x);
     s.nslab = (g.IC + DF_SLAB_COLS - 1) / DF_SLAB_COLS;
     return s;
+}
+
+/* Phase ph's epilogue inputs into shared memory (cp.async): the biases of the block's tiles (pb:
+ * tiles x 16 bf16) and, residual phases, the residual rows' values at those features (px: (N,
+ * tiles x 16) f32), written before the last grid barrier. OC and C are multiples of 8, so each
+ * 16-byte piece lies wholly inside or outside a vector. */
+static __device__ void df_preload(uint16_t *pb, float *px, const ni_decode_fused_args &a,
+                                  const ni_cuda_layer_weights *tab, uint32_t ph,
+                                  const uint16_t *bias, bool residual) {
+    const df_geom g = df_phase_geom(a, tab, ph);
+    const df_share sh = df_share_of(g);
+    const uint32_t nt = sh.t1 - sh.t0;
+    if (bias && threadIdx.x < 2 * nt && sh.t0 * 16 + threadIdx.x * 8 < g.OC)
+        df_cp_async16(pb + threadIdx.x * 8, bias + sh.t0 * 16 + threadIdx.x * 8);
+    if (residual)
+        for (uint32_t i = threadIdx.x; i < a.N * nt * 4; i += DF_THREADS) {
+            const uint32_t n = i / (nt * 4), j = i % (nt * 4);
+            if (sh.t0 * 16 + j * 4 < g.OC)
+                df_cp_async16(px + (size_t)i * 4, a.x + n * a.C + sh.t0 * 16 + j * 4);
+        }
 }
 
 static __device__ __forceinline__ void df_mbar_init(uint32_t bar, uint32_t count) {
@@ -230,15 +309,26 @@ static __device__ void df_produce(const ni_decode_fused_args &a, const ni_cuda_l
     const uint32_t n_ph = 4 * (uint32_t)a.L + 1;
     df_iter cp = {0u, 0u, 0u, 0u, 1u};
     df_iter_settle(cp, a, tab);
+    DF_TD(uint32_t td_ph = ~0u; unsigned long long td_wait = 0;)
     for (uint32_t seq = 0; cp.ph < n_ph; seq++) {
         const uint32_t slot = seq % ring, full = bars + slot * 16, empty = full + 8;
+        DF_TD(if (a.trace && cp.ph != td_ph) {
+            if (td_ph != ~0u) df_td_prod(a.trace, (uint32_t)a.L, td_ph)[2] = td_wait;
+            td_ph = cp.ph, td_wait = 0;
+            df_td_prod(a.trace, (uint32_t)a.L, td_ph)[0] = df_now();
+        } const long long td_c0 = clock64();)
         df_mbar_wait(empty, ((seq / ring) & 1u) ^ 1u);
+        DF_TD(if (a.trace) {
+            td_wait += (unsigned long long)(clock64() - td_c0);
+            df_td_prod(a.trace, (uint32_t)a.L, td_ph)[1] = df_now();
+        })
         df_mbar_expect(full, DF_SLAB_BYTES);
         df_tma_copy(ring_base + slot * DF_SLAB_BYTES,
                     (const uint8_t *)a.tmaps + (size_t)cp.ph * 128, cp.sl * DF_SLAB_COLS,
                     cp.tile * 16, full);
         df_iter_next(cp, a, tab);
     }
+    DF_TD(if (a.trace && td_ph != ~0u) df_td_prod(a.trace, (uint32_t)a.L, td_ph)[2] = td_wait;)
 }
 
 /* ---- GEMV phase --------------------------------------------------------------------------- */
@@ -299,13 +389,16 @@ static __device__ void df_gemv_phase(const ni_decode_fused_args &a, const df_ctx
                                      const ni_cuda_layer_weights *tab, uint32_t ph, int epi,
                                      const uint16_t *bias, const uint16_t *xs, float *red,
                                      uint32_t &seq, uint32_t ring_base, uint32_t bars,
-                                     uint32_t ring) {
+                                     uint32_t ring, const uint16_t *pb, const float *px,
+                                     uint32_t td_k) {
+    (void)td_k; /* the phase, for -DDF_TRACE_DETAIL */
     const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5, r = lane >> 2, t = lane & 3;
     const df_geom g = df_phase_geom(a, tab, ph);
     const df_share sh = df_share_of(g);
     const bool row_ok = r < c.N;
     const uint16_t *xrow = xs + (row_ok ? r : 0) * (size_t)g.IC;
     const uint32_t per_tile = (uint32_t)c.N * 16;
+    DF_TD(unsigned long long td_wait = 0;)
     for (uint32_t g0 = sh.t0; g0 < sh.t1; g0 += DF_GROUP) {
         const uint32_t nt = sh.t1 - g0 < DF_GROUP ? sh.t1 - g0 : DF_GROUP;
         /* thread (tile, n, f) < nt x N x 16 finishes feature f of row n of that tile */
@@ -313,11 +406,7 @@ static __device__ void df_gemv_phase(const ni_decode_fused_args &a, const df_ctx
         const uint32_t ft = threadIdx.x / per_tile, fn = threadIdx.x % per_tile / 16,
                        ff = threadIdx.x % 16;
         const size_t fo = (size_t)(g0 + ft) * 16 + ff;
-        float fbias = 0.0f, xold = 0.0f;
-        if (fin && fo < g.OC) {
-            if (bias) fbias = ni_dt_bf16::to_float(bias[fo]);
-            if (epi == DF_EPI_RESIDUAL) xold = __ldcg(c.x + fn * c.C + fo);
-        }
+
 #pragma unroll
         for (uint32_t tl = 0; tl < DF_GROUP; tl++) {
             if (tl >= nt) break;
@@ -332,8 +421,10 @@ static __device__ void df_gemv_phase(const ni_decode_fused_args &a, const df_ctx
                  * at most one phase behind as well: every slab up to q - 16 - ring was consumed
                  * before the producer could issue this warp's previous slab q - 16 (ring >= 16),
                  * and those before the tile at the last df_bar. */
+                DF_TD(const long long td_c0 = clock64();)
                 if (q >= ring) df_mbar_wait(full + 8, ((q / ring) + 1u) & 1u);
                 df_mbar_wait(full, (q / ring) & 1u);
+                DF_TD(td_wait += (unsigned long long)(clock64() - td_c0);)
                 const uint32_t base = ring_base + slot * DF_SLAB_BYTES + r * DF_SLAB_PITCH + t * 16;
 #pragma unroll 4
                 for (uint32_t u = 0; u < DF_SLAB_COLS / 32; u++) {
@@ -366,8 +457,13 @@ static __device__ void df_gemv_phase(const ni_decode_fused_args &a, const df_ctx
             float *mine = red + (tl * DF_WARPS + warp) * 128 + lane * 4;
             mine[0] = acc[0][0], mine[1] = acc[0][1], mine[2] = acc[1][0], mine[3] = acc[1][1];
         }
+        df_cp_async_wait_all(); /* df_preload's copies (the barrier shares them) */
         df_bar();
         if (fin && fo < g.OC) {
+            const uint32_t pt = g0 - sh.t0 + ft, ntl = sh.t1 - sh.t0;
+            const float fbias = bias ? ni_dt_bf16::to_float(pb[pt * 16 + ff]) : 0.0f;
+            const float xold =
+                epi == DF_EPI_RESIDUAL ? px[((size_t)fn * ntl + pt) * 16 + ff] : 0.0f;
             const uint32_t idx = (fn * 4 + (ff % 8) / 2) * 4 + (ff / 8) * 2 + (ff % 2);
             float v = 0.0f;
             for (int w = 0; w < DF_WARPS; w++) v += red[(ft * DF_WARPS + w) * 128 + idx];
@@ -376,6 +472,8 @@ static __device__ void df_gemv_phase(const ni_decode_fused_args &a, const df_ctx
         df_bar();
         seq += nt * sh.nslab;
     }
+    DF_TD(if (a.trace && lane == 0 && td_wait)
+              atomicAdd(df_td_cons(a.trace, (uint32_t)a.L, td_k) + 3, td_wait);)
 }
 
 /* Copies n16 16-byte vectors written during this kernel (through L2) to shared memory, four
@@ -412,11 +510,14 @@ static __device__ void df_stage(uint16_t *dst, const uint16_t *src, size_t N, si
  * row, its warp adds the lanes, and the 16 warp sums of a row are added in warp order, an order
  * that depends on C alone, so that a row's output does not depend on the rest of the batch.
  * red: 16 N + 2 N floats (N <= 8). Not inlined: inlined, it made ptxas spill in the GEMV loop
- * (96 registers at most for 544 threads). */
+ * (96 registers at most for 544 threads). td: NULL, or (-DDF_TRACE_DETAIL) the times at which
+ * the rows are staged, the mean and the deviation known, and the LayerNorm began (4 words). */
 static __device__ __noinline__ void df_layernorm(uint16_t *out, float *xs, float *red,
                                                  const float *x, const uint16_t *w_g,
-                                                 const uint16_t *b_g, size_t N, size_t C,
-                                                 float eps) {
+                                                 const uint16_t *b_g, size_t N, size_t C, float eps,
+                                                 unsigned long long *td) {
+    (void)td;
+    DF_TD(if (td && threadIdx.x == 0) td[3] = df_now();)
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const size_t n4 = N * C / 4; /* the rows in 16-byte vectors (C % 8 == 0) */
     /* the scale and shift to shared memory too (after the rows), requested first */
@@ -438,6 +539,7 @@ static __device__ __noinline__ void df_layernorm(uint16_t *out, float *xs, float
     float *mean = red + DF_WARPS * NI_CUDA_DECODE_FUSED_MAX_ROWS, *rstd = mean + N;
     const int nr = (int)N;
     df_bar();
+    DF_TD(if (td && threadIdx.x == 0) td[0] = df_now();)
     /* the rows side by side: one pass over the columns, N independent sums per thread */
     float part[NI_CUDA_DECODE_FUSED_MAX_ROWS];
 #pragma unroll
@@ -459,6 +561,7 @@ static __device__ __noinline__ void df_layernorm(uint16_t *out, float *xs, float
         mean[threadIdx.x] = tot / (float)C;
     }
     df_bar();
+    DF_TD(if (td && threadIdx.x == 0) td[1] = df_now();)
     float m[NI_CUDA_DECODE_FUSED_MAX_ROWS];
 #pragma unroll
     for (int n = 0; n < NI_CUDA_DECODE_FUSED_MAX_ROWS; n++) {
@@ -485,6 +588,7 @@ static __device__ __noinline__ void df_layernorm(uint16_t *out, float *xs, float
         rstd[threadIdx.x] = rsqrtf(tot / (float)C + eps);
     }
     df_bar();
+    DF_TD(if (td && threadIdx.x == 0) td[2] = df_now();)
     const uint32_t *w2 = reinterpret_cast<const uint32_t *>(w);
     const uint32_t *b2 = reinterpret_cast<const uint32_t *>(b);
     for (size_t n = 0; n < N; n++) {
@@ -636,12 +740,23 @@ static __device__ void df_attention(uint16_t *att, const df_ctx &c, float *sm) {
     }
 }
 
+/* Shared memory of df_preload's copies for a grid of B blocks: the biases of the most tiles a
+ * block owns in any phase (4 C outputs), then N residual rows at the most tiles of C outputs. */
+static __host__ __device__ __forceinline__ size_t df_pre_bias_bytes(size_t C, size_t B) {
+    const size_t tiles = ((4 * C + 15) / 16 + B - 1) / B;
+    return (tiles * 32 + 15) & ~(size_t)15;
+}
+
+static __host__ __device__ __forceinline__ size_t df_pre_bytes(size_t N, size_t C, size_t B) {
+    return df_pre_bias_bytes(C, B) + N * (((C + 15) / 16 + B - 1) / B) * 64;
+}
+
 /* ---- the kernel --------------------------------------------------------------------------- */
 
 /* Dynamic shared memory: the layer table, the rows' slots and positions, the ring's mbarriers
- * (full, empty) and slots, the reduction tile (DF_WARPS x 128 floats), then the staging area:
- * the GEMV inputs (N, IC) bf16 (LayerNorm: + (N, C) f32 rows, the scale and shift) or the
- * attention scratch. Warps 0-15 compute; warp 16 streams the weights. */
+ * (full, empty) and slots, the reduction tile (DF_WARPS x 128 floats), df_preload's copies,
+ * then the staging area: the GEMV inputs (N, IC) bf16 (LayerNorm: + (N, C) f32 rows, the scale
+ * and shift) or the attention scratch. Warps 0-15 compute; warp 16 streams the weights. */
 __global__ void __launch_bounds__(DF_BLOCK, 1) decode_fused_kernel(ni_decode_fused_args a) {
     extern __shared__ uint4 df_smem4[];
     const uint32_t ring = a.ring;
@@ -655,7 +770,11 @@ __global__ void __launch_bounds__(DF_BLOCK, 1) decode_fused_kernel(ni_decode_fus
     const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(sm0);
     const uint32_t bars = sbase + (uint32_t)bars_off, ring_base = sbase + (uint32_t)ring_off;
     float *red = reinterpret_cast<float *>(sm0 + ring_off + (size_t)ring * DF_SLAB_BYTES);
-    uint8_t *stage = reinterpret_cast<uint8_t *>(red + DF_GROUP * DF_WARPS * 128);
+    /* df_preload's copies: the biases, then the residual values */
+    uint16_t *pre_b = reinterpret_cast<uint16_t *>(red + DF_GROUP * DF_WARPS * 128);
+    float *pre_x = reinterpret_cast<float *>(reinterpret_cast<uint8_t *>(pre_b) +
+                                             df_pre_bias_bytes(a.C, gridDim.x));
+    uint8_t *stage = reinterpret_cast<uint8_t *>(pre_b) + df_pre_bytes(a.N, a.C, gridDim.x);
     uint16_t *xs = reinterpret_cast<uint16_t *>(stage);                         /* (N, IC) */
     float *ln_tmp = reinterpret_cast<float *>(stage + (a.N * a.C + 3) / 4 * 8); /* (N, C) */
     float *att_tmp = reinterpret_cast<float *>(stage);
@@ -685,6 +804,7 @@ __global__ void __launch_bounds__(DF_BLOCK, 1) decode_fused_kernel(ni_decode_fus
         return;
     }
     if (a.trace && blockIdx.x == 0 && threadIdx.x == 0) a.trace[2 * (5 * L + 1) + 1] = df_now();
+    DF_TD(if (a.trace && threadIdx.x == 0) df_td_cons(a.trace, (uint32_t)L, 0)[0] = df_now();)
 
     df_ctx c;
     c.N = N, c.C = C, c.NH = a.NH, c.HS = C / a.NH, c.T = a.T, c.V = a.V;
@@ -699,7 +819,7 @@ __global__ void __launch_bounds__(DF_BLOCK, 1) decode_fused_kernel(ni_decode_fus
         a.x[i] = ni_dt_bf16::to_float(a.wte[(size_t)a.tok[n] * C + k]) +
                  ni_dt_bf16::to_float(a.wpe[(size_t)s_pos[n] * C + k]);
     }
-    df_grid_sync(a.barrier, target, a.trace, bk);
+    df_grid_sync(a.barrier, target, a.trace, bk, (uint32_t)L);
 
     for (uint32_t l = 0; l < (uint32_t)L; l++) {
         const ni_cuda_layer_weights *y = tab + l;
@@ -718,46 +838,59 @@ __global__ void __launch_bounds__(DF_BLOCK, 1) decode_fused_kernel(ni_decode_fus
                     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(src), "r"(bytes)
                                  : "memory");
             }
-        df_layernorm(xs, ln_tmp, red, a.x, y->ln1_w, y->ln1_b, N, C, a.eps);
-        df_gemv_phase(a, c, tab, 4 * l, DF_EPI_QKV, y->qkv_b, xs, red, seq, ring_base, bars, ring);
-        df_grid_sync(a.barrier, target, a.trace, bk);
+        df_preload(pre_b, pre_x, a, tab, 4 * l, y->qkv_b, false);
+        df_layernorm(xs, ln_tmp, red, a.x, y->ln1_w, y->ln1_b, N, C, a.eps, DF_TD_LN(bk));
+        DF_TD(if (a.trace && threadIdx.x == 0) df_td_cons(a.trace, (uint32_t)L, bk)[1] = df_now();)
+        df_gemv_phase(a, c, tab, 4 * l, DF_EPI_QKV, y->qkv_b, xs, red, seq, ring_base, bars, ring,
+                      pre_b, pre_x, bk);
+        df_grid_sync(a.barrier, target, a.trace, bk, (uint32_t)L);
 
         df_attention(a.att, c, att_tmp);
-        df_grid_sync(a.barrier, target, a.trace, bk);
+        df_grid_sync(a.barrier, target, a.trace, bk, (uint32_t)L);
 
+        df_preload(pre_b, pre_x, a, tab, 4 * l + 1, y->proj_b, true);
         df_stage(xs, a.att, N, C);
+        DF_TD(if (a.trace && threadIdx.x == 0) df_td_cons(a.trace, (uint32_t)L, bk)[1] = df_now();)
         df_gemv_phase(a, c, tab, 4 * l + 1, DF_EPI_RESIDUAL, y->proj_b, xs, red, seq, ring_base,
-                      bars, ring);
-        df_grid_sync(a.barrier, target, a.trace, bk);
+                      bars, ring, pre_b, pre_x, bk);
+        df_grid_sync(a.barrier, target, a.trace, bk, (uint32_t)L);
 
-        df_layernorm(xs, ln_tmp, red, a.x, y->ln2_w, y->ln2_b, N, C, a.eps);
+        df_preload(pre_b, pre_x, a, tab, 4 * l + 2, y->fc_b, false);
+        df_layernorm(xs, ln_tmp, red, a.x, y->ln2_w, y->ln2_b, N, C, a.eps, DF_TD_LN(bk));
+        DF_TD(if (a.trace && threadIdx.x == 0) df_td_cons(a.trace, (uint32_t)L, bk)[1] = df_now();)
         df_gemv_phase(a, c, tab, 4 * l + 2, DF_EPI_GELU, y->fc_b, xs, red, seq, ring_base, bars,
-                      ring);
-        df_grid_sync(a.barrier, target, a.trace, bk);
+                      ring, pre_b, pre_x, bk);
+        df_grid_sync(a.barrier, target, a.trace, bk, (uint32_t)L);
 
+        df_preload(pre_b, pre_x, a, tab, 4 * l + 3, y->fcproj_b, true);
         df_stage(xs, a.fc, N, 4 * C);
+        DF_TD(if (a.trace && threadIdx.x == 0) df_td_cons(a.trace, (uint32_t)L, bk)[1] = df_now();)
         df_gemv_phase(a, c, tab, 4 * l + 3, DF_EPI_RESIDUAL, y->fcproj_b, xs, red, seq, ring_base,
-                      bars, ring);
-        df_grid_sync(a.barrier, target, a.trace, bk);
+                      bars, ring, pre_b, pre_x, bk);
+        df_grid_sync(a.barrier, target, a.trace, bk, (uint32_t)L);
     }
-    df_layernorm(xs, ln_tmp, red, a.x, a.lnf_w, a.lnf_b, N, C, a.eps);
+    df_layernorm(xs, ln_tmp, red, a.x, a.lnf_w, a.lnf_b, N, C, a.eps, DF_TD_LN(bk));
+    DF_TD(if (a.trace && threadIdx.x == 0) df_td_cons(a.trace, (uint32_t)L, bk)[1] = df_now();)
     df_gemv_phase(a, c, tab, 4 * (uint32_t)L, DF_EPI_LOGITS, NULL, xs, red, seq, ring_base, bars,
-                  ring);
+                  ring, pre_b, pre_x, bk);
     df_bar();
     if (a.trace && threadIdx.x == 0) atomicMax(a.trace + 2 * bk, (unsigned long long)df_now());
+    DF_TD(if (a.trace && threadIdx.x == 0) df_td_cons(a.trace, (uint32_t)L, bk)[2] = df_now();)
 }
 
 /* ---- launcher ----------------------------------------------------------------------------- */
 
-/* Shared memory besides the rings: the reduction tile and the staging area. */
-static size_t df_fixed_smem(size_t N, size_t C, size_t T, size_t L) {
+/* Shared memory besides the rings: the reduction tile, the preloaded epilogue inputs and the
+ * staging area, for a grid of B blocks. */
+static size_t df_fixed_smem(size_t N, size_t C, size_t T, size_t L, size_t B) {
     /* (the ring's barriers and alignment: 16 bytes per slot + 128, counted with the slots) */
     size_t gemv_in = N * 4 * C * 2, ln = (N * C + 3) / 4 * 8 + N * C * 4 + 4 * C;
     size_t attn = (128 + DF_WARPS + DF_WARPS * 128 + T) * 4;
     size_t st = gemv_in > ln ? gemv_in : ln;
     if (attn > st) st = attn;
     const size_t tab = (L * sizeof(ni_cuda_layer_weights) + 15) & ~(size_t)15;
-    return tab + 64 + 128 + (size_t)DF_GROUP * DF_WARPS * 128 * 4 + ((st + 15) & ~(size_t)15);
+    return tab + 64 + 128 + (size_t)DF_GROUP * DF_WARPS * 128 * 4 + df_pre_bytes(N, C, B) +
+           ((st + 15) & ~(size_t)15);
 }
 
 /* The largest dynamic shared memory of a block on this device. */
@@ -770,8 +903,8 @@ static size_t df_smem_limit(void) {
 }
 
 /* Ring slots per warp that fit next to the fixed part (0: the sizes don't fit). */
-static uint32_t df_ring_units(size_t N, size_t C, size_t T, size_t L, size_t limit) {
-    const size_t fixed = df_fixed_smem(N, C, T, L);
+static uint32_t df_ring_units(size_t N, size_t C, size_t T, size_t L, size_t B, size_t limit) {
+    const size_t fixed = df_fixed_smem(N, C, T, L, B);
     if (fixed >= limit) return 0;
     size_t ring = (limit - fixed) / ((size_t)DF_SLAB_BYTES + 16);
     if (ring > DF_RING_MAX) ring = DF_RING_MAX;
@@ -785,8 +918,13 @@ extern "C" unsigned ni_cuda_decode_fused_ring(size_t N, size_t C, size_t NH, siz
     const size_t HS = C / NH;
     if (C % 8 || HS % 8 || HS > 128 || 4 * C > 0xffffffu) return 0;
     const size_t limit = df_smem_limit();
-    if (!limit) cudaGetLastError(); /* the failed query's error, not an earlier one */
-    return df_ring_units(N, C, T, L, limit);
+    int dev = 0, sms = 0;
+    if (!limit || cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+        cudaGetLastError(); /* the failed query's error, not an earlier one */
+        return 0;
+    }
+    return df_ring_units(N, C, T, L, (size_t)sms, limit); /* one block per SM */
 }
 
 /* The 2D tensor maps of the step's weight matrices, in phase order (4 per layer, then wte), for
@@ -842,6 +980,15 @@ extern "C" int ni_cuda_decode_fused_tensor_maps(void *out, const ni_cuda_layer_w
     return 0;
 }
 
+extern "C" size_t ni_cuda_decode_fused_trace_detail_words(size_t L, size_t blocks) {
+#ifdef DF_TRACE_DETAIL
+    return ((5 * L + 2) * 8 + (4 * L + 1) * 4) * blocks;
+#else
+    (void)L, (void)blocks;
+    return 0;
+#endif
+}
+
 extern "C" int ni_cuda_decode_fused_grid(size_t *blocks, size_t *warps) {
     int dev = 0, sms = 0, per_sm = 0;
     const size_t limit = df_smem_limit();
@@ -866,7 +1013,7 @@ extern "C" int ni_cuda_decode_fused(const ni_decode_fused_args *a, size_t blocks
         a->ring > DF_RING_MAX || blocks == 0)
         return (int)cudaErrorInvalidValue;
     const size_t smem =
-        df_fixed_smem(a->N, a->C, a->T, a->L) + (size_t)a->ring * (DF_SLAB_BYTES + 16);
+        df_fixed_smem(a->N, a->C, a->T, a->L, blocks) + (size_t)a->ring * (DF_SLAB_BYTES + 16);
     cudaStream_t st = (cudaStream_t)s;
     /* the barrier counter starts at zero */
     cudaError_t e = cudaMemsetAsync(a->barrier, 0, sizeof(unsigned), st);

@@ -137,6 +137,9 @@ unsigned ni_cuda_decode_fused_ring(size_t N, size_t C, size_t NH, size_t T, size
  * block's arrival [2k] and block 0's release [2k + 1]; the last block's end [2 (5 L + 1)] and
  * block 0's start [2 (5 L + 1) + 1]. */
 #define ni_cuda_decode_fused_trace_words(L) (2 * (5 * (size_t)(L) + 2))
+/* Words after those that a build with -DDF_TRACE_DETAIL also writes (per block and phase, see
+ * decode_fused.cu; 0 in other builds), for a grid of `blocks`. */
+size_t ni_cuda_decode_fused_trace_detail_words(size_t L, size_t blocks);
 /* Fills out (host, 128-byte aligned, (4 L + 1) x 128 bytes) with the TMA descriptors of the
  * weight matrices (device pointers in layers (host array) and wte), to be copied to args.tmaps. */
 int ni_cuda_decode_fused_tensor_maps(void *out, const ni_cuda_layer_weights *layers, size_t L,
