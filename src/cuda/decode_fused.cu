@@ -13,12 +13,13 @@
  * guarded by mbarriers, as far ahead as the ring allows, while the 16 consumer warps wait at
  * barriers, normalize, or attend. (Loads through the load units, cp.async included, were tried
  * first: they stay near 30 GB/s per SM, which left HBM at 1.2-2 TB/s in the short GEMV phases.)
- * GEMV phases: the blocks own consecutive 16-row tiles (split evenly); slab j of a tile goes to
- * consumer warp j % 16, which runs the tensor-core product of gemv.cu (mma.m16n8k16, bf16 in,
- * f32 accumulate, the batch rows as the A operand padded to 8) over its 8 units of 32 columns;
- * the warps' partial tiles are added in warp order in shared memory, so results are
- * deterministic and, the partition depending only on the shapes and the grid, independent of
- * the batch. The epilogue's loads (bias, residual) are issued before the tile's products.
+ * GEMV phases: the blocks own consecutive 16-row tiles (split evenly), taken up to 4 at a time;
+ * slab j of such a group goes to consumer warp j % 16, which runs the tensor-core product of
+ * gemv.cu (mma.m16n8k16, bf16 in, f32 accumulate, the batch rows as the A operand padded to 8)
+ * over its 8 units of 32 columns; the warps' partial tiles are added in warp order in shared
+ * memory, so results are deterministic and, the partition depending only on the shapes and the
+ * grid, independent of the batch. The epilogue's inputs (biases, residual values) are copied
+ * into shared memory while the phase's LayerNorm or staging runs.
  * LayerNorm phases stage the N residual rows and the scale and shift in shared memory (one L2
  * round trip) and normalize them in every block (the CPU twin's two-pass statistics); the other
  * GEMV inputs (attention output, MLP activations) are staged the same way. Data written during
@@ -170,7 +171,9 @@ static __device__ __forceinline__ void df_grid_sync(unsigned *counter, unsigned 
 #define DF_SLAB_COLS 256
 #define DF_SLAB_PITCH 512
 #define DF_SLAB_BYTES (16 * DF_SLAB_PITCH)
-#define DF_RING_MAX 24
+#ifndef DF_RING_MAX
+#define DF_RING_MAX 32 /* slots, as many as shared memory allows up to this */
+#endif
 
 typedef struct {
     const uint16_t *w;
@@ -373,17 +376,21 @@ static __device__ __forceinline__ void df_epilogue(int epi, const df_ctx &c, siz
     }
 }
 
-/* Tiles finished together (their partial sums side by side in shared memory). 4 measured on an
- * H200: gpt2 batch 1 +10 %, gpt2-xl batch 1 +1 %, batch 4 +2 %, but its 32 KB of partial tiles
- * leave gpt2-xl fewer than 16 ring slots from 5 rows on. A build option (-DDF_GROUP=4). */
+/* Tiles finished together: their slabs spread over all 16 warps at once, their partial sums side
+ * by side in shared memory (only the N real rows of each warp's tile: 4 KB a row for 4 tiles),
+ * one reduction. One tile at a time left 9 of the 16 warps idle on gpt2-xl's 7-slab tiles and
+ * paid a reduction per tile (the trace: 1.5 us a tile). Measured on an H200 in one call, gpt2-xl
+ * cuda_graphs at batch 1 / 2: 1 tile 570 / 1,092 tokens/s, 3 tiles 589 / 1,114, 4 tiles 593 /
+ * 1,118, and with DF_RING_MAX 32 (the smaller partial sums leave room for a 25th slot at batch
+ * 1) 601 / 1,116. */
 #ifndef DF_GROUP
-#define DF_GROUP 1
+#define DF_GROUP 4
 #endif
 
 /* One GEMV phase: the block's tiles in groups of up to DF_GROUP; slab j of a group (tile-major,
  * as the producer copies them) goes to warp j % 16, which multiplies its 8 units of 32 columns
  * (weights from the ring slot, inputs xs (N, IC) bf16 from shared memory) on the tensor cores;
- * the 16 warps' partial tiles are added in warp order (red: DF_GROUP x DF_WARPS x 128 floats)
+ * the 16 warps' partial tiles are added in warp order (red: DF_GROUP x DF_WARPS x N x 16 floats)
  * and the epilogue writes the group's tiles. seq: the block's slab count. */
 static __device__ void df_gemv_phase(const ni_decode_fused_args &a, const df_ctx &c,
                                      const ni_cuda_layer_weights *tab, uint32_t ph, int epi,
@@ -454,8 +461,11 @@ static __device__ void df_gemv_phase(const ni_decode_fused_args &a, const df_ctx
                 if (lane == 0) df_mbar_arrive(full + 8); /* the slot may be refilled */
             }
             /* rows g (< 8): features 8 half + 2t + e in acc[half][e] */
-            float *mine = red + (tl * DF_WARPS + warp) * 128 + lane * 4;
-            mine[0] = acc[0][0], mine[1] = acc[0][1], mine[2] = acc[1][0], mine[3] = acc[1][1];
+            if (row_ok) {
+                float *mine = red + (((size_t)tl * DF_WARPS + warp) * c.N + r) * 16 + 2 * t;
+                *reinterpret_cast<float2 *>(mine) = make_float2(acc[0][0], acc[0][1]);
+                *reinterpret_cast<float2 *>(mine + 8) = make_float2(acc[1][0], acc[1][1]);
+            }
         }
         df_cp_async_wait_all(); /* df_preload's copies (the barrier shares them) */
         df_bar();
@@ -464,9 +474,9 @@ static __device__ void df_gemv_phase(const ni_decode_fused_args &a, const df_ctx
             const float fbias = bias ? ni_dt_bf16::to_float(pb[pt * 16 + ff]) : 0.0f;
             const float xold =
                 epi == DF_EPI_RESIDUAL ? px[((size_t)fn * ntl + pt) * 16 + ff] : 0.0f;
-            const uint32_t idx = (fn * 4 + (ff % 8) / 2) * 4 + (ff / 8) * 2 + (ff % 2);
             float v = 0.0f;
-            for (int w = 0; w < DF_WARPS; w++) v += red[(ft * DF_WARPS + w) * 128 + idx];
+            for (int w = 0; w < DF_WARPS; w++)
+                v += red[(((size_t)ft * DF_WARPS + w) * c.N + fn) * 16 + ff];
             df_epilogue(epi, c, g.OC, fn, fo, v + fbias, xold);
         }
         df_bar();
@@ -740,6 +750,13 @@ static __device__ void df_attention(uint16_t *att, const df_ctx &c, float *sm) {
     }
 }
 
+/* The reduction area (floats): each warp's partial sums of the N rows of up to DF_GROUP tiles (16
+ * features each), also the LayerNorm's scratch (at least 16 x 8 + 2 x 8 floats). */
+static __host__ __device__ __forceinline__ size_t df_red_floats(size_t N) {
+    const size_t gemv = (size_t)DF_GROUP * DF_WARPS * N * 16;
+    return gemv > 256 ? gemv : 256;
+}
+
 /* Shared memory of df_preload's copies for a grid of B blocks: the biases of the most tiles a
  * block owns in any phase (4 C outputs), then N residual rows at the most tiles of C outputs. */
 static __host__ __device__ __forceinline__ size_t df_pre_bias_bytes(size_t C, size_t B) {
@@ -771,7 +788,7 @@ __global__ void __launch_bounds__(DF_BLOCK, 1) decode_fused_kernel(ni_decode_fus
     const uint32_t bars = sbase + (uint32_t)bars_off, ring_base = sbase + (uint32_t)ring_off;
     float *red = reinterpret_cast<float *>(sm0 + ring_off + (size_t)ring * DF_SLAB_BYTES);
     /* df_preload's copies: the biases, then the residual values */
-    uint16_t *pre_b = reinterpret_cast<uint16_t *>(red + DF_GROUP * DF_WARPS * 128);
+    uint16_t *pre_b = reinterpret_cast<uint16_t *>(red + df_red_floats(a.N));
     float *pre_x = reinterpret_cast<float *>(reinterpret_cast<uint8_t *>(pre_b) +
                                              df_pre_bias_bytes(a.C, gridDim.x));
     uint8_t *stage = reinterpret_cast<uint8_t *>(pre_b) + df_pre_bytes(a.N, a.C, gridDim.x);
@@ -889,7 +906,7 @@ static size_t df_fixed_smem(size_t N, size_t C, size_t T, size_t L, size_t B) {
     size_t st = gemv_in > ln ? gemv_in : ln;
     if (attn > st) st = attn;
     const size_t tab = (L * sizeof(ni_cuda_layer_weights) + 15) & ~(size_t)15;
-    return tab + 64 + 128 + (size_t)DF_GROUP * DF_WARPS * 128 * 4 + df_pre_bytes(N, C, B) +
+    return tab + 64 + 128 + df_red_floats(N) * 4 + df_pre_bytes(N, C, B) +
            ((st + 15) & ~(size_t)15);
 }
 

@@ -296,8 +296,10 @@ static void test_graphs_cross_chunks(void **state) {
     ni_model_close(m);
 }
 
-/* The fused decode step (forced on) on a model whose tiles have more TMA slabs than warps and
- * ring slots (gpt2-large: fcproj 5120 columns, 20 slabs of 256): the same tokens on every run
+/* The fused decode step (forced on) on a model whose tiles have more TMA slabs than warps
+ * (gpt2-large: fcproj 5120 columns, 20 slabs of 256) and whose phases have more than the ring
+ * holds (the logits: about 24 tiles of 5 slabs a block), so that slots are refilled while
+ * other warps still work on earlier slabs: the same tokens on every run
  * (a warp reading a slot before its fill lands would not be reproducible), under the graphs as
  * eagerly, and a row's tokens do not depend on the rest of the batch. */
 static void test_fused_large_model(void **state) {
