@@ -233,10 +233,15 @@ static __device__ void df_preload(uint16_t *pb, float *px, const ni_decode_fused
     const df_geom g = df_phase_geom(a, tab, ph);
     const df_share sh = df_share_of(g);
     const uint32_t nt = sh.t1 - sh.t0;
-    if (bias && threadIdx.x < 2 * nt && sh.t0 * 16 + threadIdx.x * 8 < g.OC)
-        df_cp_async16(pb + threadIdx.x * 8, bias + sh.t0 * 16 + threadIdx.x * 8);
+    /* copy k by lane k / 16 of warp k % 16, so that each warp issues few: they all wait for the
+     * slowest at the LayerNorm's or staging's barrier (+1.2 % at gpt2-xl batch 1, H200, against
+     * the first threads issuing them all) */
+    const uint32_t me = (threadIdx.x & 31) * DF_WARPS + (threadIdx.x >> 5);
+    const uint32_t kb = me, kr0 = (me + DF_THREADS - 2 * nt % DF_THREADS) % DF_THREADS;
+    if (bias && kb < 2 * nt && sh.t0 * 16 + kb * 8 < g.OC)
+        df_cp_async16(pb + kb * 8, bias + sh.t0 * 16 + kb * 8);
     if (residual)
-        for (uint32_t i = threadIdx.x; i < a.N * nt * 4; i += DF_THREADS) {
+        for (uint32_t i = kr0; i < a.N * nt * 4; i += DF_THREADS) {
             const uint32_t n = i / (nt * 4), j = i % (nt * 4);
             if (sh.t0 * 16 + j * 4 < g.OC)
                 df_cp_async16(px + (size_t)i * 4, a.x + n * a.C + sh.t0 * 16 + j * 4);
@@ -845,11 +850,15 @@ __global__ void __launch_bounds__(DF_BLOCK, 1) decode_fused_kernel(ni_decode_fus
         /* this layer's cached keys and values of the block's attention items, requested into L2
          * now, while the block normalizes and multiplies: the attention phase then finds them in
          * L2 instead of HBM (the new position is written by the qkv phase) */
-        if (threadIdx.x < 2)
+        /* by the last two warps, which df_preload gives the least (1 keys, 2 values) */
+        const uint32_t kv_t = threadIdx.x == DF_THREADS - 32   ? 1u
+                              : threadIdx.x == DF_THREADS - 64 ? 2u
+                                                               : 0u;
+        if (kv_t)
             for (size_t item = blockIdx.x; item < N * c.NH; item += gridDim.x) {
                 const size_t n = item / c.NH, h = item % c.NH;
                 const uint32_t bytes = (uint32_t)(s_pos[n] * c.HS * 2);
-                const uint16_t *src = (threadIdx.x ? c.v_cache : c.k_cache) +
+                const uint16_t *src = (kv_t == 2 ? c.v_cache : c.k_cache) +
                                       ((size_t)s_slot[n] * c.NH + h) * c.T * c.HS;
                 if (bytes)
                     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(src), "r"(bytes)
