@@ -44,7 +44,7 @@ def tiles_of(b, B, oc):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("trace")
     ap.add_argument("--n-embd", type=int, default=1600, help="the model's width (tile counts)")
     ap.add_argument("--ghz", type=float, default=1.98, help="SM clock for the cycle counts")

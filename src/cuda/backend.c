@@ -534,7 +534,7 @@ static ni_status trace_detail_append(ni_backend_ctx *b) {
 static ni_status trace_collect(ni_backend_ctx *b) {
     size_t L = b->cfg->n_layer, nw = ni_cuda_decode_fused_trace_words(L);
     unsigned long long h[2 * (5 * 64 + 2)];
-    if (L > 64) return NI_OK;
+    if (L > 64) return trace_detail_append(b); /* (the sums' buffer holds 64 layers) */
     NI_CUDA_TRY(cudaMemcpyAsync(h, b->fused_trace, nw * 8, cudaMemcpyDeviceToHost, b->stream),
                 "cudaMemcpy (trace)");
     NI_CUDA_TRY(cudaStreamSynchronize(b->stream), "trace");

@@ -101,7 +101,7 @@ static __device__ __forceinline__ uint64_t df_now(void) {
 }
 
 /* -DDF_TRACE_DETAIL (a diagnostic build, never the default): besides the barrier times, per
- * block and phase the words of ni_cuda_decode_fused_trace_words_detail, written after the
+ * block and phase the words of ni_cuda_decode_fused_trace_detail_words, written after the
  * basic trace words: for each of the 5 L + 2 consumer phases k (the embedding, per layer ln_1 +
  * qkv, attention, proj, ln_2 + fc, fcproj, then ln_f + logits) and block b, at
  * [(k * blocks + b) * 8]: the phase's start (barrier left), the end of its LayerNorm or input
@@ -238,7 +238,7 @@ static __device__ void df_preload(uint16_t *pb, float *px, const ni_decode_fused
      * the first threads issuing them all) */
     const uint32_t me = (threadIdx.x & 31) * DF_WARPS + (threadIdx.x >> 5);
     const uint32_t kb = me, kr0 = (me + DF_THREADS - 2 * nt % DF_THREADS) % DF_THREADS;
-    if (bias && kb < 2 * nt && sh.t0 * 16 + kb * 8 < g.OC)
+    if (bias && kb < 2 * nt && sh.t0 * 16 + kb * 8 < g.OC) /* nt <= 256: df_ring_units */
         df_cp_async16(pb + kb * 8, bias + sh.t0 * 16 + kb * 8);
     if (residual)
         for (uint32_t i = kr0; i < a.N * nt * 4; i += DF_THREADS) {
@@ -354,7 +354,7 @@ typedef struct {
 } df_ctx;
 
 /* Output (row n, feature o) of phase kind `epi`: v = the product + bias; xold: the residual's
- * value (loaded before the tile's products, so that no load waits here). */
+ * value (copied into shared memory at the phase's start by df_preload). */
 static __device__ __forceinline__ void df_epilogue(int epi, const df_ctx &c, size_t OC, size_t n,
                                                    size_t o, float v, float xold) {
     switch (epi) {
@@ -391,6 +391,8 @@ static __device__ __forceinline__ void df_epilogue(int epi, const df_ctx &c, siz
 #ifndef DF_GROUP
 #define DF_GROUP 4
 #endif
+/* the epilogue finishes a group's outputs with one thread each */
+static_assert(DF_GROUP * NI_CUDA_DECODE_FUSED_MAX_ROWS * 16 <= DF_THREADS, "DF_GROUP too large");
 
 /* One GEMV phase: the block's tiles in groups of up to DF_GROUP; slab j of a group (tile-major,
  * as the producer copies them) goes to warp j % 16, which multiplies its 8 units of 32 columns
@@ -432,7 +434,7 @@ static __device__ void df_gemv_phase(const ni_decode_fused_args &a, const df_ctx
                  * copies into different slots may land out of order). The empty barrier is then
                  * at most one phase behind as well: every slab up to q - 16 - ring was consumed
                  * before the producer could issue this warp's previous slab q - 16 (ring >= 16),
-                 * and those before the tile at the last df_bar. */
+                 * and those before the group at the last df_bar. */
                 DF_TD(const long long td_c0 = clock64();)
                 if (q >= ring) df_mbar_wait(full + 8, ((q / ring) + 1u) & 1u);
                 df_mbar_wait(full, (q / ring) & 1u);
@@ -524,7 +526,7 @@ static __device__ void df_stage(uint16_t *dst, const uint16_t *src, size_t N, si
  * the CPU twin's two-pass statistics: thread j of the 512 sums elements j, j + 512, ... of every
  * row, its warp adds the lanes, and the 16 warp sums of a row are added in warp order, an order
  * that depends on C alone, so that a row's output does not depend on the rest of the batch.
- * red: 16 N + 2 N floats (N <= 8). Not inlined: inlined, it made ptxas spill in the GEMV loop
+ * red: 128 + 2 N floats (N <= 8). Not inlined: inlined, it made ptxas spill in the GEMV loop
  * (96 registers at most for 544 threads). td: NULL, or (-DDF_TRACE_DETAIL) the times at which
  * the rows are staged, the mean and the deviation known, and the LayerNorm began (4 words). */
 static __device__ __noinline__ void df_layernorm(uint16_t *out, float *xs, float *red,
@@ -776,7 +778,7 @@ static __host__ __device__ __forceinline__ size_t df_pre_bytes(size_t N, size_t 
 /* ---- the kernel --------------------------------------------------------------------------- */
 
 /* Dynamic shared memory: the layer table, the rows' slots and positions, the ring's mbarriers
- * (full, empty) and slots, the reduction tile (DF_WARPS x 128 floats), df_preload's copies,
+ * (full, empty) and slots, the reduction area (df_red_floats(N) floats), df_preload's copies,
  * then the staging area: the GEMV inputs (N, IC) bf16 (LayerNorm: + (N, C) f32 rows, the scale
  * and shift) or the attention scratch. Warps 0-15 compute; warp 16 streams the weights. */
 __global__ void __launch_bounds__(DF_BLOCK, 1) decode_fused_kernel(ni_decode_fused_args a) {
@@ -932,6 +934,9 @@ static size_t df_smem_limit(void) {
 static uint32_t df_ring_units(size_t N, size_t C, size_t T, size_t L, size_t B, size_t limit) {
     const size_t fixed = df_fixed_smem(N, C, T, L, B);
     if (fixed >= limit) return 0;
+    /* df_preload copies a phase's biases with one 16-byte piece a thread: at most 256 tiles a
+     * block (4 C outputs over B blocks; only tiny grids come near) */
+    if (((4 * C + 15) / 16 + B - 1) / B > DF_THREADS / 2) return 0;
     size_t ring = (limit - fixed) / ((size_t)DF_SLAB_BYTES + 16);
     if (ring > DF_RING_MAX) ring = DF_RING_MAX;
     /* a warp's consecutive slabs are 16 apart: with >= 16 slots the two waits of df_gemv_phase
@@ -1044,7 +1049,11 @@ extern "C" int ni_cuda_decode_fused(const ni_decode_fused_args *a, size_t blocks
     /* the barrier counter starts at zero */
     cudaError_t e = cudaMemsetAsync(a->barrier, 0, sizeof(unsigned), st);
     if (e == cudaSuccess && a->trace)
-        e = cudaMemsetAsync(a->trace, 0, ni_cuda_decode_fused_trace_words(a->L) * 8, st);
+        e = cudaMemsetAsync(a->trace, 0,
+                            (ni_cuda_decode_fused_trace_words(a->L) +
+                             ni_cuda_decode_fused_trace_detail_words(a->L, blocks)) *
+                                8,
+                            st);
     if (e != cudaSuccess) return (int)e;
     /* cooperative: the driver either makes every block resident at once, which the spinning
      * grid barriers need (another context or MPS client could hold SMs), or fails the launch */

@@ -121,7 +121,8 @@ typedef struct {
     unsigned *barrier;               /* (1) the grid barrier's counter, zeroed by each launch */
     const void *tmaps;               /* (4 L + 1) x 128 bytes: ni_cuda_decode_fused_tensor_maps */
     unsigned ring;                   /* weight slabs in flight: ni_cuda_decode_fused_ring */
-    unsigned long long *trace; /* NULL, or ni_cuda_decode_fused_trace_words(L) words (below) */
+    unsigned long long *trace;       /* NULL, or ni_cuda_decode_fused_trace_words(L) words (below),
+                                        plus ..._trace_detail_words(L, blocks) in a detail build */
 } ni_decode_fused_args;
 #define NI_CUDA_DECODE_FUSED_MAX_ROWS 8
 
