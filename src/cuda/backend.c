@@ -617,13 +617,20 @@ static ni_status enqueue_fused(ni_backend_ctx *b, size_t N, const int32_t *tok, 
     return NI_OK;
 }
 
-/* The forward pass over the host token list b->list.tok/slot/pos/want[0, n). Logits of the wanted
- * rows go to b->logits (generation: at most S rows) or block by block to host_out. */
 /* The layers and logits of a one-chunk forward pass whose rows are packed on the device (the
  * first n_sel rows want logits, into b->logits). */
 static ni_status enqueue_chunk(ni_backend_ctx *b, const layer_args *a, size_t n_sel) {
     NI_TRY(enqueue_layers(b, a));
     return enqueue_logits(b, b->d.rows, n_sel, b->logits);
+}
+
+/* The slot of a new entry in a graph cache of NI_MAX_GRAPHS entries, *n of them in use: the next
+ * free one, else the oldest in turn (the caller destroys the graph it held). */
+static size_t graph_cache_slot(size_t *n, size_t *evict) {
+    if (*n < NI_MAX_GRAPHS) return (*n)++;
+    const size_t slot = *evict;
+    *evict = (slot + 1) % NI_MAX_GRAPHS;
+    return slot;
 }
 
 /* cuda_graphs: a prefill as one graph launch. Launching a prefill's kernels one by one takes the
@@ -643,14 +650,8 @@ static ni_status prefill_graphed(ni_backend_ctx *b, const layer_args *a, size_t 
             e = c;
     }
     if (!e) { /* first use: remember the shape, run eagerly */
-        size_t slot = b->n_pgraphs;
-        if (slot == NI_MAX_GRAPHS) {
-            slot = b->pgraph_evict;
-            b->pgraph_evict = (b->pgraph_evict + 1) % NI_MAX_GRAPHS;
-            if (b->pgraphs[slot].exec) cudaGraphExecDestroy(b->pgraphs[slot].exec);
-        } else {
-            b->n_pgraphs++;
-        }
+        const size_t slot = graph_cache_slot(&b->n_pgraphs, &b->pgraph_evict);
+        if (b->pgraphs[slot].exec) cudaGraphExecDestroy(b->pgraphs[slot].exec);
         b->pgraphs[slot] = key;
         e = &b->pgraphs[slot];
     }
@@ -702,6 +703,8 @@ static ni_status prefill_capture_pending(ni_backend_ctx *b) {
     return NI_OK;
 }
 
+/* The forward pass over the host token list b->list.tok/slot/pos/want[0, n). Logits of the wanted
+ * rows go to b->logits (generation: at most S rows) or block by block to host_out. */
 static ni_status forward(ni_backend_ctx *b, size_t n, float *host_out) {
     size_t S = b->max_batch, V = b->cfg->vocab_size;
     chunk_block *h = &b->h, *d = &b->d;
@@ -916,14 +919,8 @@ static ni_status graph_for(ni_backend_ctx *b, size_t B, size_t max_pos, cudaGrap
     cudaGraphExec_t exec = NULL;
     NI_TRY(capture_begin(b));
     NI_TRY(capture_end(b, enqueue_graph_step(b, B, max_pos), &exec));
-    size_t slot = b->n_graphs;
-    if (slot == NI_MAX_GRAPHS) {
-        slot = b->graph_evict;
-        b->graph_evict = (b->graph_evict + 1) % NI_MAX_GRAPHS;
-        cudaGraphExecDestroy(b->graphs[slot].exec);
-    } else {
-        b->n_graphs++;
-    }
+    const size_t slot = graph_cache_slot(&b->n_graphs, &b->graph_evict);
+    if (b->graphs[slot].exec) cudaGraphExecDestroy(b->graphs[slot].exec);
     b->graphs[slot].batch = B;
     b->graphs[slot].max_pos = max_pos;
     b->graphs[slot].exec = exec;

@@ -764,15 +764,19 @@ static __host__ __device__ __forceinline__ size_t df_red_floats(size_t N) {
     return gemv > 256 ? gemv : 256;
 }
 
+/* The most 16-row tiles one of B blocks owns in a phase of OC outputs (df_share_of). */
+static __host__ __device__ __forceinline__ size_t df_max_tiles(size_t OC, size_t B) {
+    return ((OC + 15) / 16 + B - 1) / B;
+}
+
 /* Shared memory of df_preload's copies for a grid of B blocks: the biases of the most tiles a
  * block owns in any phase (4 C outputs), then N residual rows at the most tiles of C outputs. */
 static __host__ __device__ __forceinline__ size_t df_pre_bias_bytes(size_t C, size_t B) {
-    const size_t tiles = ((4 * C + 15) / 16 + B - 1) / B;
-    return (tiles * 32 + 15) & ~(size_t)15;
+    return (df_max_tiles(4 * C, B) * 32 + 15) & ~(size_t)15;
 }
 
 static __host__ __device__ __forceinline__ size_t df_pre_bytes(size_t N, size_t C, size_t B) {
-    return df_pre_bias_bytes(C, B) + N * (((C + 15) / 16 + B - 1) / B) * 64;
+    return df_pre_bias_bytes(C, B) + N * df_max_tiles(C, B) * 64;
 }
 
 /* ---- the kernel --------------------------------------------------------------------------- */
@@ -921,13 +925,17 @@ static size_t df_fixed_smem(size_t N, size_t C, size_t T, size_t L, size_t B) {
            ((st + 15) & ~(size_t)15);
 }
 
-/* The largest dynamic shared memory of a block on this device. */
-static size_t df_smem_limit(void) {
+/* An attribute of the current device, 0 when it cannot be queried. */
+static size_t df_device_attr(cudaDeviceAttr attr) {
     int dev = 0, v = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&v, attr, dev) != cudaSuccess)
         return 0;
     return (size_t)v;
+}
+
+/* The largest dynamic shared memory of a block on this device. */
+static size_t df_smem_limit(void) {
+    return df_device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin);
 }
 
 /* Ring slots per warp that fit next to the fixed part (0: the sizes don't fit). */
@@ -936,7 +944,7 @@ static uint32_t df_ring_units(size_t N, size_t C, size_t T, size_t L, size_t B, 
     if (fixed >= limit) return 0;
     /* df_preload copies a phase's biases with one 16-byte piece a thread: at most 256 tiles a
      * block (4 C outputs over B blocks; only tiny grids come near) */
-    if (((4 * C + 15) / 16 + B - 1) / B > DF_THREADS / 2) return 0;
+    if (df_max_tiles(4 * C, B) > DF_THREADS / 2) return 0;
     size_t ring = (limit - fixed) / ((size_t)DF_SLAB_BYTES + 16);
     if (ring > DF_RING_MAX) ring = DF_RING_MAX;
     /* a warp's consecutive slabs are 16 apart: with >= 16 slots the two waits of df_gemv_phase
@@ -948,14 +956,12 @@ extern "C" unsigned ni_cuda_decode_fused_ring(size_t N, size_t C, size_t NH, siz
     if (N == 0 || N > NI_CUDA_DECODE_FUSED_MAX_ROWS || NH == 0 || C % NH) return 0;
     const size_t HS = C / NH;
     if (C % 8 || HS % 8 || HS > 128 || 4 * C > 0xffffffu) return 0;
-    const size_t limit = df_smem_limit();
-    int dev = 0, sms = 0;
-    if (!limit || cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+    const size_t limit = df_smem_limit(), sms = df_device_attr(cudaDevAttrMultiProcessorCount);
+    if (!limit || !sms) {
         cudaGetLastError(); /* the failed query's error, not an earlier one */
         return 0;
     }
-    return df_ring_units(N, C, T, L, (size_t)sms, limit); /* one block per SM */
+    return df_ring_units(N, C, T, L, sms, limit); /* one block per SM */
 }
 
 /* The 2D tensor maps of the step's weight matrices, in phase order (4 per layer, then wte), for
@@ -1021,10 +1027,9 @@ extern "C" size_t ni_cuda_decode_fused_trace_detail_words(size_t L, size_t block
 }
 
 extern "C" int ni_cuda_decode_fused_grid(size_t *blocks, size_t *warps) {
-    int dev = 0, sms = 0, per_sm = 0;
-    const size_t limit = df_smem_limit();
-    cudaError_t e = limit ? cudaGetDevice(&dev) : cudaErrorInvalidConfiguration;
-    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    int per_sm = 0;
+    const size_t limit = df_smem_limit(), sms = df_device_attr(cudaDevAttrMultiProcessorCount);
+    cudaError_t e = limit && sms ? cudaSuccess : cudaErrorInvalidConfiguration;
     if (e == cudaSuccess)
         e = cudaFuncSetAttribute(decode_fused_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  (int)limit);
@@ -1034,8 +1039,8 @@ extern "C" int ni_cuda_decode_fused_grid(size_t *blocks, size_t *warps) {
     if (e == cudaSuccess && per_sm < 1) e = cudaErrorInvalidConfiguration;
     if (e != cudaSuccess) return (int)e;
     /* one block per SM: the barriers need every block resident */
-    *blocks = (size_t)sms;
-    *warps = (size_t)sms * DF_WARPS;
+    *blocks = sms;
+    *warps = sms * DF_WARPS;
     return 0;
 }
 
