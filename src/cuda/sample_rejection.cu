@@ -264,6 +264,17 @@ static __device__ __forceinline__ void sr_csync(unsigned ncl) {
         __syncthreads();
 }
 
+/* The first cluster barrier split in two: every block arrives once it has started, and waits
+ * before its first push into another block's shared memory, which must have started (a block's
+ * shared memory exists only from then); the work in between hides the barrier. */
+static __device__ __forceinline__ void sr_cluster_arrive(unsigned ncl) {
+    if (ncl > 1) asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+}
+
+static __device__ __forceinline__ void sr_cluster_wait(unsigned ncl) {
+    if (ncl > 1) asm volatile("barrier.cluster.wait.aligned;" ::: "memory");
+}
+
 /* p in the shared memory of block rank r of the cluster (p itself for this block). */
 template <typename T>
 static __device__ __forceinline__ T *sr_peer(const sr_lay *Y, T *p, unsigned r) {
@@ -916,6 +927,7 @@ __global__ void __launch_bounds__(NT, 1)
     R.tab = sm->tab;
 
     /* before the first cluster barrier: nothing is pushed here until every block passed it */
+    sr_cluster_arrive(ncl);
     if (tid == 0) {
         sr_init_tab(sm->tab);
         sm->cand_stamp = SR_NONE;
@@ -978,6 +990,7 @@ __global__ void __launch_bounds__(NT, 1)
         sm->wbad[warp] = bad;
     }
     __syncthreads();
+    sr_cluster_wait(ncl); /* every block of the cluster has started */
     if (warp == 0) { /* the block's result, pushed to every block of the cluster */
         best = lane < NT / 32 ? sm->wmaxv[lane] : -INFINITY;
         arg = lane < NT / 32 ? sm->wmaxi[lane] : SR_NONE;
