@@ -1,4 +1,4 @@
-/* Matrix-vector products for small batches (N <= 16 rows): out (N, OC) = inp (N, IC) @ w^T +
+/* Matrix-vector products for small batches (N <= 32 rows): out (N, OC) = inp (N, IC) @ w^T +
  * bias [then GELU], the decode-step matmuls, where the weights are read once and the time is
  * the time to stream them from HBM (cuBLASLt reaches about half the read bandwidth there).
  * Each warp owns 16 output features (two tiles of 8 weight rows; 8 features, one tile, for
@@ -10,7 +10,8 @@
  * programmatic launch does not order, see pdl.cuh), four such 32-column blocks in flight per
  * round. The product runs on the tensor cores with mma.m16n8k16 (16-bit in, f32 accumulate; the
  * bf16 or f16 instruction as the dtype says, dtype.cuh): the
- * batch rows (zero-padded to 16) are the A operand, 8 weight rows the B operand, and the k order
+ * batch rows (zero-padded to 16; 17..32 rows are two such A tiles, both multiplied with each
+ * weight fragment) are the A operand, 8 weight rows the B operand, and the k order
  * inside each 32-column block is permuted so that a lane's 16-byte load is exactly its fragment
  * (the sum over k does not depend on that order). Tensor cores keep N = 16 as cheap as N = 1: on
  * the CUDA cores N = 16 costs 16 FMAs per weight, close to the FP32 peak at HBM speed. IC is split
@@ -18,7 +19,8 @@
  * still put enough loads in flight: blocks of 8 warps (16 when the split is 16), as many warps as
  * fit in one wave on 132 SMs (GEMV_MAX_WARPS), e.g. gpt2-xl 1600 -> 4800: 300 blocks x 8 warps
  * with IC split 8; the logits 1600 -> 50257: 393 blocks x 8 warps, no split. The split depends
- * on (IC, OC) only, so a row's result does not depend on the rest of the batch. IC % 8 != 0 or
+ * on (IC, OC) only, so a row's result does not depend on the rest of the batch (the same bits for
+ * N = 1 .. 32). IC % 8 != 0 or
  * unaligned pointers take the same kernel with scalar loads. */
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -30,6 +32,7 @@
 
 #define GEMV_WIDE_TILES 528 /* 16-feature tiles below which a warp takes 8 (4 per SM) */
 #define GEMV_U 4            /* 32-column blocks loaded per round (loads in flight) */
+#define GEMV_U_WIDE 2       /* the same for N > 16 (four input rows a lane: registers) */
 #define GEMV_MIN_WARPS 8    /* warps per block when the IC split is below 8 */
 #define GEMV_MAX_SPLIT 16   /* most warps sharing one tile's IC (one block) */
 #define GEMV_MAX_WARPS 4096 /* about what 132 SMs hold at once (32 warps of <= 64 registers) */
@@ -102,7 +105,8 @@ static __device__ __forceinline__ void gemv_mma(float *d, uint32_t a0, uint32_t 
 /* Block: (blockDim.x / 32) warps = G tiles x S slices of IC; warp w works on tile
  * blockIdx.x * G + w / S (8 RT output features) over slice w % S of the 32-column blocks.
  * D: the 16-bit type (dtype.cuh).
- * NT: batch-row halves loaded (1: N <= 8, rows 8..15 are zero; 2: N <= 16).
+ * NT: 8-row groups of the batch loaded (1: N <= 8, rows 8..15 are zero; 2: N <= 16; 4: N <= 32,
+ *     two 16-row A tiles).
  * RT: 8-row weight tiles per warp (1 or 2).
  * Lane (g = lane / 4, t = lane % 4) loads, per 32-column block kb, columns kb*32 + 8t .. +8 of
  * weight rows o_base + g and o_base + 8 + g and of input rows g and g + 8. For the two mma
@@ -111,16 +115,20 @@ static __device__ __forceinline__ void gemv_mma(float *d, uint32_t a0, uint32_t 
  * lane's vector word 2s feeds the fragment registers of k 2t.., word 2s + 1 those of k 2t+8..:
  * A = {x_g[2s], x_g+8[2s], x_g[2s+1], x_g+8[2s+1]}, B = {w_g[2s], w_g[2s+1]}. The accumulator
  * of weight tile rt holds (batch row g, features o_base + 8rt + 2t, +1) in d0, d1 and batch
- * row g + 8 in d2, d3. */
+ * row g + 8 in d2, d3; with NT = 4 a second accumulator holds rows g + 16 and g + 24 (input rows
+ * loaded the same way). NT = 4 needs about twice the registers: one block a slot, not two, and
+ * two 32-column blocks a round (GEMV_U_WIDE). */
 template <typename D, int NT, bool VEC, int RT>
-__global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, VEC ? 2 : 1)
+__global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, VEC &&NT <= 2 ? 2 : 1)
     gemv_kernel(ni_half16 *out,        // (N, OC) or NULL
                 float *out_f32,        // (N, OC) or NULL
                 const ni_half16 *inp,  // (N, IC)
                 const ni_half16 *w,    // (OC, IC)
                 const ni_half16 *bias, // (OC) or NULL
                 int N, size_t IC, size_t OC, int S, int gelu) {
-    extern __shared__ float gemv_red[]; // (warps, RT * 4, 32) partial sums when S > 1
+    constexpr int MT = (NT + 1) / 2;                 // 16-row A tiles
+    constexpr int U = NT > 2 ? GEMV_U_WIDE : GEMV_U; // 32-column blocks per round
+    extern __shared__ float gemv_red[]; // (warps, RT * MT * 4, 32) partial sums when S > 1
     ni_pdl_wait(); /* inp comes from the previous kernel, which may also still read out */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
@@ -130,11 +138,13 @@ __global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, VEC ? 2 : 1)
     const size_t o_base = tile * (size_t)(8 * RT);
     const bool live = o_base < OC; // warp-uniform
 
-    float acc[RT][4];
+    float acc[RT][MT][4];
 #pragma unroll
     for (int rt = 0; rt < RT; rt++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) acc[rt][e] = 0.0f;
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[rt][mt][e] = 0.0f;
 
     if (live) {
         const ni_half16 *wrow[RT];
@@ -158,11 +168,11 @@ __global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, VEC ? 2 : 1)
         const uint32_t kb0 = (uint32_t)((uint64_t)nkb * (uint32_t)s / (uint32_t)S);
         const uint32_t kb1 = (uint32_t)((uint64_t)nkb * (uint32_t)(s + 1) / (uint32_t)S);
 
-        for (uint32_t kb = kb0; kb < kb1; kb += GEMV_U) {
-            uint4 wv[GEMV_U][RT], xv[GEMV_U][NT];
+        for (uint32_t kb = kb0; kb < kb1; kb += U) {
+            uint4 wv[U][RT], xv[U][NT];
             /* all loads of the round first, then the math */
 #pragma unroll
-            for (int u = 0; u < GEMV_U; u++) {
+            for (int u = 0; u < U; u++) {
                 const uint32_t col = (kb + (uint32_t)u) * 32 + (uint32_t)(8 * t);
                 const bool in = kb + (uint32_t)u < kb1 && col < ic;
 #pragma unroll
@@ -173,17 +183,22 @@ __global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, VEC ? 2 : 1)
                     xv[u][nt] = gemv_ld_x<VEC>(xrow[nt], col, IC, in && xok[nt]);
             }
 #pragma unroll
-            for (int u = 0; u < GEMV_U; u++) {
+            for (int u = 0; u < U; u++) {
 #pragma unroll
                 for (int ks = 0; ks < 2; ks++) {
-                    const uint32_t a0 = ni_u4_word(xv[u][0], 2 * ks);
-                    const uint32_t a2 = ni_u4_word(xv[u][0], 2 * ks + 1);
-                    const uint32_t a1 = NT > 1 ? ni_u4_word(xv[u][NT - 1], 2 * ks) : 0u;
-                    const uint32_t a3 = NT > 1 ? ni_u4_word(xv[u][NT - 1], 2 * ks + 1) : 0u;
 #pragma unroll
-                    for (int rt = 0; rt < RT; rt++)
-                        gemv_mma<D>(acc[rt], a0, a1, a2, a3, ni_u4_word(wv[u][rt], 2 * ks),
-                                    ni_u4_word(wv[u][rt], 2 * ks + 1));
+                    for (int mt = 0; mt < MT; mt++) {
+                        const uint32_t a0 = ni_u4_word(xv[u][2 * mt], 2 * ks);
+                        const uint32_t a2 = ni_u4_word(xv[u][2 * mt], 2 * ks + 1);
+                        const uint32_t a1 =
+                            2 * mt + 1 < NT ? ni_u4_word(xv[u][2 * mt + 1], 2 * ks) : 0u;
+                        const uint32_t a3 =
+                            2 * mt + 1 < NT ? ni_u4_word(xv[u][2 * mt + 1], 2 * ks + 1) : 0u;
+#pragma unroll
+                        for (int rt = 0; rt < RT; rt++)
+                            gemv_mma<D>(acc[rt][mt], a0, a1, a2, a3, ni_u4_word(wv[u][rt], 2 * ks),
+                                        ni_u4_word(wv[u][rt], 2 * ks + 1));
+                    }
                 }
             }
         }
@@ -195,18 +210,25 @@ __global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, VEC ? 2 : 1)
 #pragma unroll
         for (int rt = 0; rt < RT; rt++)
 #pragma unroll
-            for (int e = 0; e < 4; e++)
-                gemv_red[((size_t)warp * (RT * 4) + (size_t)(rt * 4 + e)) * 32 + lane] = acc[rt][e];
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    gemv_red[((size_t)warp * (RT * MT * 4) + (size_t)((rt * MT + mt) * 4 + e)) *
+                                 32 +
+                             lane] = acc[rt][mt][e];
         __syncthreads();
         if (s != 0 || !live) return;
         for (int s2 = 1; s2 < S; s2++) {
 #pragma unroll
             for (int rt = 0; rt < RT; rt++)
 #pragma unroll
-                for (int e = 0; e < 4; e++)
-                    acc[rt][e] +=
-                        gemv_red[((size_t)(warp + s2) * (RT * 4) + (size_t)(rt * 4 + e)) * 32 +
-                                 lane];
+                for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                        acc[rt][mt][e] += gemv_red[((size_t)(warp + s2) * (RT * MT * 4) +
+                                                    (size_t)((rt * MT + mt) * 4 + e)) *
+                                                       32 +
+                                                   lane];
         }
     }
     if (!live) return;
@@ -214,11 +236,12 @@ __global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, VEC ? 2 : 1)
 #pragma unroll
     for (int rt = 0; rt < RT; rt++) {
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-            const int n = g + 8 * (e >> 1);
+        for (int i4 = 0; i4 < MT * 4; i4++) {
+            const int mt = i4 >> 2, e = i4 & 3;
+            const int n = 16 * mt + g + 8 * (e >> 1);
             const size_t o = o_base + (size_t)(rt * 8 + 2 * t + (e & 1));
             if (n >= N || o >= OC) continue;
-            float v = acc[rt][e];
+            float v = acc[rt][mt][e];
             if (bias) v += D::to_float(bias[o]);
             if (gelu) v = ni_gelu_tanh(v);
             const size_t i = (size_t)n * OC + o;
@@ -254,6 +277,16 @@ static cudaError_t gemv_launch(int rt, int vec, dim3 grid, dim3 block, size_t sm
                                     OC, S, gelu);
 }
 
+/* Up to 16 rows the GEMV beats cuBLASLt on every GPT-2 matrix; from 17 to 32 only where a warp
+ * owns 16 features (RT = 2: the vocabulary projection), so that the four input rows a lane
+ * loads per 32 columns cost two weight rows' bytes, not four. Measured on the H200, decode
+ * tokens/s at batch 17 / 24 / 32 against cuBLASLt for the logits: gpt2 +14 / +15 / +15 %,
+ * gpt2-medium +10 %, gpt2-large +7 %, gpt2-xl +6 %. For the 8-feature matrices of the layers it
+ * was 3 to 26 % slower than cuBLASLt except on gpt2 (+7 %). */
+extern "C" size_t ni_cuda_gemv_rows(size_t OC) {
+    return (OC + 15) / 16 >= GEMV_WIDE_TILES ? NI_CUDA_GEMV_MAX_ROWS : 16;
+}
+
 extern "C" int ni_cuda_gemv(ni_half16 *out, float *out_f32, const ni_half16 *inp,
                             const ni_half16 *w, const ni_half16 *bias, size_t N, size_t IC,
                             size_t OC, int gelu, ni_cuda_dtype dt, ni_stream s) {
@@ -269,6 +302,7 @@ extern "C" int ni_cuda_gemv(ni_half16 *out, float *out_f32, const ni_half16 *inp
      * the last best for gpt2-xl). Split IC over S warps (a power of two): the most
      * warps that still run in one wave (GEMV_MAX_WARPS), at least two 32-column blocks per warp.
      * A function of (IC, OC) only. */
+    const int nt = N > 16 ? 4 : N > 8 ? 2 : 1; /* 8-row groups of the batch */
     const int rt = (OC + 15) / 16 < GEMV_WIDE_TILES ? 1 : 2;
     const size_t tiles = (OC + 8 * (size_t)rt - 1) / (8 * (size_t)rt), nkb = (IC + 31) / 32;
     int S = 1;
@@ -278,20 +312,27 @@ extern "C" int ni_cuda_gemv(ni_half16 *out, float *out_f32, const ni_half16 *inp
     const int warps = S < GEMV_MIN_WARPS ? GEMV_MIN_WARPS : S;
     const size_t G = (size_t)(warps / S);
     const size_t blocks = (tiles + G - 1) / G;
-    const size_t smem = S > 1 ? (size_t)warps * (size_t)rt * 4 * 32 * sizeof(float) : 0;
+    const size_t mt = (size_t)(nt + 1) / 2;
+    const size_t smem = S > 1 ? (size_t)warps * (size_t)rt * mt * 4 * 32 * sizeof(float) : 0;
     const int vec = IC % 8 == 0 && ((uintptr_t)w & 15u) == 0 && ((uintptr_t)inp & 15u) == 0;
 
     dim3 grid((unsigned)blocks), block((unsigned)warps * 32);
     cudaStream_t st = (cudaStream_t)s;
     ni_half16 *o = out;
     cudaError_t e;
-    if (dt == NI_CUDA_F16 && N > 8)
+    if (dt == NI_CUDA_F16 && nt == 4)
+        e = gemv_launch<ni_dt_f16, 4>(rt, vec, grid, block, smem, st, o, out_f32, inp, w, bias,
+                                      (int)N, IC, OC, S, gelu);
+    else if (dt == NI_CUDA_F16 && nt == 2)
         e = gemv_launch<ni_dt_f16, 2>(rt, vec, grid, block, smem, st, o, out_f32, inp, w, bias,
                                       (int)N, IC, OC, S, gelu);
     else if (dt == NI_CUDA_F16)
         e = gemv_launch<ni_dt_f16, 1>(rt, vec, grid, block, smem, st, o, out_f32, inp, w, bias,
                                       (int)N, IC, OC, S, gelu);
-    else if (N > 8)
+    else if (nt == 4)
+        e = gemv_launch<ni_dt_bf16, 4>(rt, vec, grid, block, smem, st, o, out_f32, inp, w, bias,
+                                       (int)N, IC, OC, S, gelu);
+    else if (nt == 2)
         e = gemv_launch<ni_dt_bf16, 2>(rt, vec, grid, block, smem, st, o, out_f32, inp, w, bias,
                                        (int)N, IC, OC, S, gelu);
     else

@@ -91,12 +91,16 @@ size_t ni_cuda_attention_decode_partial_floats(size_t B, size_t NH, size_t HS, s
 /* ---- matrix-vector products for small batches ---------------------------------------------- */
 
 /* out (N, OC) = inp (N, IC) @ w^T + bias, w (OC, IC) 16-bit streamed once and every row of inp
- * reused from shared memory; gelu != 0 applies GELU (tanh) after the bias. For N <= 16.
+ * reused from L1; gelu != 0 applies GELU (tanh) after the bias. For N <= 32.
  * out_f32 != NULL writes f32 instead of 16-bit (the logits). */
 int ni_cuda_gemv(ni_half16 *out, float *out_f32, const ni_half16 *inp, const ni_half16 *w,
                  const ni_half16 *bias, size_t N, size_t IC, size_t OC, int gelu, ni_cuda_dtype dt,
                  ni_stream s);
-#define NI_CUDA_GEMV_MAX_ROWS 16
+#define NI_CUDA_GEMV_MAX_ROWS 32
+
+/* The most rows for which the GEMV beats cuBLASLt on a matrix of OC outputs: 32 for the
+ * vocabulary projection, 16 for the rest (ni_cuda_gemv itself takes any N <= 32). */
+size_t ni_cuda_gemv_rows(size_t OC);
 
 /* ---- the fused decode step (decode_fused.cu) ------------------------------------------------ */
 

@@ -7,6 +7,7 @@
 #include "cuda/matmul.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/error.h"
@@ -29,6 +30,12 @@ ni_status ni_matmul_init(ni_matmul_ctx *m, void *workspace, size_t workspace_byt
     m->workspace = workspace;
     m->workspace_bytes = workspace_bytes;
     m->gemv_max_rows = NI_CUDA_GEMV_MAX_ROWS;
+    /* NI_GEMV_MAX_ROWS: a lower hand-over to cuBLASLt, to compare the two on one binary */
+    const char *e = getenv("NI_GEMV_MAX_ROWS");
+    if (e && *e) {
+        long v = strtol(e, NULL, 10);
+        if (v >= 0 && v <= NI_CUDA_GEMV_MAX_ROWS) m->gemv_max_rows = (size_t)v;
+    }
     return lt_status(cublasLtCreate(&m->handle), "create");
 }
 
@@ -130,7 +137,7 @@ ni_status ni_matmul(ni_matmul_ctx *m, ni_half16 *out16, float *out_f32, const ni
     if (N == 0) return NI_OK;
     if (dt != NI_CUDA_BF16 && dt != NI_CUDA_F16)
         return ni_fail(NI_ERR_INTERNAL, "matmul: unknown 16-bit type %d", (int)dt);
-    if (N <= m->gemv_max_rows) {
+    if (N <= m->gemv_max_rows && N <= ni_cuda_gemv_rows(OC)) {
         NI_CUDA_TRY(
             ni_cuda_gemv(out16, out_f32, inp, w, bias, N, IC, OC, gelu, dt, (ni_stream)stream),
             "gemv kernel");

@@ -991,7 +991,7 @@ __global__ void __launch_bounds__(NT, 1)
     }
     __syncthreads();
     sr_cluster_wait(ncl); /* every block of the cluster has started */
-    if (warp == 0) { /* the block's result, pushed to every block of the cluster */
+    if (warp == 0) {      /* the block's result, pushed to every block of the cluster */
         best = lane < NT / 32 ? sm->wmaxv[lane] : -INFINITY;
         arg = lane < NT / 32 ? sm->wmaxi[lane] : SR_NONE;
         bad = lane < NT / 32 ? sm->wbad[lane] : 0;

@@ -1,6 +1,6 @@
 /* GPU tests of the small-batch matmul (ni_cuda_gemv) and the sort-based sampler
  * (ni_cuda_sample_sorted). The GEMV is compared with its CPU twin cpu_matmul (+ cpu_gelu) on the
- * same bf16-rounded (and, again, f16-rounded) data for every batch size 1..16 and awkward IC / OC,
+ * same bf16-rounded (and, again, f16-rounded) data for every batch size 1..32 and awkward IC / OC,
  * with poisoned outputs
  * (rows past N must stay untouched) and a bitwise batch-invariance check. The sampler must give
  * exactly the token of the CPU's ni_sample_sorted for the same (seed, seq, step) (the canonical
@@ -65,11 +65,11 @@ static void *hmalloc(size_t bytes) {
 typedef struct {
     size_t IC, OC;
     ni_cuda_dtype dt;
-    ni_half16 *x, *w, *b;          /* host 16-bit: (16, IC), (OC, IC), (OC) */
-    float *ref, *ref_gelu, *absum; /* (16, OC) */
+    ni_half16 *x, *w, *b;          /* host 16-bit: (R, IC), (OC, IC), (OC); R the most rows */
+    float *ref, *ref_gelu, *absum; /* (R, OC) */
     ni_half16 *dx, *dw, *db;
-    ni_half16 *dout; /* (16, OC) */
-    float *dout_f32; /* (16, OC) */
+    ni_half16 *dout; /* (R, OC) */
+    float *dout_f32; /* (R, OC) */
 } gemv_case;
 
 static uint16_t h16_from(ni_cuda_dtype dt, float x) {
@@ -145,7 +145,7 @@ static void gemv_case_free(gemv_case *c) {
 }
 
 /* Runs the GEMV for N rows into poisoned outputs; out_f32 / gelu select the variant. Returns the
- * result as f32 in res (16, OC) and the raw bits in bits (16 * OC * 4 bytes). */
+ * result as f32 in res (R, OC) and the raw bits in bits (R * OC * 4 bytes), R the most rows. */
 static void gemv_run(const gemv_case *c, size_t N, int f32, int gelu, float *res, void *bits) {
     const size_t R = NI_CUDA_GEMV_MAX_ROWS, OC = c->OC;
     CK(cudaMemset(c->dout, 0xFF, R * OC * sizeof *c->dout)); /* 16-bit 0xFFFF, f32: NaN */
@@ -220,8 +220,8 @@ static void gemv_case_all_n(size_t IC, size_t OC, uint64_t seed, ni_cuda_dtype d
             if (q > worst) worst = q;
         }
     }
-    printf("  gemv %-4s IC=%-5zu OC=%-6zu N=1..16 16-bit/f32 x plain/gelu: worst err/tol %.3f\n",
-           dt_name(dt), IC, OC, worst);
+    printf("  gemv %-4s IC=%-5zu OC=%-6zu N=1..%d 16-bit/f32 x plain/gelu: worst err/tol %.3f\n",
+           dt_name(dt), IC, OC, NI_CUDA_GEMV_MAX_ROWS, worst);
     free(res);
     free(bits);
     gemv_case_free(&c);
@@ -245,7 +245,7 @@ static void test_gemv_shapes(void **state) {
     }
 }
 
-/* A row's result must not depend on the other rows of the batch: the same bits for N = 1..16. */
+/* A row's result must not depend on the other rows of the batch: the same bits for every N. */
 static void test_gemv_batch_invariance(void **state) {
     (void)state;
     static const size_t shapes[][2] = {{768, 2304}, {6400, 1600}, {129, 129}, {1600, 50257}};
@@ -262,8 +262,8 @@ static void test_gemv_batch_invariance(void **state) {
         for (size_t N = 1; N < R; N++) {
             gemv_run(&c, N, 1, 0, res, bits);
             if (memcmp(bits, full, N * OC * 4) != 0) {
-                fprintf(stderr, "gemv %s IC=%zu OC=%zu: rows of N=%zu differ from N=16\n",
-                        dt_name(c.dt), c.IC, OC, N);
+                fprintf(stderr, "gemv %s IC=%zu OC=%zu: rows of N=%zu differ from N=%zu\n",
+                        dt_name(c.dt), c.IC, OC, N, R);
                 fail();
             }
         }
@@ -276,9 +276,10 @@ static void test_gemv_batch_invariance(void **state) {
 
 static void test_gemv_args(void **state) {
     (void)state;
-    /* N > 16 is refused without a launch; N = 0 is a no-op; an unknown type is refused */
+    /* N > NI_CUDA_GEMV_MAX_ROWS is refused without a launch; N = 0 is a no-op; an unknown type
+     * is refused */
     assert_int_not_equal(ni_cuda_gemv(NULL, (float *)8, (const ni_half16 *)8, (const ni_half16 *)8,
-                                      NULL, 17, 8, 8, 0, NI_CUDA_BF16, NULL),
+                                      NULL, NI_CUDA_GEMV_MAX_ROWS + 1, 8, 8, 0, NI_CUDA_BF16, NULL),
                          0);
     assert_int_equal(ni_cuda_gemv(NULL, (float *)8, (const ni_half16 *)8, (const ni_half16 *)8,
                                   NULL, 0, 8, 8, 0, NI_CUDA_BF16, NULL),
