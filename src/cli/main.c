@@ -33,7 +33,7 @@ static void usage(FILE *f) {
           "  NI_GRAPH_STEPS=N   cuda_graphs: decode steps between host wake-ups (default 8)\n"
           "  NI_NO_PDL=1        launch kernels without programmatic dependent launch\n"
           "  NI_GEMV_MAX_ROWS=N the most rows a matmul gives our GEMV kernel, not cuBLASLt\n"
-          "                     (default: 16, and 32 for the logits)\n"
+          "                     (default: 16, and 32 for the logits; 0: cuBLASLt only)\n"
           "  NI_FUSED_TRACE=1   print the fused step's phase times when an engine closes\n"
           "  NI_FUSED_TRACE_FILE=F  with a -DDF_TRACE_DETAIL build: append each eager fused\n"
           "                     step's per-block trace to F (tools/fused_trace.py reads it)\n",

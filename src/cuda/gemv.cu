@@ -8,19 +8,18 @@
  * inputs are small, read by every warp, and served by L1/L2, so no shared-memory staging, which
  * could not hold 16 x 6400 inputs anyway; not the non-coherent path, which the wait of a
  * programmatic launch does not order, see pdl.cuh), four such 32-column blocks in flight per
- * round. The product runs on the tensor cores with mma.m16n8k16 (16-bit in, f32 accumulate; the
- * bf16 or f16 instruction as the dtype says, dtype.cuh): the
- * batch rows (zero-padded to 16; 17..32 rows are two such A tiles, both multiplied with each
- * weight fragment) are the A operand, 8 weight rows the B operand, and the k order
- * inside each 32-column block is permuted so that a lane's 16-byte load is exactly its fragment
- * (the sum over k does not depend on that order). Tensor cores keep N = 16 as cheap as N = 1: on
- * the CUDA cores N = 16 costs 16 FMAs per weight, close to the FP32 peak at HBM speed. IC is split
- * over up to 16 warps of a block (fixed order reduction in shared memory) so that small matrices
- * still put enough loads in flight: blocks of 8 warps (16 when the split is 16), as many warps as
- * fit in one wave on 132 SMs (GEMV_MAX_WARPS), e.g. gpt2-xl 1600 -> 4800: 300 blocks x 8 warps
- * with IC split 8; the logits 1600 -> 50257: 393 blocks x 8 warps, no split. The split depends
- * on (IC, OC) only, so a row's result does not depend on the rest of the batch (the same bits for
- * N = 1 .. 32). IC % 8 != 0 or
+ * round (two for N > 16). The product runs on the tensor cores with mma.m16n8k16 (16-bit in, f32
+ * accumulate; the bf16 or f16 instruction as the dtype says, dtype.cuh): the batch rows
+ * (zero-padded to 16; 17..32 rows are two such A tiles, both multiplied with each weight fragment)
+ * are the A operand, 8 weight rows the B operand, and the k order inside each 32-column block is
+ * permuted so that a lane's 16-byte load is exactly its fragment (the sum over k does not depend on
+ * that order). Tensor cores keep N = 16 as cheap as N = 1: on the CUDA cores N = 16 costs 16 FMAs
+ * per weight, close to the FP32 peak at HBM speed. IC is split over up to 16 warps of a block
+ * (fixed order reduction in shared memory) so that small matrices still put enough loads in flight:
+ * blocks of 8 warps (16 when the split is 16), as many warps as fit in one wave on 132 SMs
+ * (GEMV_MAX_WARPS), e.g. gpt2-xl 1600 -> 4800: 300 blocks x 8 warps with IC split 8; the logits
+ * 1600 -> 50257: 393 blocks x 8 warps, no split. The split depends on (IC, OC) only, so a row's
+ * result does not depend on the rest of the batch (the same bits for N = 1 .. 32). IC % 8 != 0 or
  * unaligned pointers take the same kernel with scalar loads. */
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -119,7 +118,7 @@ static __device__ __forceinline__ void gemv_mma(float *d, uint32_t a0, uint32_t 
  * loaded the same way). NT = 4 needs about twice the registers: one block a slot, not two, and
  * two 32-column blocks a round (GEMV_U_WIDE). */
 template <typename D, int NT, bool VEC, int RT>
-__global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, VEC &&NT <= 2 ? 2 : 1)
+__global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, (VEC && NT <= 2) ? 2 : 1)
     gemv_kernel(ni_half16 *out,        // (N, OC) or NULL
                 float *out_f32,        // (N, OC) or NULL
                 const ni_half16 *inp,  // (N, IC)
@@ -277,14 +276,22 @@ static cudaError_t gemv_launch(int rt, int vec, dim3 grid, dim3 block, size_t sm
                                     OC, S, gelu);
 }
 
-/* Up to 16 rows the GEMV beats cuBLASLt on every GPT-2 matrix; from 17 to 32 only where a warp
- * owns 16 features (RT = 2: the vocabulary projection), so that the four input rows a lane
- * loads per 32 columns cost two weight rows' bytes, not four. Measured on the H200, decode
- * tokens/s at batch 17 / 24 / 32 against cuBLASLt for the logits: gpt2 +14 / +15 / +15 %,
+/* Tiles of 16 output features per warp (2), or 8 (1) below four 16-feature tiles per SM: the
+ * decode-step matrices of GPT-2 up to gpt2-xl (48-400 tiles), not the logits (3,141): more
+ * warps stream the small matrices sooner (measured: 132 and 264 and 528 as the threshold,
+ * the last best for gpt2-xl). */
+static int gemv_rt(size_t OC) {
+    return (OC + 15) / 16 < GEMV_WIDE_TILES ? 1 : 2;
+}
+
+/* In the engine, up to 16 rows the GEMV beats cuBLASLt on every GPT-2 matrix; from 17 to 32 only
+ * where a warp owns 16 features (RT = 2: OC > 8432, the vocabulary projection), where the four
+ * input vectors a lane loads per 32 columns serve two weight rows, not one. Measured on the H200,
+ * decode tokens/s at batch 17 / 24 / 32 against cuBLASLt for the logits: gpt2 +14 / +15 / +15 %,
  * gpt2-medium +10 %, gpt2-large +7 %, gpt2-xl +6 %. For the 8-feature matrices of the layers it
  * was 3 to 26 % slower than cuBLASLt except on gpt2 (+7 %). */
 extern "C" size_t ni_cuda_gemv_rows(size_t OC) {
-    return (OC + 15) / 16 >= GEMV_WIDE_TILES ? NI_CUDA_GEMV_MAX_ROWS : 16;
+    return gemv_rt(OC) == 2 ? NI_CUDA_GEMV_MAX_ROWS : 16;
 }
 
 extern "C" int ni_cuda_gemv(ni_half16 *out, float *out_f32, const ni_half16 *inp,
@@ -296,14 +303,12 @@ extern "C" int ni_cuda_gemv(ni_half16 *out, float *out_f32, const ni_half16 *inp
     if (IC > 0 && (!inp || !w)) return (int)cudaErrorInvalidValue;
     if (IC > (size_t)0x7fffffe0) return (int)cudaErrorInvalidValue; /* 32-bit column math */
 
-    /* Tiles of 16 output features per warp, or 8 below four 16-feature tiles per SM: the
-     * decode-step matrices of GPT-2 up to gpt2-xl (48-400 tiles), not the logits (3,141): more
-     * warps stream the small matrices sooner (measured: 132 and 264 and 528 as the threshold,
-     * the last best for gpt2-xl). Split IC over S warps (a power of two): the most
-     * warps that still run in one wave (GEMV_MAX_WARPS), at least two 32-column blocks per warp.
-     * A function of (IC, OC) only. */
+    /* Split IC over S warps (a power of two): the most warps that still run in one wave
+     * (GEMV_MAX_WARPS; for N > 16 the kernel holds half as many, and the grid may take two),
+     * at least two 32-column blocks per warp. A function of (IC, OC) only: S fixes the order of
+     * every sum, so it must not depend on N. */
     const int nt = N > 16 ? 4 : N > 8 ? 2 : 1; /* 8-row groups of the batch */
-    const int rt = (OC + 15) / 16 < GEMV_WIDE_TILES ? 1 : 2;
+    const int rt = gemv_rt(OC);
     const size_t tiles = (OC + 8 * (size_t)rt - 1) / (8 * (size_t)rt), nkb = (IC + 31) / 32;
     int S = 1;
     while (S < GEMV_MAX_SPLIT && tiles * (size_t)(2 * S) <= GEMV_MAX_WARPS &&

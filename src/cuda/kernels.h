@@ -98,8 +98,9 @@ int ni_cuda_gemv(ni_half16 *out, float *out_f32, const ni_half16 *inp, const ni_
                  ni_stream s);
 #define NI_CUDA_GEMV_MAX_ROWS 32
 
-/* The most rows for which the GEMV beats cuBLASLt on a matrix of OC outputs: 32 for the
- * vocabulary projection, 16 for the rest (ni_cuda_gemv itself takes any N <= 32). */
+/* The most rows for which the GEMV beats cuBLASLt on a matrix of OC outputs: 32 where its warps
+ * own 16 features (OC > 8432: the vocabulary projection), 16 for the rest (ni_cuda_gemv itself
+ * takes any N <= 32). */
 size_t ni_cuda_gemv_rows(size_t OC);
 
 /* ---- the fused decode step (decode_fused.cu) ------------------------------------------------ */

@@ -33,8 +33,13 @@ ni_status ni_matmul_init(ni_matmul_ctx *m, void *workspace, size_t workspace_byt
     /* NI_GEMV_MAX_ROWS: a lower hand-over to cuBLASLt, to compare the two on one binary */
     const char *e = getenv("NI_GEMV_MAX_ROWS");
     if (e && *e) {
-        long v = strtol(e, NULL, 10);
-        if (v >= 0 && v <= NI_CUDA_GEMV_MAX_ROWS) m->gemv_max_rows = (size_t)v;
+        char *end;
+        long v = strtol(e, &end, 10);
+        if (*end == '\0' && v >= 0 && v <= NI_CUDA_GEMV_MAX_ROWS)
+            m->gemv_max_rows = (size_t)v;
+        else
+            fprintf(stderr, "nanoinfer: NI_GEMV_MAX_ROWS=%s ignored (want 0..%d)\n", e,
+                    NI_CUDA_GEMV_MAX_ROWS);
     }
     return lt_status(cublasLtCreate(&m->handle), "create");
 }

@@ -30,7 +30,7 @@ typedef struct {
     ni_lt_plan plans[NI_LT_MAX_PLANS];
     size_t n_plans;
     size_t next_evict;    /* round-robin victim once the cache is full */
-    size_t gemv_max_rows; /* N up to this uses ni_cuda_gemv */
+    size_t gemv_max_rows; /* N up to this (and ni_cuda_gemv_rows) uses ni_cuda_gemv */
 } ni_matmul_ctx;
 
 ni_status ni_matmul_init(ni_matmul_ctx *m, void *workspace, size_t workspace_bytes);

@@ -926,7 +926,8 @@ __global__ void __launch_bounds__(NT, 1)
     R.s = 0.0f;
     R.tab = sm->tab;
 
-    /* before the first cluster barrier: nothing is pushed here until every block passed it */
+    /* Before the first full cluster barrier: the fields set here are pushed to only after it
+     * (the pushes before it, after sr_cluster_wait, go to xmax, xarg and xbad alone). */
     sr_cluster_arrive(ncl);
     if (tid == 0) {
         sr_init_tab(sm->tab);

@@ -123,8 +123,8 @@ static void gemv_case_init(gemv_case *c, size_t IC, size_t OC, uint64_t seed, ni
     c->dx = dmalloc(R * IC * sizeof *c->dx);
     c->dw = dmalloc(OC * IC * sizeof *c->dw);
     c->db = dmalloc(OC * sizeof *c->db);
-    c->dout = dmalloc(R * OC * sizeof *c->dout);
-    c->dout_f32 = dmalloc(R * OC * sizeof *c->dout_f32);
+    c->dout = dmalloc((R + 1) * OC * sizeof *c->dout); /* one guard row past the most */
+    c->dout_f32 = dmalloc((R + 1) * OC * sizeof *c->dout_f32);
     CK(cudaMemcpy(c->dx, c->x, R * IC * sizeof *c->x, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(c->dw, c->w, OC * IC * sizeof *c->w, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(c->db, c->b, OC * sizeof *c->b, cudaMemcpyHostToDevice));
@@ -145,21 +145,22 @@ static void gemv_case_free(gemv_case *c) {
 }
 
 /* Runs the GEMV for N rows into poisoned outputs; out_f32 / gelu select the variant. Returns the
- * result as f32 in res (R, OC) and the raw bits in bits (R * OC * 4 bytes), R the most rows. */
+ * result as f32 in res (R + 1, OC) and the raw bits in bits ((R + 1) * OC * 4 bytes), R the most
+ * rows and one guard row. */
 static void gemv_run(const gemv_case *c, size_t N, int f32, int gelu, float *res, void *bits) {
-    const size_t R = NI_CUDA_GEMV_MAX_ROWS, OC = c->OC;
-    CK(cudaMemset(c->dout, 0xFF, R * OC * sizeof *c->dout)); /* 16-bit 0xFFFF, f32: NaN */
-    CK(cudaMemset(c->dout_f32, 0xFF, R * OC * sizeof *c->dout_f32));
+    const size_t R1 = NI_CUDA_GEMV_MAX_ROWS + 1, OC = c->OC;  /* with the guard row */
+    CK(cudaMemset(c->dout, 0xFF, R1 * OC * sizeof *c->dout)); /* 16-bit 0xFFFF, f32: NaN */
+    CK(cudaMemset(c->dout_f32, 0xFF, R1 * OC * sizeof *c->dout_f32));
     CK(ni_cuda_gemv(f32 ? NULL : c->dout, f32 ? c->dout_f32 : NULL, c->dx, c->dw, c->db, N, c->IC,
                     OC, gelu, c->dt, NULL));
     CK(cudaDeviceSynchronize());
     if (f32) {
-        CK(cudaMemcpy(bits, c->dout_f32, R * OC * 4, cudaMemcpyDeviceToHost));
-        memcpy(res, bits, R * OC * 4);
+        CK(cudaMemcpy(bits, c->dout_f32, R1 * OC * 4, cudaMemcpyDeviceToHost));
+        memcpy(res, bits, R1 * OC * 4);
     } else {
-        CK(cudaMemcpy(bits, c->dout, R * OC * 2, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(bits, c->dout, R1 * OC * 2, cudaMemcpyDeviceToHost));
         const ni_half16 *h = bits;
-        for (size_t i = 0; i < R * OC; i++) res[i] = h16_to(c->dt, h[i]);
+        for (size_t i = 0; i < R1 * OC; i++) res[i] = h16_to(c->dt, h[i]);
     }
 }
 
@@ -169,6 +170,15 @@ static double gemv_check(const gemv_case *c, size_t N, int f32, int gelu, const 
                          const void *bits) {
     const size_t R = NI_CUDA_GEMV_MAX_ROWS, OC = c->OC;
     const float *ref = gelu ? c->ref_gelu : c->ref;
+    for (size_t o = 0; o < OC; o++) { /* the guard row past the most rows: never written */
+        const size_t i = R * OC + o;
+        if (f32 ? ((const uint32_t *)bits)[i] != 0xFFFFFFFFu
+                : ((const uint16_t *)bits)[i] != 0xFFFFu) {
+            fprintf(stderr, "gemv %s IC=%zu OC=%zu N=%zu: the guard row written\n", dt_name(c->dt),
+                    c->IC, OC, N);
+            fail();
+        }
+    }
     const double u = c->dt == NI_CUDA_F16 ? 1.0 / 2048.0 : 1.0 / 256.0;
     const double rtol = f32 ? 1e-6 : u;
     double worst = 0;
@@ -209,8 +219,8 @@ static void gemv_case_all_n(size_t IC, size_t OC, uint64_t seed, ni_cuda_dtype d
     gemv_case c;
     gemv_case_init(&c, IC, OC, seed, dt);
     const size_t R = NI_CUDA_GEMV_MAX_ROWS;
-    float *res = hmalloc(R * OC * sizeof *res);
-    void *bits = hmalloc(R * OC * 4);
+    float *res = hmalloc((R + 1) * OC * sizeof *res);
+    void *bits = hmalloc((R + 1) * OC * 4);
     double worst = 0;
     for (int variant = 0; variant < 4; variant++) {
         const int f32 = variant & 1, gelu = variant >> 1;
@@ -242,13 +252,16 @@ static void test_gemv_shapes(void **state) {
         gemv_case_all_n(1600, 6400, seed++, dt);
         gemv_case_all_n(9, 50257, seed++, dt);
         gemv_case_all_n(1600, 50257, seed++, dt);
+        /* 16-feature warps with IC split over 4 warps (the only such shape here) */
+        gemv_case_all_n(768, 8448, seed++, dt);
     }
 }
 
 /* A row's result must not depend on the other rows of the batch: the same bits for every N. */
 static void test_gemv_batch_invariance(void **state) {
     (void)state;
-    static const size_t shapes[][2] = {{768, 2304}, {6400, 1600}, {129, 129}, {1600, 50257}};
+    static const size_t shapes[][2] = {
+        {768, 2304}, {6400, 1600}, {129, 129}, {1600, 50257}, {768, 8448}};
     const size_t R = NI_CUDA_GEMV_MAX_ROWS;
     for (size_t k = 0; k < 2 * (sizeof shapes / sizeof *shapes); k++) {
         gemv_case c;
@@ -256,8 +269,8 @@ static void test_gemv_batch_invariance(void **state) {
         gemv_case_init(&c, shapes[sk][0], shapes[sk][1], 100 + k,
                        k >= sizeof shapes / sizeof *shapes ? NI_CUDA_F16 : NI_CUDA_BF16);
         const size_t OC = c.OC;
-        float *res = hmalloc(R * OC * sizeof *res);
-        uint32_t *full = hmalloc(R * OC * 4), *bits = hmalloc(R * OC * 4);
+        float *res = hmalloc((R + 1) * OC * sizeof *res);
+        uint32_t *full = hmalloc((R + 1) * OC * 4), *bits = hmalloc((R + 1) * OC * 4);
         gemv_run(&c, R, 1, 0, res, full);
         for (size_t N = 1; N < R; N++) {
             gemv_run(&c, N, 1, 0, res, bits);
@@ -287,6 +300,10 @@ static void test_gemv_args(void **state) {
     assert_int_not_equal(ni_cuda_gemv(NULL, (float *)8, (const ni_half16 *)8, (const ni_half16 *)8,
                                       NULL, 1, 8, 8, 0, (ni_cuda_dtype)7, NULL),
                          0);
+    /* 32 rows only where a warp owns 16 features: OC > 8432 */
+    assert_int_equal(ni_cuda_gemv_rows(8432), 16);
+    assert_int_equal(ni_cuda_gemv_rows(8433), NI_CUDA_GEMV_MAX_ROWS);
+    assert_int_equal(ni_cuda_gemv_rows(50257), NI_CUDA_GEMV_MAX_ROWS);
     /* IC = 0: the output is the bias (through GELU), in either type */
     for (int k = 0; k < 2; k++) {
         const ni_cuda_dtype dt = k ? NI_CUDA_F16 : NI_CUDA_BF16;
@@ -567,7 +584,7 @@ static void test_bench(void **state) {
                   {1600, 6400, 1, 0, "mlp up+gelu"},
                   {6400, 1600, 0, 0, "mlp down"},
                   {1600, 50257, 0, 1, "logits f32"}};
-    static const size_t Ns[] = {1, 8, 16};
+    static const size_t Ns[] = {1, 8, 16, 32};
     printf("  gemv (gpt2-xl shapes, weights rotated past L2, median of %d):\n", RUNS);
     for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
         const size_t IC = shapes[k].IC, OC = shapes[k].OC, wbytes = IC * OC * 2;
@@ -576,11 +593,11 @@ static void test_bench(void **state) {
         if (nbuf > 64) nbuf = 64;
         ni_half16 *w = dmalloc(nbuf * wbytes);
         CK(cudaMemset(w, 0x3C, nbuf * wbytes)); /* bf16 0x3C3C ~ 0.0115 */
-        ni_half16 *x = dmalloc(16 * IC * 2), *b = dmalloc(OC * 2), *out = dmalloc(16 * OC * 2);
-        float *outf = dmalloc(16 * OC * 4);
-        CK(cudaMemset(x, 0x3C, 16 * IC * 2));
+        ni_half16 *x = dmalloc(32 * IC * 2), *b = dmalloc(OC * 2), *out = dmalloc(32 * OC * 2);
+        float *outf = dmalloc(32 * OC * 4);
+        CK(cudaMemset(x, 0x3C, 32 * IC * 2));
         CK(cudaMemset(b, 0, OC * 2));
-        for (size_t ni = 0; ni < 3; ni++) {
+        for (size_t ni = 0; ni < sizeof Ns / sizeof *Ns; ni++) {
             const size_t N = Ns[ni];
             for (size_t i = 0; i < RUNS + WARM; i++) {
                 const ni_half16 *wi = w + (i % nbuf) * (IC * OC);
