@@ -128,7 +128,6 @@ __global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, (VEC && NT <= 2) ? 2 : 1)
     constexpr int MT = (NT + 1) / 2;                 // 16-row A tiles
     constexpr int U = NT > 2 ? GEMV_U_WIDE : GEMV_U; // 32-column blocks per round
     extern __shared__ float gemv_red[]; // (warps, RT * MT * 4, 32) partial sums when S > 1
-    ni_pdl_wait(); /* inp comes from the previous kernel, which may also still read out */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int s = warp % S;
@@ -136,6 +135,19 @@ __global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, (VEC && NT <= 2) ? 2 : 1)
     const size_t tile = (size_t)blockIdx.x * G + (size_t)(warp / S);
     const size_t o_base = tile * (size_t)(8 * RT);
     const bool live = o_base < OC; // warp-uniform
+    /* the epilogue's biases before the wait (no kernel writes them, pdl.cuh), so that the
+     * stores do not wait on a load after the reduction; not with RT = 2 (the logits, which have
+     * no bias), whose 64-register bound has no room for them */
+    constexpr bool PRE_BIAS = RT == 1;
+    float bv[RT][2];
+#pragma unroll
+    for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            const size_t o = o_base + (size_t)(rt * 8 + 2 * t + j);
+            bv[rt][j] = PRE_BIAS && bias && s == 0 && o < OC ? D::to_float(__ldg(bias + o)) : 0.0f;
+        }
+    ni_pdl_wait(); /* inp comes from the previous kernel, which may also still read out */
 
     float acc[RT][MT][4];
 #pragma unroll
@@ -241,7 +253,7 @@ __global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, (VEC && NT <= 2) ? 2 : 1)
             const size_t o = o_base + (size_t)(rt * 8 + 2 * t + (e & 1));
             if (n >= N || o >= OC) continue;
             float v = acc[rt][mt][e];
-            if (bias) v += D::to_float(bias[o]);
+            if (bias) v += PRE_BIAS ? bv[rt][e & 1] : D::to_float(bias[o]);
             if (gelu) v = ni_gelu_tanh(v);
             const size_t i = (size_t)n * OC + o;
             if (out_f32)

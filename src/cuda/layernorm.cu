@@ -43,6 +43,14 @@ __global__ void residual_layernorm_kernel(ni_half16 *out,         // (N, C)
                                           const ni_half16 *b,     // (C)
                                           const int32_t *rows,    // (N) or NULL
                                           size_t C, float eps, int vec, int cached) {
+    /* the first column group's scale and shift before the wait (no kernel writes them,
+     * pdl.cuh), so that the normalize does not wait on a load after the statistics */
+    const size_t c_first = (size_t)threadIdx.x * 8;
+    uint4 w_first = make_uint4(0u, 0u, 0u, 0u), b_first = w_first;
+    if (vec && c_first < C) {
+        w_first = __ldg(reinterpret_cast<const uint4 *>(w + c_first));
+        b_first = __ldg(reinterpret_cast<const uint4 *>(b + c_first));
+    }
     ni_pdl_wait(); /* x, delta and rows come from earlier kernels */
     extern __shared__ float4 ln_smem[];
     __shared__ float red[32];
@@ -115,8 +123,10 @@ __global__ void residual_layernorm_kernel(ni_half16 *out,         // (N, C)
             float4 a2 = reinterpret_cast<const float4 *>(buf + c)[1];
             float v[8] = {a.x, a.y, a.z, a.w, a2.x, a2.y, a2.z, a2.w};
             float wf[8], bf[8];
-            ni_unpack8<D>(__ldg(reinterpret_cast<const uint4 *>(w + c)), wf);
-            ni_unpack8<D>(__ldg(reinterpret_cast<const uint4 *>(b + c)), bf);
+            ni_unpack8<D>(c == c_first ? w_first : __ldg(reinterpret_cast<const uint4 *>(w + c)),
+                          wf);
+            ni_unpack8<D>(c == c_first ? b_first : __ldg(reinterpret_cast<const uint4 *>(b + c)),
+                          bf);
             float o[8];
 #pragma unroll
             for (int e = 0; e < 8; e++) o[e] = (v[e] - mean) * rstd * wf[e] + bf[e];
