@@ -7,7 +7,8 @@
  * this one ends; it is never needed for correctness. Data that an earlier kernel writes must not
  * be read with ld.global.nc / __ldg after the wait (the non-coherent path lies outside the
  * memory model that the wait orders, and ptxas may schedule such loads before it): only weights,
- * written before the last stream synchronization, go that way. NI_NO_PDL=1 in the environment
+ * written before the last stream synchronization, go that way, and only they may be loaded
+ * before the wait (the GEMV's biases and the LayerNorm's scale and shift are). NI_NO_PDL=1 in the environment
  * turns the launch attribute off (read at each launch, so that a captured graph keeps what was
  * set when it was captured); compiling with -DNI_PDL_NO_TRIGGER drops the early triggers. */
 #ifndef NI_CUDA_PDL_CUH
