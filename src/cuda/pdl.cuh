@@ -1,16 +1,17 @@
 /* Programmatic Dependent Launch (sm_90): a kernel launched through ni_launch_pdl may start while
  * the kernel before it in the stream is still draining, so that its launch latency hides behind
- * that kernel's tail. Every such kernel calls ni_pdl_wait() as its first statement, before any
- * global memory access: griddepcontrol.wait returns only once the previous grid has completed
- * and all its memory operations are visible, so the order of effects is plain stream order.
- * ni_pdl_launch_dependents() only lets the next kernel's blocks be scheduled (to wait) before
- * this one ends; it is never needed for correctness. Data that an earlier kernel writes must not
- * be read with ld.global.nc / __ldg after the wait (the non-coherent path lies outside the
- * memory model that the wait orders, and ptxas may schedule such loads before it): only weights,
- * written before the last stream synchronization, go that way, and only they may be loaded
- * before the wait (the GEMV's biases and the LayerNorm's scale and shift are). NI_NO_PDL=1 in the environment
- * turns the launch attribute off (read at each launch, so that a captured graph keeps what was
- * set when it was captured); compiling with -DNI_PDL_NO_TRIGGER drops the early triggers. */
+ * that kernel's tail. Every such kernel calls ni_pdl_wait() before any global memory access
+ * other than loads of weights (below): griddepcontrol.wait returns only once the previous grid
+ * has completed and all its memory operations are visible, so the order of effects is plain
+ * stream order. ni_pdl_launch_dependents() only lets the next kernel's blocks be scheduled (to
+ * wait) before this one ends; it is never needed for correctness. Data that an earlier kernel
+ * writes must not be read with ld.global.nc / __ldg after the wait (the non-coherent path lies
+ * outside the memory model that the wait orders, and ptxas may schedule such loads before it):
+ * only weights, written before the last stream synchronization, go that way, and only they may
+ * be loaded before the wait (the GEMV's biases and the LayerNorm's scale and shift are).
+ * NI_NO_PDL=1 in the environment turns the launch attribute off (read at each launch, so that a
+ * captured graph keeps what was set when it was captured); compiling with -DNI_PDL_NO_TRIGGER
+ * drops the early triggers. */
 #ifndef NI_CUDA_PDL_CUH
 #define NI_CUDA_PDL_CUH
 
