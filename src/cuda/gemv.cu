@@ -101,37 +101,25 @@ static __device__ __forceinline__ void gemv_mma(float *d, uint32_t a0, uint32_t 
     D::mma(d, a0, a1, a2, a3, b0, b1);
 }
 
-/* One round of U 32-column blocks from kb: the weight vectors (zeros past kb1 or IC) ... */
-template <bool VEC, int RT, int U>
+/* One round of U 32-column blocks from kb: the vectors of R rows (zeros past kb1 or IC, or where
+ * a row is not ok), weight rows (streamed) or input rows (cached) as W says ... */
+template <bool VEC, bool W, int R, int U>
 static __device__ __forceinline__ void
-gemv_load_w_round(uint4 (&wv)[U][RT], const ni_half16 *const (&wrow)[RT], const bool (&wok)[RT],
-                  uint32_t kb, uint32_t kb1, uint32_t ic, size_t IC, int t) {
+gemv_load_round(uint4 (&v)[U][R], const ni_half16 *const (&row)[R], const bool (&ok)[R],
+                uint32_t kb, uint32_t kb1, uint32_t ic, size_t IC, int t) {
 #pragma unroll
     for (int u = 0; u < U; u++) {
         const uint32_t col = (kb + (uint32_t)u) * 32 + (uint32_t)(8 * t);
         const bool in = kb + (uint32_t)u < kb1 && col < ic;
 #pragma unroll
-        for (int rt = 0; rt < RT; rt++)
-            wv[u][rt] = gemv_ld_w<VEC>(wrow[rt], col, IC, in && wok[rt]);
+        for (int r = 0; r < R; r++)
+            v[u][r] = W ? gemv_ld_w<VEC>(row[r], col, IC, in && ok[r])
+                        : gemv_ld_x<VEC>(row[r], col, IC, in && ok[r]);
     }
 }
 
-/* ... the input vectors of the same columns ... */
-template <bool VEC, int NT, int U>
-static __device__ __forceinline__ void
-gemv_load_x_round(uint4 (&xv)[U][NT], const ni_half16 *const (&xrow)[NT], const bool (&xok)[NT],
-                  uint32_t kb, uint32_t kb1, uint32_t ic, size_t IC, int t) {
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-        const uint32_t col = (kb + (uint32_t)u) * 32 + (uint32_t)(8 * t);
-        const bool in = kb + (uint32_t)u < kb1 && col < ic;
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++)
-            xv[u][nt] = gemv_ld_x<VEC>(xrow[nt], col, IC, in && xok[nt]);
-    }
-}
-
-/* ... and their products into the accumulators (the k order of the kernel's comment). */
+/* ... and the products of a round's weight and input vectors into the accumulators (the k order
+ * of the kernel's comment). */
 template <typename D, int NT, int RT, int U, int MT>
 static __device__ __forceinline__ void
 gemv_round_math(float (&acc)[RT][MT][4], const uint4 (&wv)[U][RT], const uint4 (&xv)[U][NT]) {
@@ -237,8 +225,8 @@ __global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, (VEC && NT <= 2) ? 2 : 1)
         for (uint32_t kb = kb0; kb < kb1; kb += U) {
             uint4 wv[U][RT], xv[U][NT];
             /* all loads of the round first, then the math */
-            gemv_load_w_round<VEC, RT, U>(wv, wrow, wok, kb, kb1, ic, IC, t);
-            gemv_load_x_round<VEC, NT, U>(xv, xrow, xok, kb, kb1, ic, IC, t);
+            gemv_load_round<VEC, true, RT, U>(wv, wrow, wok, kb, kb1, ic, IC, t);
+            gemv_load_round<VEC, false, NT, U>(xv, xrow, xok, kb, kb1, ic, IC, t);
             gemv_round_math<D, NT, RT, U, MT>(acc, wv, xv);
         }
     }
