@@ -32,8 +32,9 @@ static void usage(FILE *f) {
           "                     (default: up to 2 rows of models with n_embd >= 1600)\n"
           "  NI_GRAPH_STEPS=N   cuda_graphs: decode steps between host wake-ups (default 8)\n"
           "  NI_NO_PDL=1        launch kernels without programmatic dependent launch\n"
-          "  NI_GEMV_MAX_ROWS=N the most rows a matmul gives our GEMV kernel, not cuBLASLt\n"
-          "                     (default: 16, and 32 for the logits; 0: cuBLASLt only)\n"
+          "  NI_GEMV_MAX_ROWS=N the most rows a matmul gives our GEMV kernel (default: 16, and\n"
+          "                     32 for the logits; above: gemm_stream up to 32, then cuBLASLt)\n"
+          "  NI_GEMM_STREAM=0   cuBLASLt instead of our TMA-streamed product for 17-32 rows\n"
           "  NI_FUSED_TRACE=1   print the fused step's phase times when an engine closes\n"
           "  NI_FUSED_TRACE_FILE=F  with a -DDF_TRACE_DETAIL build: append each eager fused\n"
           "                     step's per-block trace to F (tools/fused_trace.py reads it)\n",

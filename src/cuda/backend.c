@@ -97,7 +97,8 @@ struct ni_backend_ctx {
     unsigned fused_ring[NI_CUDA_DECODE_FUSED_MAX_ROWS + 1]; /* ring slots per row count, 0: no */
     cuda_layer *d_layers;                                   /* (L) device copy of `layers` */
     unsigned *fused_sync;
-    void *fused_tmaps;               /* (4 L + 1) TMA descriptors */
+    void *tmaps;    /* (4 L + 1) TMA descriptors of the matrices (ni_cuda_weight_tensor_maps) */
+    int have_tmaps; /* 0 where the device or driver has no TMA */
     unsigned long long *fused_trace; /* NI_FUSED_TRACE: device words, host sums per phase kind */
     size_t fused_steps;              /* decode steps run by the fused kernel */
     int went_fused;                  /* the last forward pass was the fused kernel */
@@ -192,10 +193,10 @@ static size_t arena_layout(ni_backend_ctx *b, uint8_t *base) {
     b->logits = carve(base, &off, S * V * 4);
     b->attn_partial = carve(base, &off, ni_cuda_attention_decode_partial_floats(S, NH, HS, T) * 4);
     b->d_next = carve(base, &off, S * 4);
+    b->tmaps = carve(base, &off, (4 * L + 1) * 128);
     if (b->fused_blocks) {
         b->d_layers = carve(base, &off, L * sizeof(cuda_layer));
         b->fused_sync = carve(base, &off, sizeof(unsigned));
-        b->fused_tmaps = carve(base, &off, (4 * L + 1) * 128);
         if (getenv("NI_FUSED_TRACE"))
             b->fused_trace = carve(base, &off,
                                    (ni_cuda_decode_fused_trace_words(L) +
@@ -419,25 +420,29 @@ static ni_status cuda_create(ni_model *m, const ni_engine_opts *o, ni_backend_ct
         s = ni_matmul_init(&b->mm, b->lt_ws, b->lt_ws_bytes);
     }
     if (s == NI_OK) s = upload_weights(b);
-    if (s == NI_OK && b->fused_blocks) {
+    if (s == NI_OK) {
         size_t L = b->cfg->n_layer, nb = (4 * L + 1) * 128;
+        void *maps = aligned_alloc(128, nb);
+        if (!maps) s = ni_fail(NI_ERR_NO_MEMORY, "out of memory");
+        if (s == NI_OK) {
+            b->have_tmaps = ni_cuda_weight_tensor_maps(maps, b->layers, L, b->wte, b->cfg->n_embd,
+                                                       V, b->dt) == 0;
+            if (!b->have_tmaps) cudaGetLastError(); /* no TMA: GEMV and cuBLASLt only */
+        }
+        if (s == NI_OK && b->have_tmaps)
+            s = ni_cuda_status(cudaMemcpy(b->tmaps, maps, nb, cudaMemcpyHostToDevice),
+                               "cudaMemcpy (tensor maps)");
+        free(maps);
+        if (!b->have_tmaps) b->fused_blocks = 0; /* the fused step streams through them */
+    }
+    if (s == NI_OK && b->fused_blocks) {
+        size_t L = b->cfg->n_layer;
         s = ni_cuda_status(
             cudaMemcpy(b->d_layers, b->layers, L * sizeof(cuda_layer), cudaMemcpyHostToDevice),
             "cudaMemcpy (layer table)");
-        void *maps = aligned_alloc(128, nb);
-        if (s == NI_OK && !maps) s = ni_fail(NI_ERR_NO_MEMORY, "out of memory");
-        if (s == NI_OK &&
-            ni_cuda_decode_fused_tensor_maps(maps, b->layers, L, b->wte, b->cfg->n_embd, V) != 0) {
-            cudaGetLastError(); /* no TMA descriptors: the per-kernel path */
-            b->fused_blocks = 0;
-        }
-        if (s == NI_OK && b->fused_blocks)
-            s = ni_cuda_status(cudaMemcpy(b->fused_tmaps, maps, nb, cudaMemcpyHostToDevice),
-                               "cudaMemcpy (tensor maps)");
         for (size_t n = 1; n <= NI_CUDA_DECODE_FUSED_MAX_ROWS; n++)
             b->fused_ring[n] =
                 ni_cuda_decode_fused_ring(n, b->cfg->n_embd, b->cfg->n_head, b->max_seq, L);
-        free(maps);
     }
     if (s != NI_OK) {
         cuda_destroy(b);
@@ -448,6 +453,11 @@ static ni_status cuda_create(ni_model *m, const ni_engine_opts *o, ni_backend_ct
 }
 
 /* ---- the forward pass ------------------------------------------------------------------------ */
+
+/* The TMA descriptor of matrix k (4 per layer: qkv, proj, fc, fcproj; then wte), or NULL. */
+static const void *weight_tmap(const ni_backend_ctx *b, size_t k) {
+    return b->have_tmaps ? (const uint8_t *)b->tmaps + k * 128 : NULL;
+}
 
 /* Embedding and every transformer block; leaves the last block's output in delta (not yet added
  * to the residual x). */
@@ -465,8 +475,8 @@ static ni_status enqueue_layers(ni_backend_ctx *b, const layer_args *a) {
         NI_CUDA_TRY(ni_cuda_residual_layernorm(b->ln, b->x, l ? b->delta : NULL, y->ln1_w, y->ln1_b,
                                                NULL, N, C, eps, b->dt, st),
                     "layernorm kernel (ln_1)");
-        NI_TRY(ni_matmul(&b->mm, b->qkv, NULL, b->ln, y->qkv_w, y->qkv_b, N, C, 3 * C, 0, b->dt,
-                         b->stream));
+        NI_TRY(ni_matmul(&b->mm, b->qkv, NULL, b->ln, y->qkv_w, weight_tmap(b, 4 * l), y->qkv_b, N,
+                         C, 3 * C, 0, b->dt, b->stream));
         if (a->single) { /* one token per sequence: the KV append rides in the attention */
             NI_CUDA_TRY(ni_cuda_attention_decode_append(b->att, b->attn_partial, kc, vc, b->qkv,
                                                         a->slot, a->pos, N, a->max_pos, NH, HS, T,
@@ -480,15 +490,15 @@ static ni_status enqueue_layers(ni_backend_ctx *b, const layer_args *a) {
                                                   NH, HS, T, b->dt, st),
                         "attention_prefill kernel");
         }
-        NI_TRY(ni_matmul(&b->mm, b->delta, NULL, b->att, y->proj_w, y->proj_b, N, C, C, 0, b->dt,
-                         b->stream));
+        NI_TRY(ni_matmul(&b->mm, b->delta, NULL, b->att, y->proj_w, weight_tmap(b, 4 * l + 1),
+                         y->proj_b, N, C, C, 0, b->dt, b->stream));
         NI_CUDA_TRY(ni_cuda_residual_layernorm(b->ln, b->x, b->delta, y->ln2_w, y->ln2_b, NULL, N,
                                                C, eps, b->dt, st),
                     "layernorm kernel (ln_2)");
-        NI_TRY(ni_matmul(&b->mm, b->fc, NULL, b->ln, y->fc_w, y->fc_b, N, C, 4 * C, 1, b->dt,
-                         b->stream));
-        NI_TRY(ni_matmul(&b->mm, b->delta, NULL, b->fc, y->fcproj_w, y->fcproj_b, N, 4 * C, C, 0,
-                         b->dt, b->stream));
+        NI_TRY(ni_matmul(&b->mm, b->fc, NULL, b->ln, y->fc_w, weight_tmap(b, 4 * l + 2), y->fc_b, N,
+                         C, 4 * C, 1, b->dt, b->stream));
+        NI_TRY(ni_matmul(&b->mm, b->delta, NULL, b->fc, y->fcproj_w, weight_tmap(b, 4 * l + 3),
+                         y->fcproj_b, N, 4 * C, C, 0, b->dt, b->stream));
     }
     return NI_OK;
 }
@@ -500,7 +510,8 @@ static ni_status enqueue_logits(ni_backend_ctx *b, const int32_t *rows, size_t n
     NI_CUDA_TRY(ni_cuda_residual_layernorm(b->sel, b->x, b->delta, b->lnf_w, b->lnf_b, rows, n, C,
                                            b->cfg->ln_eps, b->dt, (ni_stream)b->stream),
                 "layernorm kernel (ln_f)");
-    return ni_matmul(&b->mm, NULL, out, b->sel, b->wte, NULL, n, C, V, 0, b->dt, b->stream);
+    return ni_matmul(&b->mm, NULL, out, b->sel, b->wte, weight_tmap(b, 4 * b->cfg->n_layer), NULL,
+                     n, C, V, 0, b->dt, b->stream);
 }
 
 /* NI_FUSED_TRACE_FILE with a -DDF_TRACE_DETAIL build: appends one eager step's words, the basic
@@ -607,7 +618,7 @@ static ni_status enqueue_fused(ni_backend_ctx *b, size_t N, const int32_t *tok, 
         .logits = b->logits,
         .barrier = b->fused_sync,
         .trace = b->fused_trace,
-        .tmaps = b->fused_tmaps,
+        .tmaps = b->tmaps,
         .ring = b->fused_ring[N],
     };
     NI_CUDA_TRY(ni_cuda_decode_fused(&a, b->fused_blocks, (ni_stream)b->stream),

@@ -41,6 +41,7 @@
 #include "cuda/device_math.cuh"
 #include "cuda/dtype.cuh"
 #include "cuda/kernels.h"
+#include "cuda/tma.cuh"
 
 #define DF_THREADS 512 /* the consumers: 16 warps; one more warp streams the weights */
 #define DF_WARPS (DF_THREADS / 32)
@@ -75,15 +76,6 @@ static __device__ __forceinline__ uint4 df_ld_cg16(const void *p, bool pred) {
  * runs (gpt2-xl, H200: +1.2 % at batch 1, +2.6 % at 2). Copying the next phase's biases and
  * LayerNorm parameters a phase ahead instead measured slower (+1.6 % at 2, -0.5 % at 1): the
  * extra loads delayed the staging loads issued after them. */
-
-/* 16 bytes from global memory (through L2 only: also data other SMs wrote during the kernel) to
- * shared memory, asynchronously. */
-static __device__ __forceinline__ void df_cp_async16(void *dst, const void *src) {
-    asm volatile(
-        "cp.async.cg.shared.global [%0], [%1], 16;" ::"r"((uint32_t)__cvta_generic_to_shared(dst)),
-        "l"(src)
-        : "memory");
-}
 
 /* This thread's copies have landed. */
 static __device__ __forceinline__ void df_cp_async_wait_all(void) {
@@ -168,7 +160,7 @@ static __device__ __forceinline__ void df_grid_sync(unsigned *counter, unsigned 
  * producer issues the slabs of every GEMV phase of the step in consumption order, as far ahead
  * as the ring allows, independent of the barriers; each slot has a "full" mbarrier (transaction
  * bytes) and an "empty" one (the consuming warp's arrival). */
-#define DF_SLAB_COLS 256
+#define DF_SLAB_COLS NI_CUDA_SLAB_COLS
 #define DF_SLAB_PITCH 512
 #define DF_SLAB_BYTES (16 * DF_SLAB_PITCH)
 #ifndef DF_RING_MAX
@@ -239,48 +231,13 @@ static __device__ void df_preload(uint16_t *pb, float *px, const ni_decode_fused
     const uint32_t me = (threadIdx.x & 31) * DF_WARPS + (threadIdx.x >> 5);
     const uint32_t kb = me, kr0 = (me + DF_THREADS - 2 * nt % DF_THREADS) % DF_THREADS;
     if (bias && kb < 2 * nt && sh.t0 * 16 + kb * 8 < g.OC) /* nt <= 256: df_ring_units */
-        df_cp_async16(pb + kb * 8, bias + sh.t0 * 16 + kb * 8);
+        ni_cp_async16(pb + kb * 8, bias + sh.t0 * 16 + kb * 8);
     if (residual)
         for (uint32_t i = kr0; i < a.N * nt * 4; i += DF_THREADS) {
             const uint32_t n = i / (nt * 4), j = i % (nt * 4);
             if (sh.t0 * 16 + j * 4 < g.OC)
-                df_cp_async16(px + (size_t)i * 4, a.x + n * a.C + sh.t0 * 16 + j * 4);
+                ni_cp_async16(px + (size_t)i * 4, a.x + n * a.C + sh.t0 * 16 + j * 4);
         }
-}
-
-static __device__ __forceinline__ void df_mbar_init(uint32_t bar, uint32_t count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
-}
-
-static __device__ __forceinline__ void df_mbar_wait(uint32_t bar, uint32_t parity) {
-    asm volatile("{\n\t.reg .pred p;\n\t"
-                 "DF_WAIT_%=:\n\t"
-                 "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n\t"
-                 "@!p bra DF_WAIT_%=;\n\t}" ::"r"(bar),
-                 "r"(parity)
-                 : "memory");
-}
-
-static __device__ __forceinline__ void df_mbar_arrive(uint32_t bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
-}
-
-static __device__ __forceinline__ void df_mbar_expect(uint32_t bar, uint32_t bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes)
-                 : "memory");
-}
-
-/* box (16 rows x 256 columns) at (column c0, row r0) of the matrix described by tmap; the weights
- * are read once per step, so they go first when L2 needs room and the KV cache, prefetched for
- * the attention, and the activations stay (evict_first: +2 % at gpt2-xl batch 1, H200) */
-static __device__ __forceinline__ void df_tma_copy(uint32_t dst, const void *tmap, uint32_t c0,
-                                                   uint32_t r0, uint32_t bar) {
-    uint64_t pol;
-    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
-    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
-                 ".L2::cache_hint [%0], [%1, {%2, %3}], [%4], %5;" ::"r"(dst),
-                 "l"(tmap), "r"(c0), "r"(r0), "r"(bar), "l"(pol)
-                 : "memory");
 }
 
 /* A position in the block's slab sequence: phase, tile, slab of the tile. */
@@ -325,15 +282,15 @@ static __device__ void df_produce(const ni_decode_fused_args &a, const ni_cuda_l
             td_ph = cp.ph, td_wait = 0;
             df_td_prod(a.trace, (uint32_t)a.L, td_ph)[0] = df_now();
         } const long long td_c0 = clock64();)
-        df_mbar_wait(empty, ((seq / ring) & 1u) ^ 1u);
+        ni_mbar_wait(empty, ((seq / ring) & 1u) ^ 1u);
         DF_TD(if (a.trace) {
             td_wait += (unsigned long long)(clock64() - td_c0);
             df_td_prod(a.trace, (uint32_t)a.L, td_ph)[1] = df_now();
         })
-        df_mbar_expect(full, DF_SLAB_BYTES);
-        df_tma_copy(ring_base + slot * DF_SLAB_BYTES,
-                    (const uint8_t *)a.tmaps + (size_t)cp.ph * 128, cp.sl * DF_SLAB_COLS,
-                    cp.tile * 16, full);
+        ni_mbar_expect(full, DF_SLAB_BYTES);
+        ni_tma_load_2d(ring_base + slot * DF_SLAB_BYTES,
+                       (const uint8_t *)a.tmaps + (size_t)cp.ph * 128, cp.sl * DF_SLAB_COLS,
+                       cp.tile * 16, full);
         df_iter_next(cp, a, tab);
     }
     DF_TD(if (a.trace && td_ph != ~0u) df_td_prod(a.trace, (uint32_t)a.L, td_ph)[2] = td_wait;)
@@ -436,8 +393,8 @@ static __device__ void df_gemv_phase(const ni_decode_fused_args &a, const df_ctx
                  * before the producer could issue this warp's previous slab q - 16 (ring >= 16),
                  * and those before the group at the last df_bar. */
                 DF_TD(const long long td_c0 = clock64();)
-                if (q >= ring) df_mbar_wait(full + 8, ((q / ring) + 1u) & 1u);
-                df_mbar_wait(full, (q / ring) & 1u);
+                if (q >= ring) ni_mbar_wait(full + 8, ((q / ring) + 1u) & 1u);
+                ni_mbar_wait(full, (q / ring) & 1u);
                 DF_TD(td_wait += (unsigned long long)(clock64() - td_c0);)
                 const uint32_t base = ring_base + slot * DF_SLAB_BYTES + r * DF_SLAB_PITCH + t * 16;
 #pragma unroll 4
@@ -465,7 +422,7 @@ static __device__ void df_gemv_phase(const ni_decode_fused_args &a, const df_ctx
                     }
                 }
                 __syncwarp();
-                if (lane == 0) df_mbar_arrive(full + 8); /* the slot may be refilled */
+                if (lane == 0) ni_mbar_arrive(full + 8); /* the slot may be refilled */
             }
             /* rows g (< 8): features 8 half + 2t + e in acc[half][e] */
             if (row_ok) {
@@ -821,10 +778,10 @@ __global__ void __launch_bounds__(DF_BLOCK, 1) decode_fused_kernel(ni_decode_fus
     }
     if (threadIdx.x == 0) {
         for (uint32_t k = 0; k < ring; k++) {
-            df_mbar_init(bars + k * 16, 1);     /* full: the producer's expect_tx */
-            df_mbar_init(bars + k * 16 + 8, 1); /* empty: the consuming warp */
+            ni_mbar_init(bars + k * 16, 1);     /* full: the producer's expect_tx */
+            ni_mbar_init(bars + k * 16 + 8, 1); /* empty: the consuming warp */
         }
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        ni_mbar_init_fence();
     }
     __syncthreads();
     if (warp == DF_WARPS) {
@@ -962,59 +919,6 @@ extern "C" unsigned ni_cuda_decode_fused_ring(size_t N, size_t C, size_t NH, siz
         return 0;
     }
     return df_ring_units(N, C, T, L, sms, limit); /* one block per SM */
-}
-
-/* The 2D tensor maps of the step's weight matrices, in phase order (4 per layer, then wte), for
- * the producer's TMA copies: bf16 (OC, IC) row-major, boxes of 16 rows x 256 columns, zeros
- * outside. out: 4 L + 1 maps of 128 bytes (host memory, to be copied to the device). */
-extern "C" int ni_cuda_decode_fused_tensor_maps(void *out, const ni_cuda_layer_weights *layers,
-                                                size_t L, const ni_half16 *wte, size_t C,
-                                                size_t V) {
-    typedef CUresult (*encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *,
-                                  const cuuint64_t *, const cuuint64_t *, const cuuint32_t *,
-                                  const cuuint32_t *, CUtensorMapInterleave, CUtensorMapSwizzle,
-                                  CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-    void *fn = NULL;
-    cudaDriverEntryPointQueryResult q;
-    cudaError_t e = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000,
-                                                     cudaEnableDefault, &q);
-    if (e != cudaSuccess) return (int)e;
-    if (q != cudaDriverEntryPointSuccess || !fn) return (int)cudaErrorNotSupported;
-    encode_fn encode = (encode_fn)fn;
-    CUtensorMap *maps = (CUtensorMap *)out;
-    for (size_t ph = 0; ph <= 4 * L; ph++) {
-        const ni_half16 *w;
-        size_t IC = C, OC;
-        if (ph == 4 * L) {
-            w = wte, OC = V;
-        } else {
-            const ni_cuda_layer_weights *y = layers + ph / 4;
-            switch (ph % 4) {
-            case 0:
-                w = y->qkv_w, OC = 3 * C;
-                break;
-            case 1:
-                w = y->proj_w, OC = C;
-                break;
-            case 2:
-                w = y->fc_w, OC = 4 * C;
-                break;
-            default:
-                w = y->fcproj_w, IC = 4 * C, OC = C;
-                break;
-            }
-        }
-        const cuuint64_t dims[2] = {IC, OC}, strides[1] = {IC * 2};
-        const cuuint32_t box[2] = {DF_SLAB_COLS, 16}, elem[2] = {1, 1};
-        /* no L2 promotion: each weight is read once per step (measured: +0.6-1 % at gpt2-xl
-         * batch 1-4 over 256-byte promotion, H200) */
-        CUresult r =
-            encode(&maps[ph], CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, (void *)w, dims, strides, box,
-                   elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
-                   CU_TENSOR_MAP_L2_PROMOTION_NONE, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-        if (r != CUDA_SUCCESS) return (int)cudaErrorInvalidValue;
-    }
-    return 0;
 }
 
 extern "C" size_t ni_cuda_decode_fused_trace_detail_words(size_t L, size_t blocks) {

@@ -103,13 +103,52 @@ int ni_cuda_gemv(ni_half16 *out, float *out_f32, const ni_half16 *inp, const ni_
  * takes any N <= 32). */
 size_t ni_cuda_gemv_rows(size_t OC);
 
-/* ---- the fused decode step (decode_fused.cu) ------------------------------------------------ */
+/* ---- weights streamed by TMA (tensor_maps.cu) --------------------------------------------- */
 
-/* One layer's weights on the device (bf16). */
+/* One layer's weights on the device. */
 typedef struct {
     ni_half16 *ln1_w, *ln1_b, *qkv_w, *qkv_b, *proj_w, *proj_b;
     ni_half16 *ln2_w, *ln2_b, *fc_w, *fc_b, *fcproj_w, *fcproj_b;
 } ni_cuda_layer_weights;
+
+/* A weight slab: the box of one TMA copy, 16 rows (output features) x 256 columns. */
+#define NI_CUDA_SLAB_ROWS 16
+#define NI_CUDA_SLAB_COLS 256
+/* Fills out (host, 128-byte aligned, (4 L + 1) x 128 bytes) with the TMA descriptors (boxes of
+ * one slab, zeros outside the matrix) of the step's weight matrices in the order qkv, proj, fc,
+ * fcproj of each layer, then wte (device pointers in layers (host array) and wte; 16-bit type
+ * dt), to be copied to device memory. Fails (non-zero) where the driver has no TMA (before
+ * sm_90) or a matrix does not fit a descriptor (rows not a multiple of 16 bytes). */
+int ni_cuda_weight_tensor_maps(void *out, const ni_cuda_layer_weights *layers, size_t L,
+                               const ni_half16 *wte, size_t C, size_t V, ni_cuda_dtype dt);
+/* The same for one matrix w (OC, IC): 128 bytes at out (host, 64-byte aligned). */
+int ni_cuda_weight_tensor_map(void *out, const ni_half16 *w, size_t IC, size_t OC,
+                              ni_cuda_dtype dt);
+
+/* ---- the matrix product for 17-32 rows (gemm_stream.cu) ------------------------------------ */
+
+/* out (N, OC) 16-bit = inp (N, IC) @ w^T + bias, then GELU if gelu; 17 <= N <= 32 is what it is
+ * for (a prefill of a 32-token prompt, a decode batch of 17-32), any N in 1..32 works. w (OC, IC)
+ * is read through its TMA descriptor tmap (device memory, from ni_cuda_weight_tensor_maps);
+ * bias (OC) or NULL. blocks: ni_cuda_gemm_stream_blocks. */
+int ni_cuda_gemm_stream(ni_half16 *out, const ni_half16 *inp, const void *tmap,
+                        const ni_half16 *bias, size_t N, size_t IC, size_t OC, int gelu,
+                        ni_cuda_dtype dt, size_t blocks, ni_stream s);
+/* Prepares the kernels on the current device and sets *sms to its multiprocessor count, or to
+ * 0 where the kernel cannot run (before sm_90, too little shared memory); 0 or a CUDA error. */
+int ni_cuda_gemm_stream_setup(size_t *sms);
+/* The grid for a matrix of (OC, IC) on a device of sms multiprocessors (ni_cuda_gemm_stream_
+ * setup), or 0 when the kernel does not take the shape: more than 4 tiles of 16 outputs per SM,
+ * IC not a multiple of 8, or sms == 0. */
+size_t ni_cuda_gemm_stream_blocks(size_t IC, size_t OC, size_t sms);
+#define NI_CUDA_GEMM_STREAM_MAX_ROWS 32
+/* Above this many rows the kernels that feed a matrix product (LayerNorm, prefill attention) let
+ * the next kernel launch at their start (programmatic launch), not at their end: the product is
+ * then gemm_stream, whose producer streams weights before it waits for them, or cuBLASLt, which
+ * ignores it. At 16 rows and below the GEMV follows, which gained nothing from it. */
+#define NI_CUDA_EARLY_LAUNCH_ROWS 16
+
+/* ---- the fused decode step (decode_fused.cu) ------------------------------------------------ */
 
 /* Everything one fused decode step reads and writes; all pointers are device memory. */
 typedef struct {
@@ -124,7 +163,7 @@ typedef struct {
     ni_half16 *qkv, *att, *fc;       /* (N, 3C), (N, C), (N, 4C) */
     float *logits;                   /* (N, V) */
     unsigned *barrier;               /* (1) the grid barrier's counter, zeroed by each launch */
-    const void *tmaps;               /* (4 L + 1) x 128 bytes: ni_cuda_decode_fused_tensor_maps */
+    const void *tmaps;               /* (4 L + 1) x 128 bytes: ni_cuda_weight_tensor_maps */
     unsigned ring;                   /* weight slabs in flight: ni_cuda_decode_fused_ring */
     unsigned long long *trace;       /* NULL, or ni_cuda_decode_fused_trace_words(L) words (below),
                                         plus ..._trace_detail_words(L, blocks) in a detail build */
@@ -146,10 +185,6 @@ unsigned ni_cuda_decode_fused_ring(size_t N, size_t C, size_t NH, size_t T, size
 /* Words after those that a build with -DDF_TRACE_DETAIL also writes (per block and phase, see
  * decode_fused.cu; 0 in other builds), for a grid of `blocks`. */
 size_t ni_cuda_decode_fused_trace_detail_words(size_t L, size_t blocks);
-/* Fills out (host, 128-byte aligned, (4 L + 1) x 128 bytes) with the TMA descriptors of the
- * weight matrices (device pointers in layers (host array) and wte), to be copied to args.tmaps. */
-int ni_cuda_decode_fused_tensor_maps(void *out, const ni_cuda_layer_weights *layers, size_t L,
-                                     const ni_half16 *wte, size_t C, size_t V);
 /* The grid of this device (one block per SM) and its warps. */
 int ni_cuda_decode_fused_grid(size_t *blocks, size_t *warps);
 

@@ -1,4 +1,5 @@
-/* The GPU matrix multiply: GEMV kernel for a few rows, cuBLASLt for the rest. cuBLASLt works in
+/* The GPU matrix multiply: GEMV kernel for a few rows, gemm_stream up to 32, cuBLASLt for the
+ * rest. cuBLASLt works in
  * column-major terms: our row-major out (N, OC) is D = (OC, N) column-major, our w (OC, IC)
  * row-major is A = (IC, OC) column-major used transposed, and inp (N, IC) is B = (IC, N). The
  * bias then runs along D's rows, which is what cuBLASLt's bias epilogue broadcasts. Plans
@@ -40,6 +41,19 @@ ni_status ni_matmul_init(ni_matmul_ctx *m, void *workspace, size_t workspace_byt
         else
             fprintf(stderr, "nanoinfer: NI_GEMV_MAX_ROWS=%s ignored (want 0..%d)\n", e,
                     NI_CUDA_GEMV_MAX_ROWS);
+    }
+    /* NI_GEMM_STREAM=0: cuBLASLt instead of gemm_stream, to compare the two on one binary */
+    const char *gs = getenv("NI_GEMM_STREAM");
+    int stream_on = 1;
+    if (gs && *gs) {
+        if (strcmp(gs, "0") == 0)
+            stream_on = 0;
+        else if (strcmp(gs, "1") != 0)
+            fprintf(stderr, "nanoinfer: NI_GEMM_STREAM=%s ignored (want 0 or 1)\n", gs);
+    }
+    if (stream_on && ni_cuda_gemm_stream_setup(&m->stream_sms) != 0) {
+        cudaGetLastError(); /* not available: cuBLASLt above the GEMV's rows */
+        m->stream_sms = 0;
     }
     return lt_status(cublasLtCreate(&m->handle), "create");
 }
@@ -137,8 +151,8 @@ static ni_status get_plan(ni_matmul_ctx *m, size_t N, size_t IC, size_t OC, int 
 }
 
 ni_status ni_matmul(ni_matmul_ctx *m, ni_half16 *out16, float *out_f32, const ni_half16 *inp,
-                    const ni_half16 *w, const ni_half16 *bias, size_t N, size_t IC, size_t OC,
-                    int gelu, ni_cuda_dtype dt, cudaStream_t stream) {
+                    const ni_half16 *w, const void *w_tmap, const ni_half16 *bias, size_t N,
+                    size_t IC, size_t OC, int gelu, ni_cuda_dtype dt, cudaStream_t stream) {
     if (N == 0) return NI_OK;
     if (dt != NI_CUDA_BF16 && dt != NI_CUDA_F16)
         return ni_fail(NI_ERR_INTERNAL, "matmul: unknown 16-bit type %d", (int)dt);
@@ -146,6 +160,14 @@ ni_status ni_matmul(ni_matmul_ctx *m, ni_half16 *out16, float *out_f32, const ni
         NI_CUDA_TRY(
             ni_cuda_gemv(out16, out_f32, inp, w, bias, N, IC, OC, gelu, dt, (ni_stream)stream),
             "gemv kernel");
+        return NI_OK;
+    }
+    size_t blocks = 0;
+    if (out16 && w_tmap && N <= NI_CUDA_GEMM_STREAM_MAX_ROWS &&
+        (blocks = ni_cuda_gemm_stream_blocks(IC, OC, m->stream_sms)) != 0) {
+        NI_CUDA_TRY(ni_cuda_gemm_stream(out16, inp, w_tmap, bias, N, IC, OC, gelu, dt, blocks,
+                                        (ni_stream)stream),
+                    "gemm_stream kernel");
         return NI_OK;
     }
     if (gelu && !bias) return ni_fail(NI_ERR_INTERNAL, "matmul: GELU needs a bias here");

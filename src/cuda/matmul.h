@@ -1,7 +1,8 @@
 /* The GPU matrix multiply used by the forward pass: out (N, OC) = inp (N, IC) @ w^T + bias
  * [then GELU], w (OC, IC) 16-bit (bf16 or f16, ni_cuda_dtype: A, B, the bias and a 16-bit D all
- * in that type). Small N goes to our bandwidth-bound GEMV kernel, larger N to
- * cuBLASLt with a cached plan per shape and the bias / bias+GELU epilogue fused. */
+ * in that type). Up to 16 rows (32 for the logits) it runs our GEMV kernel, up to 32 rows our
+ * TMA-streamed product (gemm_stream.cu) where w has a tensor map, and beyond that cuBLASLt with
+ * a cached plan per shape and the bias / bias+GELU epilogue fused. */
 #ifndef NI_CUDA_MATMUL_H
 #define NI_CUDA_MATMUL_H
 
@@ -31,16 +32,18 @@ typedef struct {
     size_t n_plans;
     size_t next_evict;    /* round-robin victim once the cache is full */
     size_t gemv_max_rows; /* N up to this (and ni_cuda_gemv_rows) uses ni_cuda_gemv */
+    size_t stream_sms;    /* ni_cuda_gemm_stream_setup's; 0: gemm_stream off */
 } ni_matmul_ctx;
 
 ni_status ni_matmul_init(ni_matmul_ctx *m, void *workspace, size_t workspace_bytes);
 void ni_matmul_destroy(ni_matmul_ctx *m);
 
 /* out: 16-bit (out16, type dt like inp, w and bias) or f32 (out_f32), exactly one non-NULL.
- * bias may be NULL. */
+ * bias may be NULL. w_tmap: w's TMA descriptor in device memory (ni_cuda_weight_tensor_maps),
+ * or NULL. */
 ni_status ni_matmul(ni_matmul_ctx *m, ni_half16 *out16, float *out_f32, const ni_half16 *inp,
-                    const ni_half16 *w, const ni_half16 *bias, size_t N, size_t IC, size_t OC,
-                    int gelu, ni_cuda_dtype dt, cudaStream_t stream);
+                    const ni_half16 *w, const void *w_tmap, const ni_half16 *bias, size_t N,
+                    size_t IC, size_t OC, int gelu, ni_cuda_dtype dt, cudaStream_t stream);
 
 /* Turns a CUDA error code into an ni_status naming the call (NI_OK for cudaSuccess). */
 ni_status ni_cuda_status(int err, const char *what);

@@ -1,13 +1,13 @@
-/* GPU tests of the small-batch matmul (ni_cuda_gemv) and the sort-based sampler
- * (ni_cuda_sample_sorted). The GEMV is compared with its CPU twin cpu_matmul (+ cpu_gelu) on the
- * same bf16-rounded (and, again, f16-rounded) data for every batch size 1..32 and awkward IC / OC,
- * with poisoned outputs
- * (rows past N must stay untouched) and a bitwise batch-invariance check. The sampler must give
- * exactly the token of the CPU's ni_sample_sorted for the same (seed, seq, step) (the canonical
- * rule of sampling.h fixes it bit for bit), never a token outside the kept set of
- * ni_sample_distribution, frequencies that pass a chi-square test against that distribution,
- * the argmax when greedy, and -1 for invalid rows. A micro-benchmark prints GEMV bandwidth for
- * the gpt2-xl shapes and the sampler's latency (printed, not asserted). Exits 77 without a GPU. */
+/* GPU tests of the small-batch matmuls (ni_cuda_gemv, ni_cuda_gemm_stream) and the sort-based
+ * sampler (ni_cuda_sample_sorted). Both matmuls are compared with their CPU twin cpu_matmul
+ * (+ cpu_gelu) on the same bf16-rounded (and, again, f16-rounded) data for every batch size
+ * 1..32 and awkward IC / OC, with poisoned outputs (rows past N must stay untouched) and a
+ * bitwise batch-invariance check. The sampler must give exactly the token of the CPU's
+ * ni_sample_sorted for the same (seed, seq, step) (the canonical rule of sampling.h fixes it bit
+ * for bit), never a token outside the kept set of ni_sample_distribution, frequencies that pass a
+ * chi-square test against that distribution, the argmax when greedy, and -1 for invalid rows. A
+ * micro-benchmark prints GEMV bandwidth for the gpt2-xl shapes and the sampler's latency
+ * (printed, not asserted). Exits 77 without a GPU. */
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdio.h>
@@ -17,6 +17,7 @@
 #include "common/numeric.h"
 #include "cpu/ops.h"
 #include "cuda/kernels.h"
+#include "cuda/matmul.h"
 #include "sampling/sampling.h"
 #include "gpu_test_util.h"
 #include "stat_util.h"
@@ -70,6 +71,9 @@ typedef struct {
     ni_half16 *dx, *dw, *db;
     ni_half16 *dout; /* (R, OC) */
     float *dout_f32; /* (R, OC) */
+    void *dtmap;     /* w's TMA descriptor (device), NULL without TMA */
+    size_t blocks;   /* gemm_stream's grid for the shape, 0 where it does not take it */
+    const char *kernel;
 } gemv_case;
 
 static uint16_t h16_from(ni_cuda_dtype dt, float x) {
@@ -128,6 +132,20 @@ static void gemv_case_init(gemv_case *c, size_t IC, size_t OC, uint64_t seed, ni
     CK(cudaMemcpy(c->dx, c->x, R * IC * sizeof *c->x, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(c->dw, c->w, OC * IC * sizeof *c->w, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(c->db, c->b, OC * sizeof *c->b, cudaMemcpyHostToDevice));
+    c->kernel = "gemv";
+    c->dtmap = NULL;
+    c->blocks = 0;
+    size_t sms = 0;
+    CK(ni_cuda_gemm_stream_setup(&sms));
+    void *map = aligned_alloc(64, 128);
+    assert_non_null(map);
+    if (ni_cuda_weight_tensor_map(map, c->dw, IC, OC, dt) == 0) {
+        c->dtmap = dmalloc(128);
+        CK(cudaMemcpy(c->dtmap, map, 128, cudaMemcpyHostToDevice));
+        c->blocks = ni_cuda_gemm_stream_blocks(IC, OC, sms);
+    }
+    cudaGetLastError();
+    free(map);
 }
 
 static void gemv_case_free(gemv_case *c) {
@@ -142,17 +160,22 @@ static void gemv_case_free(gemv_case *c) {
     cudaFree(c->db);
     cudaFree(c->dout);
     cudaFree(c->dout_f32);
+    cudaFree(c->dtmap);
 }
 
-/* Runs the GEMV for N rows into poisoned outputs; out_f32 / gelu select the variant. Returns the
- * result as f32 in res (R + 1, OC) and the raw bits in bits ((R + 1) * OC * 4 bytes), R the most
- * rows and one guard row. */
+/* Runs the GEMV (or, c->kernel "gemm_stream", that kernel, 16-bit outputs only) for N rows into
+ * poisoned outputs; out_f32 / gelu select the variant. Returns the result as f32 in res (R + 1,
+ * OC) and the raw bits in bits ((R + 1) * OC * 4 bytes), R the most rows and one guard row. */
 static void gemv_run(const gemv_case *c, size_t N, int f32, int gelu, float *res, void *bits) {
     const size_t R1 = NI_CUDA_GEMV_MAX_ROWS + 1, OC = c->OC;  /* with the guard row */
     CK(cudaMemset(c->dout, 0xFF, R1 * OC * sizeof *c->dout)); /* 16-bit 0xFFFF, f32: NaN */
     CK(cudaMemset(c->dout_f32, 0xFF, R1 * OC * sizeof *c->dout_f32));
-    CK(ni_cuda_gemv(f32 ? NULL : c->dout, f32 ? c->dout_f32 : NULL, c->dx, c->dw, c->db, N, c->IC,
-                    OC, gelu, c->dt, NULL));
+    if (strcmp(c->kernel, "gemm_stream") == 0)
+        CK(ni_cuda_gemm_stream(c->dout, c->dx, c->dtmap, c->db, N, c->IC, OC, gelu, c->dt,
+                               c->blocks, NULL));
+    else
+        CK(ni_cuda_gemv(f32 ? NULL : c->dout, f32 ? c->dout_f32 : NULL, c->dx, c->dw, c->db, N,
+                        c->IC, OC, gelu, c->dt, NULL));
     CK(cudaDeviceSynchronize());
     if (f32) {
         CK(cudaMemcpy(bits, c->dout_f32, R1 * OC * 4, cudaMemcpyDeviceToHost));
@@ -174,8 +197,8 @@ static double gemv_check(const gemv_case *c, size_t N, int f32, int gelu, const 
         const size_t i = R * OC + o;
         if (f32 ? ((const uint32_t *)bits)[i] != 0xFFFFFFFFu
                 : ((const uint16_t *)bits)[i] != 0xFFFFu) {
-            fprintf(stderr, "gemv %s IC=%zu OC=%zu N=%zu: the guard row written\n", dt_name(c->dt),
-                    c->IC, OC, N);
+            fprintf(stderr, "%s %s IC=%zu OC=%zu N=%zu: the guard row written\n", c->kernel,
+                    dt_name(c->dt), c->IC, OC, N);
             fail();
         }
     }
@@ -189,8 +212,8 @@ static double gemv_check(const gemv_case *c, size_t N, int f32, int gelu, const 
                 int poisoned = f32 ? ((const uint32_t *)bits)[i] == 0xFFFFFFFFu
                                    : ((const uint16_t *)bits)[i] == 0xFFFFu;
                 if (!poisoned) {
-                    fprintf(stderr, "gemv %s IC=%zu OC=%zu N=%zu f32=%d: row %zu written\n",
-                            dt_name(c->dt), c->IC, OC, N, f32, n);
+                    fprintf(stderr, "%s %s IC=%zu OC=%zu N=%zu f32=%d: row %zu written\n",
+                            c->kernel, dt_name(c->dt), c->IC, OC, N, f32, n);
                     fail();
                 }
                 continue;
@@ -203,9 +226,9 @@ static double gemv_check(const gemv_case *c, size_t N, int f32, int gelu, const 
             const double q = err / tol;
             if (!(q <= 1.0)) { /* NaN fails too */
                 fprintf(stderr,
-                        "gemv %s IC=%zu OC=%zu N=%zu f32=%d gelu=%d: out[%zu][%zu] = %.9g, ref "
+                        "%s %s IC=%zu OC=%zu N=%zu f32=%d gelu=%d: out[%zu][%zu] = %.9g, ref "
                         "%.9g, tol %.3g\n",
-                        dt_name(c->dt), c->IC, OC, N, f32, gelu, n, o, (double)res[i],
+                        c->kernel, dt_name(c->dt), c->IC, OC, N, f32, gelu, n, o, (double)res[i],
                         (double)ref[i], tol);
                 fail();
             }
@@ -285,6 +308,126 @@ static void test_gemv_batch_invariance(void **state) {
         free(bits);
         gemv_case_free(&c);
     }
+}
+
+/* ---- gemm_stream (the TMA-streamed product for up to 32 rows), checked the same way -----------
+ */
+
+static size_t stream_sms(void) {
+    size_t sms = 0;
+    CK(ni_cuda_gemm_stream_setup(&sms));
+    return sms;
+}
+
+static void stream_case_all_n(size_t IC, size_t OC, uint64_t seed, ni_cuda_dtype dt) {
+    gemv_case c;
+    gemv_case_init(&c, IC, OC, seed, dt);
+    c.kernel = "gemm_stream";
+    assert_non_null(c.dtmap);
+    assert_true(c.blocks > 0);
+    const size_t R = NI_CUDA_GEMM_STREAM_MAX_ROWS;
+    float *res = hmalloc((R + 1) * OC * sizeof *res);
+    void *bits = hmalloc((R + 1) * OC * 4);
+    double worst = 0;
+    for (int gelu = 0; gelu < 2; gelu++)
+        for (size_t N = 1; N <= R; N++) {
+            gemv_run(&c, N, 0, gelu, res, bits);
+            double q = gemv_check(&c, N, 0, gelu, res, bits);
+            if (q > worst) worst = q;
+        }
+    printf("  gemm_stream %-4s IC=%-5zu OC=%-6zu (%3zu blocks) N=1..%d plain/gelu: worst err/tol "
+           "%.3f\n",
+           dt_name(dt), IC, OC, c.blocks, NI_CUDA_GEMM_STREAM_MAX_ROWS, worst);
+    free(res);
+    free(bits);
+    gemv_case_free(&c);
+}
+
+static void test_gemm_stream_shapes(void **state) {
+    (void)state;
+    const size_t sms = stream_sms();
+    if (sms == 0) {
+        printf("  gemm_stream: no TMA on this device\n");
+        skip();
+    }
+    /* OC = 64 sms - 8: 4 tiles per block, the last one half past OC; one tile more is refused */
+    const size_t full = 64 * sms - 8;
+    assert_int_equal(ni_cuda_gemm_stream_blocks(264, 64 * sms + 8, sms), 0);
+    assert_int_equal(ni_cuda_gemm_stream_blocks(260, 64, sms), 0);  /* IC % 8 */
+    assert_int_equal(ni_cuda_gemm_stream_blocks(2056, 64, sms), 0); /* inputs past smem */
+    assert_int_not_equal(ni_cuda_gemm_stream_blocks(2048, 64, sms), 0);
+    static const size_t shapes[][2] = {{8, 1},       {8, 7},       {24, 9},     {264, 129},
+                                       {520, 24},    {768, 2304},  {768, 3072}, {2048, 768},
+                                       {1600, 4800}, {1600, 6400}, {2048, 1600}};
+    for (int k = 0; k < 2; k++) {
+        const ni_cuda_dtype dt = k ? NI_CUDA_F16 : NI_CUDA_BF16;
+        uint64_t seed = 500;
+        for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
+            stream_case_all_n(shapes[i][0], shapes[i][1], seed++, dt);
+        stream_case_all_n(264, full, seed++, dt);
+    }
+}
+
+/* As for the GEMV: a row's bits do not depend on the rest of the batch. */
+static void test_gemm_stream_batch_invariance(void **state) {
+    (void)state;
+    if (stream_sms() == 0) skip();
+    static const size_t shapes[][2] = {{1600, 4800}, {2048, 1600}, {264, 129}};
+    const size_t R = NI_CUDA_GEMM_STREAM_MAX_ROWS, ns = sizeof shapes / sizeof *shapes;
+    for (size_t k = 0; k < 2 * ns; k++) {
+        gemv_case c;
+        gemv_case_init(&c, shapes[k % ns][0], shapes[k % ns][1], 700 + k,
+                       k >= ns ? NI_CUDA_F16 : NI_CUDA_BF16);
+        c.kernel = "gemm_stream";
+        const size_t OC = c.OC;
+        float *res = hmalloc((R + 1) * OC * sizeof *res);
+        uint16_t *full = hmalloc((R + 1) * OC * 4), *bits = hmalloc((R + 1) * OC * 4);
+        gemv_run(&c, R, 0, 1, res, full);
+        for (size_t N = 1; N < R; N++) {
+            gemv_run(&c, N, 0, 1, res, bits);
+            if (memcmp(bits, full, N * OC * 2) != 0) {
+                fprintf(stderr, "gemm_stream %s IC=%zu OC=%zu: rows of N=%zu differ from N=%zu\n",
+                        dt_name(c.dt), c.IC, OC, N, R);
+                fail();
+            }
+        }
+        free(res);
+        free(full);
+        free(bits);
+        gemv_case_free(&c);
+    }
+}
+
+static void test_gemm_stream_args(void **state) {
+    (void)state;
+    const size_t sms = stream_sms();
+    if (sms == 0) skip();
+    gemv_case c;
+    gemv_case_init(&c, 264, 129, 9, NI_CUDA_BF16);
+    const size_t R = NI_CUDA_GEMM_STREAM_MAX_ROWS;
+    /* too many rows, no descriptor, a grid too small for the tiles or past them, an unknown
+     * type: refused without a launch; N = 0: nothing */
+    assert_int_not_equal(ni_cuda_gemm_stream(c.dout, c.dx, c.dtmap, c.db, R + 1, 264, 129, 0,
+                                             NI_CUDA_BF16, c.blocks, NULL),
+                         0);
+    assert_int_not_equal(
+        ni_cuda_gemm_stream(c.dout, c.dx, NULL, c.db, 1, 264, 129, 0, NI_CUDA_BF16, c.blocks, NULL),
+        0);
+    assert_int_not_equal(
+        ni_cuda_gemm_stream(c.dout, c.dx, c.dtmap, c.db, 1, 264, 129, 0, NI_CUDA_BF16, 2, NULL), 0);
+    assert_int_not_equal(
+        ni_cuda_gemm_stream(c.dout, c.dx, c.dtmap, c.db, 1, 264, 129, 0, NI_CUDA_BF16, 10, NULL),
+        0);
+    assert_int_not_equal(ni_cuda_gemm_stream(c.dout, c.dx, c.dtmap, c.db, 1, 264, 129, 0,
+                                             (ni_cuda_dtype)7, c.blocks, NULL),
+                         0);
+    CK(cudaMemset(c.dout, 0xFF, 129 * 2));
+    CK(ni_cuda_gemm_stream(c.dout, c.dx, c.dtmap, c.db, 0, 264, 129, 0, NI_CUDA_BF16, c.blocks,
+                           NULL));
+    uint16_t h[129];
+    CK(cudaMemcpy(h, c.dout, sizeof h, cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < 129; i++) assert_int_equal(h[i], 0xFFFF);
+    gemv_case_free(&c);
 }
 
 static void test_gemv_args(void **state) {
@@ -620,6 +763,68 @@ static void test_bench(void **state) {
         cudaFree(outf);
     }
 
+    /* at 32 rows (a 32-token prefill): gemm_stream against cuBLASLt (ni_matmul without a
+     * tensor map), the same rotated weights */
+    size_t sms = 0;
+    CK(ni_cuda_gemm_stream_setup(&sms));
+    ni_matmul_ctx mm;
+    void *lt_ws = dmalloc((size_t)32 << 20);
+    assert_int_equal(ni_matmul_init(&mm, lt_ws, (size_t)32 << 20), NI_OK);
+    printf("  32 rows, gemm_stream against cuBLASLt (gpt2-xl shapes, weights rotated past L2, "
+           "median of %d):\n",
+           RUNS);
+    for (size_t k = 0; sms && k < 4; k++) {
+        const size_t IC = shapes[k].IC, OC = shapes[k].OC, wbytes = IC * OC * 2, N = 32;
+        const size_t nbuf = (512u << 20) / wbytes + 1 < 64 ? (512u << 20) / wbytes + 1 : 64;
+        ni_half16 *w = dmalloc(nbuf * wbytes);
+        CK(cudaMemset(w, 0x3C, nbuf * wbytes));
+        ni_half16 *x = dmalloc(N * IC * 2), *b = dmalloc(OC * 2), *out = dmalloc(N * OC * 2);
+        CK(cudaMemset(x, 0x3C, N * IC * 2));
+        CK(cudaMemset(b, 0, OC * 2));
+        uint8_t *maps = aligned_alloc(128, nbuf * 128), *dmaps = dmalloc(nbuf * 128);
+        assert_non_null(maps);
+        for (size_t i = 0; i < nbuf; i++)
+            CK(ni_cuda_weight_tensor_map(maps + i * 128, w + i * (IC * OC), IC, OC, NI_CUDA_BF16));
+        CK(cudaMemcpy(dmaps, maps, nbuf * 128, cudaMemcpyHostToDevice));
+        const size_t blocks = ni_cuda_gemm_stream_blocks(IC, OC, sms);
+        double t[2] = {0.0, 0.0};
+        for (int lt = blocks ? 0 : 1; lt < 2; lt++) {
+            for (size_t i = 0; i < RUNS + WARM; i++) {
+                const size_t j = i % nbuf;
+                CK(cudaEventRecord(ev[2 * i], NULL));
+                if (lt)
+                    assert_int_equal(ni_matmul(&mm, out, NULL, x, w + j * (IC * OC), NULL, b, N, IC,
+                                               OC, shapes[k].gelu, NI_CUDA_BF16, NULL),
+                                     NI_OK);
+                else
+                    CK(ni_cuda_gemm_stream(out, x, dmaps + j * 128, b, N, IC, OC, shapes[k].gelu,
+                                           NI_CUDA_BF16, blocks, NULL));
+                CK(cudaEventRecord(ev[2 * i + 1], NULL));
+            }
+            CK(cudaDeviceSynchronize());
+            for (size_t i = 0; i < RUNS; i++)
+                CK(cudaEventElapsedTime(&ms[i], ev[2 * (i + WARM)], ev[2 * (i + WARM) + 1]));
+            t[lt] = median(ms, RUNS) * 1e-3;
+        }
+        if (blocks)
+            printf("    %-12s IC=%-5zu OC=%-6zu gemm_stream %7.2f us %5.0f GB/s   cuBLASLt %7.2f "
+                   "us %5.0f GB/s\n",
+                   shapes[k].what, IC, OC, t[0] * 1e6, (double)wbytes / t[0] * 1e-9, t[1] * 1e6,
+                   (double)wbytes / t[1] * 1e-9);
+        else
+            printf("    %-12s IC=%-5zu OC=%-6zu gemm_stream does not take it   cuBLASLt %7.2f us "
+                   "%5.0f GB/s\n",
+                   shapes[k].what, IC, OC, t[1] * 1e6, (double)wbytes / t[1] * 1e-9);
+        free(maps);
+        cudaFree(dmaps);
+        cudaFree(w);
+        cudaFree(x);
+        cudaFree(b);
+        cudaFree(out);
+    }
+    ni_matmul_destroy(&mm);
+    cudaFree(lt_ws);
+
     static const size_t Bs[] = {1, 64, 512};
     const size_t V = 50257;
     const ni_filter f = {1.0f, 20, 0.9f, 0.0f};
@@ -667,6 +872,9 @@ int main(void) {
         cmocka_unit_test(test_gemv_args),
         cmocka_unit_test(test_gemv_shapes),
         cmocka_unit_test(test_gemv_batch_invariance),
+        cmocka_unit_test(test_gemm_stream_args),
+        cmocka_unit_test(test_gemm_stream_shapes),
+        cmocka_unit_test(test_gemm_stream_batch_invariance),
         cmocka_unit_test(test_sample_greedy_and_invalid),
         cmocka_unit_test(test_sample_matches_cpu),
         cmocka_unit_test(test_sample_chi_square),
