@@ -42,7 +42,7 @@ __global__ void residual_layernorm_kernel(ni_half16 *out,         // (N, C)
                                           const ni_half16 *w,     // (C)
                                           const ni_half16 *b,     // (C)
                                           const int32_t *rows,    // (N) or NULL
-                                          size_t C, float eps, int vec, int cached) {
+                                          size_t C, float eps, int vec, int cached, int early) {
     /* the first column group's scale and shift before the wait (no kernel writes them,
      * pdl.cuh), so that the normalize does not wait on a load after the statistics */
     const size_t c_first = (size_t)threadIdx.x * 8;
@@ -51,7 +51,8 @@ __global__ void residual_layernorm_kernel(ni_half16 *out,         // (N, C)
         w_first = __ldg(reinterpret_cast<const uint4 *>(w + c_first));
         b_first = __ldg(reinterpret_cast<const uint4 *>(b + c_first));
     }
-    ni_pdl_wait(); /* x, delta and rows come from earlier kernels */
+    if (early) ni_pdl_launch_dependents(); /* the next kernel streams weights first (launcher) */
+    ni_pdl_wait();                         /* x, delta and rows come from earlier kernels */
     extern __shared__ float4 ln_smem[];
     __shared__ float red[32];
     size_t r = blockIdx.x;
@@ -186,11 +187,14 @@ extern "C" int ni_cuda_residual_layernorm(ni_half16 *out, float *x, const ni_hal
     size_t smem = cached ? C * sizeof(float) : 0;
     dim3 grid((unsigned int)N), block((unsigned int)nt);
     cudaStream_t st = (cudaStream_t)s;
+    /* rows that go on to gemm_stream, whose weights stream before its wait: let it launch at
+     * once, beside this small grid (prefill TTFT and decode at batch 17-32, H200) */
+    const int early = N > NI_CUDA_EARLY_LAUNCH_ROWS;
     cudaError_t e = dt == NI_CUDA_F16
                         ? ni_launch_pdl(residual_layernorm_kernel<ni_dt_f16>, grid, block, smem, st,
-                                        out, x, delta, w, b, rows, C, eps, vec, cached)
+                                        out, x, delta, w, b, rows, C, eps, vec, cached, early)
                         : ni_launch_pdl(residual_layernorm_kernel<ni_dt_bf16>, grid, block, smem,
-                                        st, out, x, delta, w, b, rows, C, eps, vec, cached);
+                                        st, out, x, delta, w, b, rows, C, eps, vec, cached, early);
     return ni_launch_status(e);
 }
 
