@@ -18,8 +18,9 @@
  * Measured in the engine against cuBLASLt (H200, same call): TTFT with a 32-token prompt gpt2
  * 0.53 -> 0.47 ms, gpt2-medium 1.00 -> 0.91, gpt2-large 1.55 -> 1.44, gpt2-xl even (2.38 /
  * 2.40); decode at batch 32 gpt2 +12 %, medium +10 %, large +6 %, xl -1 %. For gpt2-xl's
- * matrices the kernel alone is slower than cuBLASLt (qkv 11-12.6 us against 9.2, ncu): the
- * slabs land in no useful order, so the warps' work bunches up after the stream. */
+ * matrices the kernel alone is slower than cuBLASLt (qkv 11.3-12.7 us against 8.7-9.2, ncu):
+ * the slabs land in no useful order, so the warps' work bunches up after the stream
+ * (docs/engines.md has the variants measured). */
 #include <cuda_runtime.h>
 #include <stdint.h>
 
