@@ -32,7 +32,6 @@
  * All blocks must be resident at once (the barriers spin): one block per SM, sized from the
  * occupancy query, a cooperative launch (which fails rather than hang when they cannot be),
  * without programmatic dependent launch. bf16 only. */
-#include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <math.h>
