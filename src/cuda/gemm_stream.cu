@@ -126,6 +126,8 @@ __global__ void __launch_bounds__(GS_BLOCK, 1)
     gemm_stream_kernel(uint16_t *__restrict__ out, const uint16_t *inp, const void *tmap,
                        const uint16_t *__restrict__ bias, uint32_t N, uint32_t IC, uint32_t OC,
                        int gelu) {
+    /* 128-byte aligned: the ring's slots, the TMA copies' destinations, lie at multiples of
+     * 8 KB from here */
     extern __shared__ __align__(128) uint8_t gs_smem[];
     __shared__ float sbias[GS_MAX_TILES * 16];
     const uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -277,9 +279,10 @@ extern "C" int ni_cuda_gemm_stream(ni_half16 *out, const ni_half16 *inp, const v
                                    const ni_half16 *bias, size_t N, size_t IC, size_t OC, int gelu,
                                    ni_cuda_dtype dt, size_t blocks, ni_stream s) {
     if (dt != NI_CUDA_BF16 && dt != NI_CUDA_F16) return (int)cudaErrorInvalidValue;
-    if (N > GS_ROWS || !out || !inp || !tmap || blocks == 0 || IC == 0 ||
-        ((OC + 15) / 16 + blocks - 1) / blocks > GS_MAX_TILES || (OC + 15) / 16 < blocks ||
-        IC % 8 != 0 || gs_columns(IC) > GS_MAX_COLS || ((uintptr_t)inp & 15u) != 0)
+    if (N > GS_ROWS || !out || !inp || !tmap || blocks == 0 || IC == 0 || OC == 0 ||
+        OC > 0x7fffff00u || ((OC + 15) / 16 + blocks - 1) / blocks > GS_MAX_TILES ||
+        (OC + 15) / 16 < blocks || IC % 8 != 0 || gs_columns(IC) > GS_MAX_COLS ||
+        ((uintptr_t)inp & 15u) != 0 || ((uintptr_t)tmap & 63u) != 0)
         return (int)cudaErrorInvalidValue;
     if (N == 0) return (int)cudaGetLastError();
     cudaStream_t st = (cudaStream_t)s;

@@ -144,8 +144,10 @@ size_t ni_cuda_gemm_stream_blocks(size_t IC, size_t OC, size_t sms);
 #define NI_CUDA_GEMM_STREAM_MAX_ROWS 32
 /* Above this many rows the kernels that feed a matrix product (LayerNorm, prefill attention) let
  * the next kernel launch at their start (programmatic launch), not at their end: the product is
- * then gemm_stream, whose producer streams weights before it waits for them, or cuBLASLt, which
- * ignores it. At 16 rows and below the GEMV follows, which gained nothing from it. */
+ * then gemm_stream, whose producer streams weights before it waits for them, cuBLASLt, which
+ * ignores it, or (ln_f, 17-32 rows) the logits GEMV, which just waits longer. At 16 rows and
+ * below the GEMV follows, which gained nothing from it. The prefill attention counts the
+ * chunk's padded size (sequences x longest), an upper bound of its rows. */
 #define NI_CUDA_EARLY_LAUNCH_ROWS 16
 
 /* ---- the fused decode step (decode_fused.cu) ------------------------------------------------ */

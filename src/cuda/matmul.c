@@ -7,6 +7,7 @@
  * 16-bit type (CUDA_R_16BF or CUDA_R_16F for A, B, the bias and a 16-bit D) and reused. */
 #include "cuda/matmul.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -163,7 +164,7 @@ ni_status ni_matmul(ni_matmul_ctx *m, ni_half16 *out16, float *out_f32, const ni
         return NI_OK;
     }
     size_t blocks = 0;
-    if (out16 && w_tmap && N <= NI_CUDA_GEMM_STREAM_MAX_ROWS &&
+    if (out16 && w_tmap && N <= NI_CUDA_GEMM_STREAM_MAX_ROWS && ((uintptr_t)inp & 15u) == 0 &&
         (blocks = ni_cuda_gemm_stream_blocks(IC, OC, m->stream_sms)) != 0) {
         NI_CUDA_TRY(ni_cuda_gemm_stream(out16, inp, w_tmap, bias, N, IC, OC, gelu, dt, blocks,
                                         (ni_stream)stream),

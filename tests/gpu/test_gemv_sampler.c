@@ -368,6 +368,45 @@ static void test_gemm_stream_shapes(void **state) {
     }
 }
 
+/* The grids of a smaller card: every block 4 tiles, so the 12-slot ring wraps (IC = 2048: 32
+ * slabs a block), whatever this card's SM count; and no bias, which must equal a zero bias. */
+static void test_gemm_stream_small_grid(void **state) {
+    (void)state;
+    if (stream_sms() == 0) skip();
+    static const size_t shapes[][2] = {{1600, 4800}, {2048, 1600}, {264, 129}};
+    const size_t R = NI_CUDA_GEMM_STREAM_MAX_ROWS;
+    for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
+        gemv_case c;
+        gemv_case_init(&c, shapes[k][0], shapes[k][1], 900 + k, NI_CUDA_BF16);
+        c.kernel = "gemm_stream";
+        const size_t OC = c.OC, tiles = (OC + 15) / 16;
+        c.blocks = (tiles + 3) / 4;
+        float *res = hmalloc((R + 1) * OC * sizeof *res);
+        uint16_t *bits = hmalloc((R + 1) * OC * 4), *nobias = hmalloc(R * OC * 2);
+        double worst = 0;
+        for (size_t N = 1; N <= R; N += 7) {
+            gemv_run(&c, N, 0, 1, res, bits);
+            double q = gemv_check(&c, N, 0, 1, res, bits);
+            if (q > worst) worst = q;
+        }
+        /* bias NULL against a zero bias, bit for bit */
+        CK(ni_cuda_gemm_stream(c.dout, c.dx, c.dtmap, NULL, R, c.IC, OC, 0, c.dt, c.blocks, NULL));
+        CK(cudaMemcpy(nobias, c.dout, R * OC * 2, cudaMemcpyDeviceToHost));
+        CK(cudaMemset(c.db, 0, OC * 2));
+        CK(ni_cuda_gemm_stream(c.dout, c.dx, c.dtmap, c.db, R, c.IC, OC, 0, c.dt, c.blocks, NULL));
+        CK(cudaMemcpy(bits, c.dout, R * OC * 2, cudaMemcpyDeviceToHost));
+        if (memcmp(bits, nobias, R * OC * 2) != 0)
+            fail_msg("gemm_stream IC=%zu OC=%zu: no bias differs from a zero bias", c.IC, OC);
+        printf("  gemm_stream bf16 IC=%-5zu OC=%-6zu (%3zu blocks, <= 4 tiles) GELU: worst err/tol "
+               "%.3f; no bias = zero bias\n",
+               c.IC, OC, c.blocks, worst);
+        free(res);
+        free(bits);
+        free(nobias);
+        gemv_case_free(&c);
+    }
+}
+
 /* As for the GEMV: a row's bits do not depend on the rest of the batch. */
 static void test_gemm_stream_batch_invariance(void **state) {
     (void)state;
@@ -874,6 +913,7 @@ int main(void) {
         cmocka_unit_test(test_gemv_batch_invariance),
         cmocka_unit_test(test_gemm_stream_args),
         cmocka_unit_test(test_gemm_stream_shapes),
+        cmocka_unit_test(test_gemm_stream_small_grid),
         cmocka_unit_test(test_gemm_stream_batch_invariance),
         cmocka_unit_test(test_sample_greedy_and_invalid),
         cmocka_unit_test(test_sample_matches_cpu),
