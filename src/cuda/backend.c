@@ -475,16 +475,21 @@ static ni_status enqueue_layers(ni_backend_ctx *b, const layer_args *a) {
         NI_CUDA_TRY(ni_cuda_residual_layernorm(b->ln, b->x, l ? b->delta : NULL, y->ln1_w, y->ln1_b,
                                                NULL, N, C, eps, b->dt, st),
                     "layernorm kernel (ln_1)");
-        NI_TRY(ni_matmul(&b->mm, b->qkv, NULL, b->ln, y->qkv_w, weight_tmap(b, 4 * l), y->qkv_b, N,
-                         C, 3 * C, 0, b->dt, b->stream));
         if (a->single) { /* one token per sequence: the KV append rides in the attention */
+            NI_TRY(ni_matmul(&b->mm, b->qkv, NULL, b->ln, y->qkv_w, weight_tmap(b, 4 * l), y->qkv_b,
+                             N, C, 3 * C, 0, b->dt, b->stream));
             NI_CUDA_TRY(ni_cuda_attention_decode_append(b->att, b->attn_partial, kc, vc, b->qkv,
                                                         a->slot, a->pos, N, a->max_pos, NH, HS, T,
                                                         b->dt, st),
                         "attention_decode kernel");
-        } else {
-            NI_CUDA_TRY(ni_cuda_kv_append(kc, vc, b->qkv, a->slot, a->pos, N, NH, HS, T, st),
-                        "kv_append kernel");
+        } else { /* the append in the qkv product's epilogue where it can, else a kernel */
+            const ni_cuda_kv_dest kv = {kc, vc, a->slot, a->pos, NH, HS, T};
+            int appended = 0;
+            NI_TRY(ni_matmul_qkv(&b->mm, b->qkv, &kv, &appended, b->ln, y->qkv_w,
+                                 weight_tmap(b, 4 * l), y->qkv_b, N, C, 3 * C, b->dt, b->stream));
+            if (!appended)
+                NI_CUDA_TRY(ni_cuda_kv_append(kc, vc, b->qkv, a->slot, a->pos, N, NH, HS, T, st),
+                            "kv_append kernel");
             NI_CUDA_TRY(ni_cuda_attention_prefill(b->att, b->qkv, kc, vc, a->seq_start, a->seq_len,
                                                   a->seq_slot, a->seq_pos0, a->n_pieces, a->max_len,
                                                   NH, HS, T, b->dt, st),

@@ -127,13 +127,23 @@ int ni_cuda_weight_tensor_map(void *out, const ni_half16 *w, size_t IC, size_t O
 
 /* ---- the matrix product for 17-32 rows (gemm_stream.cu) ------------------------------------ */
 
-/* out (N, OC) 16-bit = inp (N, IC) @ w^T + bias, then GELU if gelu; 17 <= N <= 32 is what it is
- * for (a prefill of a 32-token prompt, a decode batch of 17-32), any N in 1..32 works. w (OC, IC)
+/* Where a qkv product also puts the keys and values (kv argument, NULL for none): row n's
+ * outputs C .. 2C - 1 (its key) and 2C .. 3C - 1 (its value), C = NH * HS = OC / 3, go to
+ * (slot[n], head, pos[n]) of the caches, the same bits ni_cuda_kv_append would copy there. */
+typedef struct {
+    ni_half16 *k_cache, *v_cache; /* (S, NH, T, HS) one layer */
+    const int32_t *slot, *pos;    /* (N) */
+    size_t NH, HS, T;
+} ni_cuda_kv_dest;
+
+/* out (N, OC) 16-bit = inp (N, IC) @ w^T + bias, then GELU if gelu, and with kv the keys and
+ * values to the caches (above); 17 <= N <= 32 is what it is for (a prefill of a 32-token prompt,
+ * a decode batch of 17-32), any N in 1..32 works. w (OC, IC)
  * is read through its TMA descriptor tmap (device memory, from ni_cuda_weight_tensor_maps);
  * bias (OC) or NULL. blocks: ni_cuda_gemm_stream_blocks. */
-int ni_cuda_gemm_stream(ni_half16 *out, const ni_half16 *inp, const void *tmap,
-                        const ni_half16 *bias, size_t N, size_t IC, size_t OC, int gelu,
-                        ni_cuda_dtype dt, size_t blocks, ni_stream s);
+int ni_cuda_gemm_stream(ni_half16 *out, const ni_cuda_kv_dest *kv, const ni_half16 *inp,
+                        const void *tmap, const ni_half16 *bias, size_t N, size_t IC, size_t OC,
+                        int gelu, ni_cuda_dtype dt, size_t blocks, ni_stream s);
 /* Prepares the kernels on the current device and sets *sms to its multiprocessor count, or to
  * 0 where the kernel cannot run (before sm_90, too little shared memory); 0 or a CUDA error. */
 int ni_cuda_gemm_stream_setup(size_t *sms);

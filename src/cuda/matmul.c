@@ -151,9 +151,13 @@ static ni_status get_plan(ni_matmul_ctx *m, size_t N, size_t IC, size_t OC, int 
     return NI_OK;
 }
 
-ni_status ni_matmul(ni_matmul_ctx *m, ni_half16 *out16, float *out_f32, const ni_half16 *inp,
-                    const ni_half16 *w, const void *w_tmap, const ni_half16 *bias, size_t N,
-                    size_t IC, size_t OC, int gelu, ni_cuda_dtype dt, cudaStream_t stream) {
+/* ni_matmul, and with kv the keys and values to the caches where gemm_stream runs the product
+ * (*appended = 1; else 0, and the caller appends them). */
+static ni_status matmul(ni_matmul_ctx *m, ni_half16 *out16, float *out_f32,
+                        const ni_cuda_kv_dest *kv, int *appended, const ni_half16 *inp,
+                        const ni_half16 *w, const void *w_tmap, const ni_half16 *bias, size_t N,
+                        size_t IC, size_t OC, int gelu, ni_cuda_dtype dt, cudaStream_t stream) {
+    if (appended) *appended = 0;
     if (N == 0) return NI_OK;
     if (dt != NI_CUDA_BF16 && dt != NI_CUDA_F16)
         return ni_fail(NI_ERR_INTERNAL, "matmul: unknown 16-bit type %d", (int)dt);
@@ -166,9 +170,10 @@ ni_status ni_matmul(ni_matmul_ctx *m, ni_half16 *out16, float *out_f32, const ni
     size_t blocks = 0;
     if (out16 && w_tmap && N <= NI_CUDA_GEMM_STREAM_MAX_ROWS && ((uintptr_t)inp & 15u) == 0 &&
         (blocks = ni_cuda_gemm_stream_blocks(IC, OC, m->stream_sms)) != 0) {
-        NI_CUDA_TRY(ni_cuda_gemm_stream(out16, inp, w_tmap, bias, N, IC, OC, gelu, dt, blocks,
+        NI_CUDA_TRY(ni_cuda_gemm_stream(out16, kv, inp, w_tmap, bias, N, IC, OC, gelu, dt, blocks,
                                         (ni_stream)stream),
                     "gemm_stream kernel");
+        if (appended) *appended = kv != NULL;
         return NI_OK;
     }
     if (gelu && !bias) return ni_fail(NI_ERR_INTERNAL, "matmul: GELU needs a bias here");
@@ -184,4 +189,17 @@ ni_status ni_matmul(ni_matmul_ctx *m, ni_half16 *out16, float *out_f32, const ni
     return lt_status(cublasLtMatmul(m->handle, p->desc, &alpha, w, p->a, inp, p->b, &beta, d, p->d,
                                     d, p->d, &p->algo, m->workspace, m->workspace_bytes, stream),
                      "matmul");
+}
+
+ni_status ni_matmul(ni_matmul_ctx *m, ni_half16 *out16, float *out_f32, const ni_half16 *inp,
+                    const ni_half16 *w, const void *w_tmap, const ni_half16 *bias, size_t N,
+                    size_t IC, size_t OC, int gelu, ni_cuda_dtype dt, cudaStream_t stream) {
+    return matmul(m, out16, out_f32, NULL, NULL, inp, w, w_tmap, bias, N, IC, OC, gelu, dt, stream);
+}
+
+ni_status ni_matmul_qkv(ni_matmul_ctx *m, ni_half16 *out16, const ni_cuda_kv_dest *kv,
+                        int *appended, const ni_half16 *inp, const ni_half16 *w, const void *w_tmap,
+                        const ni_half16 *bias, size_t N, size_t IC, size_t OC, ni_cuda_dtype dt,
+                        cudaStream_t stream) {
+    return matmul(m, out16, NULL, kv, appended, inp, w, w_tmap, bias, N, IC, OC, 0, dt, stream);
 }

@@ -45,6 +45,14 @@ ni_status ni_matmul(ni_matmul_ctx *m, ni_half16 *out16, float *out_f32, const ni
                     const ni_half16 *w, const void *w_tmap, const ni_half16 *bias, size_t N,
                     size_t IC, size_t OC, int gelu, ni_cuda_dtype dt, cudaStream_t stream);
 
+/* The qkv product of a prefill chunk: ni_matmul (16-bit out), and where gemm_stream runs it, the
+ * keys and values also go to the caches as kv says (*appended = 1); else *appended = 0 and the
+ * caller runs ni_cuda_kv_append. Saves the append's launch for 17-32-token chunks. */
+ni_status ni_matmul_qkv(ni_matmul_ctx *m, ni_half16 *out16, const ni_cuda_kv_dest *kv,
+                        int *appended, const ni_half16 *inp, const ni_half16 *w, const void *w_tmap,
+                        const ni_half16 *bias, size_t N, size_t IC, size_t OC, ni_cuda_dtype dt,
+                        cudaStream_t stream);
+
 /* Turns a CUDA error code into an ni_status naming the call (NI_OK for cudaSuccess). */
 ni_status ni_cuda_status(int err, const char *what);
 #define NI_CUDA_TRY(call, what)                                                                    \

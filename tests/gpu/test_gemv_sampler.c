@@ -171,7 +171,7 @@ static void gemv_run(const gemv_case *c, size_t N, int f32, int gelu, float *res
     CK(cudaMemset(c->dout, 0xFF, R1 * OC * sizeof *c->dout)); /* 16-bit 0xFFFF, f32: NaN */
     CK(cudaMemset(c->dout_f32, 0xFF, R1 * OC * sizeof *c->dout_f32));
     if (strcmp(c->kernel, "gemm_stream") == 0)
-        CK(ni_cuda_gemm_stream(c->dout, c->dx, c->dtmap, c->db, N, c->IC, OC, gelu, c->dt,
+        CK(ni_cuda_gemm_stream(c->dout, NULL, c->dx, c->dtmap, c->db, N, c->IC, OC, gelu, c->dt,
                                c->blocks, NULL));
     else
         CK(ni_cuda_gemv(f32 ? NULL : c->dout, f32 ? c->dout_f32 : NULL, c->dx, c->dw, c->db, N,
@@ -390,10 +390,12 @@ static void test_gemm_stream_small_grid(void **state) {
             if (q > worst) worst = q;
         }
         /* bias NULL against a zero bias, bit for bit */
-        CK(ni_cuda_gemm_stream(c.dout, c.dx, c.dtmap, NULL, R, c.IC, OC, 0, c.dt, c.blocks, NULL));
+        CK(ni_cuda_gemm_stream(c.dout, NULL, c.dx, c.dtmap, NULL, R, c.IC, OC, 0, c.dt, c.blocks,
+                               NULL));
         CK(cudaMemcpy(nobias, c.dout, R * OC * 2, cudaMemcpyDeviceToHost));
         CK(cudaMemset(c.db, 0, OC * 2));
-        CK(ni_cuda_gemm_stream(c.dout, c.dx, c.dtmap, c.db, R, c.IC, OC, 0, c.dt, c.blocks, NULL));
+        CK(ni_cuda_gemm_stream(c.dout, NULL, c.dx, c.dtmap, c.db, R, c.IC, OC, 0, c.dt, c.blocks,
+                               NULL));
         CK(cudaMemcpy(bits, c.dout, R * OC * 2, cudaMemcpyDeviceToHost));
         if (memcmp(bits, nobias, R * OC * 2) != 0)
             fail_msg("gemm_stream IC=%zu OC=%zu: no bias differs from a zero bias", c.IC, OC);
@@ -403,6 +405,76 @@ static void test_gemm_stream_small_grid(void **state) {
         free(res);
         free(bits);
         free(nobias);
+        gemv_case_free(&c);
+    }
+}
+
+/* With a kv destination the keys and values go to the caches as ni_cuda_kv_append would put
+ * them: every cache element a row owns holds that row's 16-bit output, the others stay
+ * poisoned, and the outputs are the bits of the run without a destination. Heads of 64 (8-byte
+ * stores) and of 10 (a group of 4 features straddles a head and the key/value boundary). */
+static void test_gemm_stream_kv(void **state) {
+    (void)state;
+    if (stream_sms() == 0) skip();
+    static const size_t heads[][2] = {{4, 64}, {3, 10}};
+    const size_t S = 3, T = 40, IC = 264, N = 20;
+    for (size_t k = 0; k < 2; k++) {
+        const size_t NH = heads[k][0], HS = heads[k][1], C = NH * HS, OC = 3 * C;
+        const size_t cache = S * NH * T * HS;
+        gemv_case c;
+        gemv_case_init(&c, IC, OC, 1234 + k, NI_CUDA_BF16);
+        int32_t hs[32], hp[32];
+        for (size_t n = 0; n < N; n++) hs[n] = (int32_t)(n % S), hp[n] = (int32_t)(3 + n);
+        int32_t *ds = dmalloc(N * 4), *dp = dmalloc(N * 4);
+        CK(cudaMemcpy(ds, hs, N * 4, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(dp, hp, N * 4, cudaMemcpyHostToDevice));
+        ni_half16 *kc = dmalloc(cache * 2), *vc = dmalloc(cache * 2);
+        CK(cudaMemset(kc, 0xFF, cache * 2));
+        CK(cudaMemset(vc, 0xFF, cache * 2));
+        uint16_t *out = hmalloc(N * OC * 2), *plain = hmalloc(N * OC * 2);
+        uint16_t *hk = hmalloc(cache * 2), *hv = hmalloc(cache * 2);
+        const ni_cuda_kv_dest kv = {kc, vc, ds, dp, NH, HS, T};
+        CK(ni_cuda_gemm_stream(c.dout, &kv, c.dx, c.dtmap, c.db, N, IC, OC, 0, c.dt, c.blocks,
+                               NULL));
+        CK(cudaMemcpy(out, c.dout, N * OC * 2, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(hk, kc, cache * 2, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(hv, vc, cache * 2, cudaMemcpyDeviceToHost));
+        CK(ni_cuda_gemm_stream(c.dout, NULL, c.dx, c.dtmap, c.db, N, IC, OC, 0, c.dt, c.blocks,
+                               NULL));
+        CK(cudaMemcpy(plain, c.dout, N * OC * 2, cudaMemcpyDeviceToHost));
+        if (memcmp(out, plain, N * OC * 2) != 0)
+            fail_msg("gemm_stream HS=%zu: outputs differ with a kv destination", HS);
+        for (size_t sl = 0; sl < S; sl++)
+            for (size_t h = 0; h < NH; h++)
+                for (size_t t = 0; t < T; t++)
+                    for (size_t d = 0; d < HS; d++) {
+                        const size_t i = ((sl * NH + h) * T + t) * HS + d;
+                        uint16_t ek = 0xFFFF, ev = 0xFFFF;
+                        for (size_t n = 0; n < N; n++)
+                            if ((size_t)hs[n] == sl && (size_t)hp[n] == t) {
+                                ek = out[n * OC + C + h * HS + d];
+                                ev = out[n * OC + 2 * C + h * HS + d];
+                            }
+                        if (hk[i] != ek || hv[i] != ev)
+                            fail_msg("gemm_stream HS=%zu: cache (%zu, %zu, %zu, %zu) holds %04x / "
+                                     "%04x, want %04x / %04x",
+                                     HS, sl, h, t, d, hk[i], hv[i], ek, ev);
+                    }
+        /* a destination for a product that is not 3 C wide is refused */
+        const ni_cuda_kv_dest bad = {kc, vc, ds, dp, NH + 1, HS, T};
+        assert_int_not_equal(ni_cuda_gemm_stream(c.dout, &bad, c.dx, c.dtmap, c.db, N, IC, OC, 0,
+                                                 c.dt, c.blocks, NULL),
+                             0);
+        printf("  gemm_stream kv destination: %zu heads of %zu, %zu rows: caches as kv_append\n",
+               NH, HS, N);
+        free(out);
+        free(plain);
+        free(hk);
+        free(hv);
+        cudaFree(ds);
+        cudaFree(dp);
+        cudaFree(kc);
+        cudaFree(vc);
         gemv_case_free(&c);
     }
 }
@@ -446,23 +518,24 @@ static void test_gemm_stream_args(void **state) {
     const size_t R = NI_CUDA_GEMM_STREAM_MAX_ROWS;
     /* too many rows, no descriptor, a grid too small for the tiles or past them, an unknown
      * type: refused without a launch; N = 0: nothing */
-    assert_int_not_equal(ni_cuda_gemm_stream(c.dout, c.dx, c.dtmap, c.db, R + 1, 264, 129, 0,
+    assert_int_not_equal(ni_cuda_gemm_stream(c.dout, NULL, c.dx, c.dtmap, c.db, R + 1, 264, 129, 0,
                                              NI_CUDA_BF16, c.blocks, NULL),
                          0);
-    assert_int_not_equal(
-        ni_cuda_gemm_stream(c.dout, c.dx, NULL, c.db, 1, 264, 129, 0, NI_CUDA_BF16, c.blocks, NULL),
-        0);
-    assert_int_not_equal(
-        ni_cuda_gemm_stream(c.dout, c.dx, c.dtmap, c.db, 1, 264, 129, 0, NI_CUDA_BF16, 2, NULL), 0);
-    assert_int_not_equal(
-        ni_cuda_gemm_stream(c.dout, c.dx, c.dtmap, c.db, 1, 264, 129, 0, NI_CUDA_BF16, 10, NULL),
-        0);
-    assert_int_not_equal(ni_cuda_gemm_stream(c.dout, c.dx, c.dtmap, c.db, 1, 264, 129, 0,
+    assert_int_not_equal(ni_cuda_gemm_stream(c.dout, NULL, c.dx, NULL, c.db, 1, 264, 129, 0,
+                                             NI_CUDA_BF16, c.blocks, NULL),
+                         0);
+    assert_int_not_equal(ni_cuda_gemm_stream(c.dout, NULL, c.dx, c.dtmap, c.db, 1, 264, 129, 0,
+                                             NI_CUDA_BF16, 2, NULL),
+                         0);
+    assert_int_not_equal(ni_cuda_gemm_stream(c.dout, NULL, c.dx, c.dtmap, c.db, 1, 264, 129, 0,
+                                             NI_CUDA_BF16, 10, NULL),
+                         0);
+    assert_int_not_equal(ni_cuda_gemm_stream(c.dout, NULL, c.dx, c.dtmap, c.db, 1, 264, 129, 0,
                                              (ni_cuda_dtype)7, c.blocks, NULL),
                          0);
     CK(cudaMemset(c.dout, 0xFF, 129 * 2));
-    CK(ni_cuda_gemm_stream(c.dout, c.dx, c.dtmap, c.db, 0, 264, 129, 0, NI_CUDA_BF16, c.blocks,
-                           NULL));
+    CK(ni_cuda_gemm_stream(c.dout, NULL, c.dx, c.dtmap, c.db, 0, 264, 129, 0, NI_CUDA_BF16,
+                           c.blocks, NULL));
     uint16_t h[129];
     CK(cudaMemcpy(h, c.dout, sizeof h, cudaMemcpyDeviceToHost));
     for (size_t i = 0; i < 129; i++) assert_int_equal(h[i], 0xFFFF);
@@ -836,8 +909,8 @@ static void test_bench(void **state) {
                                                OC, shapes[k].gelu, NI_CUDA_BF16, NULL),
                                      NI_OK);
                 else
-                    CK(ni_cuda_gemm_stream(out, x, dmaps + j * 128, b, N, IC, OC, shapes[k].gelu,
-                                           NI_CUDA_BF16, blocks, NULL));
+                    CK(ni_cuda_gemm_stream(out, NULL, x, dmaps + j * 128, b, N, IC, OC,
+                                           shapes[k].gelu, NI_CUDA_BF16, blocks, NULL));
                 CK(cudaEventRecord(ev[2 * i + 1], NULL));
             }
             CK(cudaDeviceSynchronize());
@@ -914,6 +987,7 @@ int main(void) {
         cmocka_unit_test(test_gemm_stream_args),
         cmocka_unit_test(test_gemm_stream_shapes),
         cmocka_unit_test(test_gemm_stream_small_grid),
+        cmocka_unit_test(test_gemm_stream_kv),
         cmocka_unit_test(test_gemm_stream_batch_invariance),
         cmocka_unit_test(test_sample_greedy_and_invalid),
         cmocka_unit_test(test_sample_matches_cpu),
