@@ -101,7 +101,8 @@ __global__ void __launch_bounds__(AD_THREADS)
                                   const uint16_t *qkv, // (B, 3C) 16-bit
                                   const int32_t *slot, // (B)
                                   const int32_t *pos,  // (B)
-                                  int NH, int HS, int T, int NCH, float scale_log2, int append) {
+                                  int NH, int HS, int T, int NCH, float scale_log2, int append,
+                                  int early) {
     typedef ad_vec<W> V;
     typedef typename V::t vec_t;
     constexpr int KPS = AD_THREADS / L;      /* rows per step of the block */
@@ -113,7 +114,8 @@ __global__ void __launch_bounds__(AD_THREADS)
     __shared__ float s_score[AD_SPLIT];
     __shared__ float s_red[AD_WARPS][AD_MAX_HS];
 
-    ni_pdl_wait(); /* pos, qkv and the caches come from earlier kernels */
+    if (early) ni_pdl_launch_dependents(); /* the next product streams weights first */
+    ni_pdl_wait();                         /* pos, qkv and the caches come from earlier kernels */
     const int c = blockIdx.x, h = blockIdx.y, r = blockIdx.z;
     const int p = pos[r];
     const int t0 = c * AD_SPLIT;
@@ -297,15 +299,15 @@ template <typename D, int W, int L, int CPL>
 static cudaError_t ad_launch(dim3 grid, uint16_t *out, float *partial, uint16_t *k_cache,
                              uint16_t *v_cache, const uint16_t *qkv, const int32_t *slot,
                              const int32_t *pos, int NH, int HS, int T, int NCH, float scale_log2,
-                             int append, cudaStream_t s) {
+                             int append, int early, cudaStream_t s) {
     return ni_launch_pdl(attention_decode_chunk_kernel<D, W, L, CPL>, grid, dim3(AD_THREADS), 0, s,
                          out, partial, k_cache, v_cache, qkv, slot, pos, NH, HS, T, NCH, scale_log2,
-                         append);
+                         append, early);
 }
 
 typedef cudaError_t (*ad_launch_fn)(dim3, uint16_t *, float *, uint16_t *, uint16_t *,
                                     const uint16_t *, const int32_t *, const int32_t *, int, int,
-                                    int, int, float, int, cudaStream_t);
+                                    int, int, float, int, int, cudaStream_t);
 
 /* The instance for type D, load width W and nck loads per row (nck <= 64, or <= 128 for
  * W == 1). */
@@ -362,10 +364,12 @@ static int ad_run(ni_half16 *out, float *partial, ni_half16 *k_cache, ni_half16 
     cudaStream_t st = (cudaStream_t)s;
     size_t nck = (HS + (size_t)W - 1) / (size_t)W;
     ad_launch_fn fn = dt == NI_CUDA_F16 ? ad_pick<ni_dt_f16>(W, nck) : ad_pick<ni_dt_bf16>(W, nck);
-    cudaError_t e =
-        fn(dim3((unsigned int)grid_chunks, (unsigned int)NH, (unsigned int)B), (uint16_t *)out,
-           partial, (uint16_t *)k_cache, (uint16_t *)v_cache, (const uint16_t *)qkv, slot, pos,
-           (int)NH, (int)HS, (int)T, (int)nch, scale_log2, append, st);
+    /* more than 16 rows: the projection after is gemm_stream, which streams its weights before
+     * it waits, so let it launch now (kernels.h; +2 % at batch 17-32, gpt2 and gpt2-xl, H200) */
+    cudaError_t e = fn(dim3((unsigned int)grid_chunks, (unsigned int)NH, (unsigned int)B),
+                       (uint16_t *)out, partial, (uint16_t *)k_cache, (uint16_t *)v_cache,
+                       (const uint16_t *)qkv, slot, pos, (int)NH, (int)HS, (int)T, (int)nch,
+                       scale_log2, append, B > NI_CUDA_EARLY_LAUNCH_ROWS, st);
     if (e == cudaSuccess && grid_chunks > 1) {
         unsigned int threads = (unsigned int)((HS + 31) / 32 * 32);
         dim3 grid((unsigned int)NH, (unsigned int)B);

@@ -152,7 +152,7 @@ int ni_cuda_gemm_stream_setup(size_t *sms);
  * IC not a multiple of 8, or sms == 0. */
 size_t ni_cuda_gemm_stream_blocks(size_t IC, size_t OC, size_t sms);
 #define NI_CUDA_GEMM_STREAM_MAX_ROWS 32
-/* Above this many rows the kernels that feed a matrix product (LayerNorm, prefill attention) let
+/* Above this many rows the kernels that feed a matrix product (LayerNorm, attention) let
  * the next kernel launch at their start (programmatic launch), not at their end: the product is
  * then gemm_stream, whose producer streams weights before it waits for them, cuBLASLt, which
  * ignores it, or (ln_f, 17-32 rows) the logits GEMV, which just waits longer. At 16 rows and
