@@ -8,8 +8,8 @@
  * evenly, at most 4), and a producer warp copies the block's slabs (16 rows x 256 columns, one
  * 2D tensor copy each) into a ring of 12 shared-memory slots in the order they are consumed,
  * column of slabs by column, starting before the programmatic-launch wait (the weights never
- * depend on the previous kernel). The LayerNorm and the prefill attention let this kernel
- * launch at their start (NI_CUDA_EARLY_LAUNCH_ROWS), so the ring fills while they run.
+ * depend on the previous kernel). The LayerNorm and the attention let this kernel launch at
+ * their start (NI_CUDA_EARLY_LAUNCH_ROWS), so the ring fills while they run.
  * The consumer warps stage all the inputs (32 rows) in shared memory at once, then take every
  * slab together: warp w multiplies columns 32 w .. 32 w + 31 of each, for all the block's tiles,
  * on the tensor cores (mma.m16n8k16, the rows as the A operand in two 16-row tiles, the weights
@@ -18,8 +18,8 @@
  * product of a prefill chunk the epilogue also stores the keys and values into the caches (the
  * KV append kernel's copy, saved: TTFT gpt2 0.48 -> 0.44 ms, H200).
  * Measured in the engine against cuBLASLt (H200, same call): TTFT with a 32-token prompt gpt2
- * 0.53 -> 0.47 ms, gpt2-medium 1.00 -> 0.91, gpt2-large 1.55 -> 1.44, gpt2-xl even (2.38 /
- * 2.40); decode at batch 32 gpt2 +12 %, medium +10 %, large +6 %, xl -1 %. For gpt2-xl's
+ * 0.53 -> 0.47 ms, gpt2-medium 1.00 -> 0.91, gpt2-large 1.55 -> 1.44, gpt2-xl even; decode at
+ * batch 32 gpt2 +13 %, medium +10 %, large +6 %, xl even (+3 % at batch 17). For gpt2-xl's
  * matrices the kernel alone is slower than cuBLASLt (qkv 11.3-12.7 us against 8.7-9.2, ncu):
  * the slabs land in no useful order, so the warps' work bunches up after the stream
  * (docs/engines.md has the variants measured). */
