@@ -400,13 +400,8 @@ static __device__ void df_gemv_phase(const ni_decode_fused_args &a, const df_ctx
                 for (uint32_t u = 0; u < DF_SLAB_COLS / 32; u++) {
                     const uint32_t col = sl * DF_SLAB_COLS + u * 32 + 8 * t;
                     if (sl * DF_SLAB_COLS + u * 32 >= g.IC) break; /* warp-uniform */
-                    uint4 w0, w1;
-                    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
-                                 : "=r"(w0.x), "=r"(w0.y), "=r"(w0.z), "=r"(w0.w)
-                                 : "r"(base + u * 64));
-                    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
-                                 : "=r"(w1.x), "=r"(w1.y), "=r"(w1.z), "=r"(w1.w)
-                                 : "r"(base + u * 64 + 8 * DF_SLAB_PITCH));
+                    const uint4 w0 = ni_ld_shared16(base + u * 64),
+                                w1 = ni_ld_shared16(base + u * 64 + 8 * DF_SLAB_PITCH);
                     /* columns past IC are zeros in the slab (TMA fill) and in xv */
                     const uint4 xv = row_ok && col < g.IC
                                          ? *reinterpret_cast<const uint4 *>(xrow + col)

@@ -94,13 +94,8 @@ gs_column(float (&acc)[GS_MAX_TILES][2][2][4], const uint4 (&xv)[4], uint32_t s,
         if (live) {
             const uint32_t base =
                 ring_base + slot * GS_SLAB_BYTES + r * GS_SLAB_PITCH + warp * 64 + t * 16;
-            uint4 w0, w1; /* features r and 8 + r of the tile, the lane's 8 columns */
-            asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
-                         : "=r"(w0.x), "=r"(w0.y), "=r"(w0.z), "=r"(w0.w)
-                         : "r"(base));
-            asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
-                         : "=r"(w1.x), "=r"(w1.y), "=r"(w1.z), "=r"(w1.w)
-                         : "r"(base + 8 * GS_SLAB_PITCH));
+            /* features r and 8 + r of the tile, the lane's 8 columns */
+            const uint4 w0 = ni_ld_shared16(base), w1 = ni_ld_shared16(base + 8 * GS_SLAB_PITCH);
             /* the lane's 8 columns as two k-steps of (2 t, 2 t + 1 | 2 t + 8, 2 t + 9): the
              * same permutation of k for the rows and the weights */
 #pragma unroll

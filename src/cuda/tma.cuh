@@ -59,6 +59,15 @@ static __device__ __forceinline__ void ni_tma_load_2d(uint32_t dst, const void *
                  : "memory");
 }
 
+/* 16 bytes of shared memory at a shared-window address (a piece of a ring slot). */
+static __device__ __forceinline__ uint4 ni_ld_shared16(uint32_t addr) {
+    uint4 v;
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "r"(addr));
+    return v;
+}
+
 /* 16 bytes from global memory through L2 only (so also data other SMs wrote during the kernel)
  * to shared memory, asynchronously. */
 static __device__ __forceinline__ void ni_cp_async16(void *dst, const void *src) {
