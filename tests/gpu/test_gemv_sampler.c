@@ -135,17 +135,22 @@ static void gemv_case_init(gemv_case *c, size_t IC, size_t OC, uint64_t seed, ni
     c->kernel = "gemv";
     c->dtmap = NULL;
     c->blocks = 0;
+}
+
+/* Makes the case run gemm_stream: w's tensor map on the device and the grid for the shape. The
+ * harness's row count is the GEMV's, which is gemm_stream's too. */
+_Static_assert(NI_CUDA_GEMM_STREAM_MAX_ROWS == NI_CUDA_GEMV_MAX_ROWS, "one row bound for both");
+static void gemv_case_use_stream(gemv_case *c) {
     size_t sms = 0;
     CK(ni_cuda_gemm_stream_setup(&sms));
     void *map = aligned_alloc(64, 128);
     assert_non_null(map);
-    if (ni_cuda_weight_tensor_map(map, c->dw, IC, OC, dt) == 0) {
-        c->dtmap = dmalloc(128);
-        CK(cudaMemcpy(c->dtmap, map, 128, cudaMemcpyHostToDevice));
-        c->blocks = ni_cuda_gemm_stream_blocks(IC, OC, sms);
-    }
-    cudaGetLastError();
+    CK(ni_cuda_weight_tensor_map(map, c->dw, c->IC, c->OC, c->dt));
+    c->dtmap = dmalloc(128);
+    CK(cudaMemcpy(c->dtmap, map, 128, cudaMemcpyHostToDevice));
     free(map);
+    c->blocks = ni_cuda_gemm_stream_blocks(c->IC, c->OC, sms);
+    c->kernel = "gemm_stream";
 }
 
 static void gemv_case_free(gemv_case *c) {
@@ -238,25 +243,33 @@ static double gemv_check(const gemv_case *c, size_t N, int f32, int gelu, const 
     return worst;
 }
 
-static void gemv_case_all_n(size_t IC, size_t OC, uint64_t seed, ni_cuda_dtype dt) {
-    gemv_case c;
-    gemv_case_init(&c, IC, OC, seed, dt);
+/* Runs and checks every N = 1 .. 32 with and without GELU, and with f32 outputs too when f32;
+ * returns the worst err / tol. */
+static double gemv_case_check_all_n(const gemv_case *c, int f32) {
     const size_t R = NI_CUDA_GEMV_MAX_ROWS;
-    float *res = hmalloc((R + 1) * OC * sizeof *res);
-    void *bits = hmalloc((R + 1) * OC * 4);
+    float *res = hmalloc((R + 1) * c->OC * sizeof *res);
+    void *bits = hmalloc((R + 1) * c->OC * 4);
     double worst = 0;
     for (int variant = 0; variant < 4; variant++) {
-        const int f32 = variant & 1, gelu = variant >> 1;
+        const int out_f32 = variant & 1, gelu = variant >> 1;
+        if (out_f32 && !f32) continue;
         for (size_t N = 1; N <= R; N++) {
-            gemv_run(&c, N, f32, gelu, res, bits);
-            double q = gemv_check(&c, N, f32, gelu, res, bits);
+            gemv_run(c, N, out_f32, gelu, res, bits);
+            double q = gemv_check(c, N, out_f32, gelu, res, bits);
             if (q > worst) worst = q;
         }
     }
-    printf("  gemv %-4s IC=%-5zu OC=%-6zu N=1..%d 16-bit/f32 x plain/gelu: worst err/tol %.3f\n",
-           dt_name(dt), IC, OC, NI_CUDA_GEMV_MAX_ROWS, worst);
     free(res);
     free(bits);
+    return worst;
+}
+
+static void gemv_case_all_n(size_t IC, size_t OC, uint64_t seed, ni_cuda_dtype dt) {
+    gemv_case c;
+    gemv_case_init(&c, IC, OC, seed, dt);
+    const double worst = gemv_case_check_all_n(&c, 1);
+    printf("  gemv %-4s IC=%-5zu OC=%-6zu N=1..%d 16-bit/f32 x plain/gelu: worst err/tol %.3f\n",
+           dt_name(dt), IC, OC, NI_CUDA_GEMV_MAX_ROWS, worst);
     gemv_case_free(&c);
 }
 
@@ -280,38 +293,42 @@ static void test_gemv_shapes(void **state) {
     }
 }
 
-/* A row's result must not depend on the other rows of the batch: the same bits for every N. */
+/* A row's result must not depend on the other rows of the batch: the same bits for every N as
+ * in a batch of 32 (f32 or 16-bit outputs, with or without GELU). */
+static void gemv_case_check_invariance(const gemv_case *c, int f32, int gelu) {
+    const size_t R = NI_CUDA_GEMV_MAX_ROWS, OC = c->OC, esz = f32 ? 4 : 2;
+    float *res = hmalloc((R + 1) * OC * sizeof *res);
+    uint8_t *full = hmalloc((R + 1) * OC * 4), *bits = hmalloc((R + 1) * OC * 4);
+    gemv_run(c, R, f32, gelu, res, full);
+    for (size_t N = 1; N < R; N++) {
+        gemv_run(c, N, f32, gelu, res, bits);
+        if (memcmp(bits, full, N * OC * esz) != 0) {
+            fprintf(stderr, "%s %s IC=%zu OC=%zu: rows of N=%zu differ from N=%zu\n", c->kernel,
+                    dt_name(c->dt), c->IC, OC, N, R);
+            fail();
+        }
+    }
+    free(res);
+    free(full);
+    free(bits);
+}
+
+/* The GEMV's rows, f32 outputs. */
 static void test_gemv_batch_invariance(void **state) {
     (void)state;
     static const size_t shapes[][2] = {
         {768, 2304}, {6400, 1600}, {129, 129}, {1600, 50257}, {768, 8448}};
-    const size_t R = NI_CUDA_GEMV_MAX_ROWS;
     for (size_t k = 0; k < 2 * (sizeof shapes / sizeof *shapes); k++) {
         gemv_case c;
         const size_t sk = k % (sizeof shapes / sizeof *shapes);
         gemv_case_init(&c, shapes[sk][0], shapes[sk][1], 100 + k,
                        k >= sizeof shapes / sizeof *shapes ? NI_CUDA_F16 : NI_CUDA_BF16);
-        const size_t OC = c.OC;
-        float *res = hmalloc((R + 1) * OC * sizeof *res);
-        uint32_t *full = hmalloc((R + 1) * OC * 4), *bits = hmalloc((R + 1) * OC * 4);
-        gemv_run(&c, R, 1, 0, res, full);
-        for (size_t N = 1; N < R; N++) {
-            gemv_run(&c, N, 1, 0, res, bits);
-            if (memcmp(bits, full, N * OC * 4) != 0) {
-                fprintf(stderr, "gemv %s IC=%zu OC=%zu: rows of N=%zu differ from N=%zu\n",
-                        dt_name(c.dt), c.IC, OC, N, R);
-                fail();
-            }
-        }
-        free(res);
-        free(full);
-        free(bits);
+        gemv_case_check_invariance(&c, 1, 0);
         gemv_case_free(&c);
     }
 }
 
-/* ---- gemm_stream (the TMA-streamed product for up to 32 rows), checked the same way -----------
- */
+/* ---- gemm_stream (the TMA-streamed product for up to 32 rows), checked the same way ------- */
 
 static size_t stream_sms(void) {
     size_t sms = 0;
@@ -322,24 +339,12 @@ static size_t stream_sms(void) {
 static void stream_case_all_n(size_t IC, size_t OC, uint64_t seed, ni_cuda_dtype dt) {
     gemv_case c;
     gemv_case_init(&c, IC, OC, seed, dt);
-    c.kernel = "gemm_stream";
-    assert_non_null(c.dtmap);
+    gemv_case_use_stream(&c);
     assert_true(c.blocks > 0);
-    const size_t R = NI_CUDA_GEMM_STREAM_MAX_ROWS;
-    float *res = hmalloc((R + 1) * OC * sizeof *res);
-    void *bits = hmalloc((R + 1) * OC * 4);
-    double worst = 0;
-    for (int gelu = 0; gelu < 2; gelu++)
-        for (size_t N = 1; N <= R; N++) {
-            gemv_run(&c, N, 0, gelu, res, bits);
-            double q = gemv_check(&c, N, 0, gelu, res, bits);
-            if (q > worst) worst = q;
-        }
+    const double worst = gemv_case_check_all_n(&c, 0);
     printf("  gemm_stream %-4s IC=%-5zu OC=%-6zu (%3zu blocks) N=1..%d plain/gelu: worst err/tol "
            "%.3f\n",
            dt_name(dt), IC, OC, c.blocks, NI_CUDA_GEMM_STREAM_MAX_ROWS, worst);
-    free(res);
-    free(bits);
     gemv_case_free(&c);
 }
 
@@ -378,7 +383,7 @@ static void test_gemm_stream_small_grid(void **state) {
     for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
         gemv_case c;
         gemv_case_init(&c, shapes[k][0], shapes[k][1], 900 + k, NI_CUDA_BF16);
-        c.kernel = "gemm_stream";
+        gemv_case_use_stream(&c);
         const size_t OC = c.OC, tiles = (OC + 15) / 16;
         c.blocks = (tiles + 3) / 4;
         float *res = hmalloc((R + 1) * OC * sizeof *res);
@@ -423,6 +428,7 @@ static void test_gemm_stream_kv(void **state) {
         const size_t cache = S * NH * T * HS;
         gemv_case c;
         gemv_case_init(&c, IC, OC, 1234 + k, NI_CUDA_BF16);
+        gemv_case_use_stream(&c);
         int32_t hs[32], hp[32];
         for (size_t n = 0; n < N; n++) hs[n] = (int32_t)(n % S), hp[n] = (int32_t)(3 + n);
         int32_t *ds = dmalloc(N * 4), *dp = dmalloc(N * 4);
@@ -484,27 +490,13 @@ static void test_gemm_stream_batch_invariance(void **state) {
     (void)state;
     if (stream_sms() == 0) skip();
     static const size_t shapes[][2] = {{1600, 4800}, {2048, 1600}, {264, 129}};
-    const size_t R = NI_CUDA_GEMM_STREAM_MAX_ROWS, ns = sizeof shapes / sizeof *shapes;
+    const size_t ns = sizeof shapes / sizeof *shapes;
     for (size_t k = 0; k < 2 * ns; k++) {
         gemv_case c;
         gemv_case_init(&c, shapes[k % ns][0], shapes[k % ns][1], 700 + k,
                        k >= ns ? NI_CUDA_F16 : NI_CUDA_BF16);
-        c.kernel = "gemm_stream";
-        const size_t OC = c.OC;
-        float *res = hmalloc((R + 1) * OC * sizeof *res);
-        uint16_t *full = hmalloc((R + 1) * OC * 4), *bits = hmalloc((R + 1) * OC * 4);
-        gemv_run(&c, R, 0, 1, res, full);
-        for (size_t N = 1; N < R; N++) {
-            gemv_run(&c, N, 0, 1, res, bits);
-            if (memcmp(bits, full, N * OC * 2) != 0) {
-                fprintf(stderr, "gemm_stream %s IC=%zu OC=%zu: rows of N=%zu differ from N=%zu\n",
-                        dt_name(c.dt), c.IC, OC, N, R);
-                fail();
-            }
-        }
-        free(res);
-        free(full);
-        free(bits);
+        gemv_case_use_stream(&c);
+        gemv_case_check_invariance(&c, 0, 1);
         gemv_case_free(&c);
     }
 }
@@ -515,6 +507,7 @@ static void test_gemm_stream_args(void **state) {
     if (sms == 0) skip();
     gemv_case c;
     gemv_case_init(&c, 264, 129, 9, NI_CUDA_BF16);
+    gemv_case_use_stream(&c);
     const size_t R = NI_CUDA_GEMM_STREAM_MAX_ROWS;
     /* too many rows, no descriptor, a grid too small for the tiles or past them, an unknown
      * type: refused without a launch; N = 0: nothing */
