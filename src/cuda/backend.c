@@ -39,6 +39,7 @@ typedef struct {
     int32_t *seq_start, *seq_len, *seq_slot, *seq_pos0; /* (S + 1) pieces */
     uint64_t *seq_ids;                                  /* (S) sequence of each logits row */
     uint32_t *steps;                                    /* (S) sampling step of each row */
+    ni_sample_params *params; /* the request's sampling parameters (rejection sampler) */
 } chunk_block;
 
 /* The decode state a graph reads and advances (cuda_graphs). */
@@ -102,9 +103,9 @@ struct ni_backend_ctx {
     unsigned long long *fused_trace; /* NI_FUSED_TRACE: device words, host sums per phase kind */
     size_t fused_steps;              /* decode steps run by the fused kernel */
     int went_fused;                  /* the last forward pass was the fused kernel */
+    int graph_state_pending;         /* cuda_graphs: a prefill ran, init_graph_state not yet */
     double trace_ns[8];
     size_t trace_runs;
-    ni_sample_params *d_params;
     void *sample_ws, *lt_ws;
     size_t sample_ws_bytes, lt_ws_bytes;
     uint8_t *d_blk;
@@ -152,6 +153,7 @@ static size_t block_layout(chunk_block *k, uint8_t *base, size_t S, size_t chunk
     k->seq_pos0 = carve(base, &off, (S + 1) * 4);
     k->seq_ids = carve(base, &off, S * 8);
     k->steps = carve(base, &off, S * 4);
+    k->params = carve(base, &off, sizeof(ni_sample_params));
     return off;
 }
 
@@ -203,7 +205,6 @@ static size_t arena_layout(ni_backend_ctx *b, uint8_t *base) {
                                     ni_cuda_decode_fused_trace_detail_words(L, b->fused_blocks)) *
                                        8);
     }
-    b->d_params = carve(base, &off, sizeof(ni_sample_params));
     b->sample_ws = carve(base, &off, b->sample_ws_bytes);
     b->lt_ws = carve(base, &off, b->lt_ws_bytes);
     b->d_blk = carve(base, &off, b->blk_bytes);
@@ -791,21 +792,22 @@ static ni_status forward(ni_backend_ctx *b, size_t n, float *host_out) {
 /* ---- sampling ---------------------------------------------------------------------------------
  */
 
-/* Samples rows [0, rows) of b->logits; their sequences are b->list.row_seq. */
-static ni_status sample(ni_backend_ctx *b, size_t rows, uint32_t step, int32_t *next) {
-    /* the ids and steps follow the token lists of the last chunk in the block */
+/* The sequence id and sampling step of logits rows [0, rows) (sequences b->list.row_seq) into
+ * the host block, before the forward pass, whose copy of the block takes them along. */
+static void set_sample_rows(ni_backend_ctx *b, size_t rows, uint32_t step) {
     for (size_t r = 0; r < rows; r++) {
         b->h.seq_ids[r] = (uint64_t)b->list.row_seq[r];
         b->h.steps[r] = step;
     }
-    size_t off = (size_t)((uint8_t *)b->h.seq_ids - b->h_blk);
-    NI_CUDA_TRY(cudaMemcpyAsync(b->d_blk + off, b->h_blk + off, b->blk_bytes - off,
-                                cudaMemcpyHostToDevice, b->stream),
-                "cudaMemcpy (sequence ids)");
+}
+
+/* Samples rows [0, rows) of b->logits (their ids and steps went with the forward pass's block:
+ * set_sample_rows); their sequences are b->list.row_seq. */
+static ni_status sample(ni_backend_ctx *b, size_t rows, uint32_t step, int32_t *next) {
     const ni_filter *f = &b->filter;
     if (b->flags->rejection_sampler)
         NI_CUDA_TRY(ni_cuda_sample_rejection(b->d_next, b->logits, b->d.seq_ids, b->d.steps,
-                                             b->d_params, rows, b->cfg->vocab_size,
+                                             b->d.params, rows, b->cfg->vocab_size,
                                              (ni_stream)b->stream),
                     "sample_rejection kernel");
     else
@@ -827,29 +829,29 @@ static ni_status sample(ni_backend_ctx *b, size_t rows, uint32_t step, int32_t *
 
 /* ---- presets' entry points ------------------------------------------------------------------- */
 
-static ni_status init_graph_state(ni_backend_ctx *b);
-
 static ni_status cuda_prefill(ni_backend_ctx *b, const ni_gen_request *req, int32_t *next) {
     const ni_batch *p = req->prompts;
     b->n_seq = p->n_seq;
     b->filter = req->filter;
     b->seed = req->seed;
     b->max_new = req->max_new_tokens;
-    if (b->flags->rejection_sampler) {
-        ni_sample_params prm = {req->filter.temperature,
-                                req->filter.top_k > UINT32_MAX ? UINT32_MAX
-                                                               : (uint32_t)req->filter.top_k,
-                                req->filter.top_p, req->filter.min_p, req->seed};
-        NI_CUDA_TRY(
-            cudaMemcpyAsync(b->d_params, &prm, sizeof prm, cudaMemcpyHostToDevice, b->stream),
-            "cudaMemcpy (sampling parameters)");
-    }
+    /* the parameters ride in the pinned block, copied with the token lists (no copy of their own
+     * on the way to the first token) */
+    *b->h.params = (ni_sample_params){req->filter.temperature,
+                                      req->filter.top_k > UINT32_MAX ? UINT32_MAX
+                                                                     : (uint32_t)req->filter.top_k,
+                                      req->filter.top_p, req->filter.min_p, req->seed};
     size_t n;
     ni_token_list_prefill(&b->list, p, &n);
+    set_sample_rows(b, p->n_seq, 0);
     b->pgraph_pending = NULL;
     NI_TRY(forward(b, n, NULL));
     NI_TRY(sample(b, p->n_seq, 0, next));
-    return b->flags->cuda_graphs ? init_graph_state(b) : NI_OK;
+    /* the graphs' device state is set up at the first decode step, after the first tokens; no
+     * step of this request has run yet */
+    b->graph_state_pending = b->flags->cuda_graphs;
+    b->hist_first = b->hist_count = 0;
+    return NI_OK;
 }
 
 static ni_status eager_decode(ni_backend_ctx *b, const int32_t *last, const uint8_t *live,
@@ -857,6 +859,7 @@ static ni_status eager_decode(ni_backend_ctx *b, const int32_t *last, const uint
     size_t n, rows;
     NI_TRY(ni_token_list_decode(&b->list, b->n_seq, last, live, b->flags->kv_cache, &n, &rows));
     if (rows == 0) return NI_OK;
+    set_sample_rows(b, rows, step);
     b->went_fused = 0;
     NI_TRY(forward(b, n, NULL));
     b->fused_steps += (size_t)b->went_fused;
@@ -918,7 +921,7 @@ static ni_status enqueue_graph_step(ni_backend_ctx *b, size_t B, size_t max_pos)
         NI_TRY(enqueue_logits(b, NULL, B, b->logits));
     }
     NI_CUDA_TRY(ni_cuda_sample_rejection(b->d_next, b->logits, b->st.seq_ids, b->st.steps,
-                                         b->d_params, B, b->cfg->vocab_size, (ni_stream)b->stream),
+                                         b->d.params, B, b->cfg->vocab_size, (ni_stream)b->stream),
                 "sample_rejection kernel");
     NI_CUDA_TRY(ni_cuda_decode_advance(b->st.tok, b->st.pos, b->st.steps, b->st.hist, b->d_next, B,
                                        b->max_seq, (ni_stream)b->stream),
@@ -946,6 +949,10 @@ static ni_status graph_for(ni_backend_ctx *b, size_t B, size_t max_pos, cudaGrap
 
 /* Runs steps [step, step + k) on the device and copies their tokens back in one transfer. */
 static ni_status graph_run_ahead(ni_backend_ctx *b, uint32_t step) {
+    if (b->graph_state_pending) {
+        NI_TRY(init_graph_state(b));
+        b->graph_state_pending = 0;
+    }
     NI_TRY(prefill_capture_pending(b)); /* the first tokens are out by now */
     size_t B = b->n_seq;
     size_t k = b->max_new > step ? b->max_new - step : 1;
