@@ -35,6 +35,8 @@ static void usage(FILE *f) {
           "  NI_GEMV_MAX_ROWS=N the most rows a matmul gives our GEMV kernel (default: 16, and\n"
           "                     32 for the logits; above: gemm_stream up to 32, then cuBLASLt)\n"
           "  NI_GEMM_STREAM=0   cuBLASLt instead of our TMA-streamed product for 17-32 rows\n"
+          "  NI_GEMM_STREAM_PARTS=off|P  cuBLASLt where that product would split its inputs\n"
+          "                     (past 2048 columns), or P column ranges where they fit\n"
           "  NI_FUSED_TRACE=1   print the fused step's phase times when an engine closes\n"
           "  NI_FUSED_TRACE_FILE=F  with a -DDF_TRACE_DETAIL build: append each eager fused\n"
           "                     step's per-block trace to F (tools/fused_trace.py reads it)\n",

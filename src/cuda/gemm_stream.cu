@@ -1,6 +1,12 @@
 /* The matrix product for 17 to 32 rows: a prefill of a 17-32-token chunk, a decode batch of
- * 17-32. out (N, OC) = inp (N, IC) @ w^T + bias [then GELU], 16-bit in and out, f32 accumulate,
- * IC <= 2048 (the inputs stay in shared memory).
+ * 17-32. out (N, OC) = inp (N, IC) @ w^T + bias [then GELU], 16-bit in and out, f32 accumulate.
+ * A block's inputs stay in shared memory: at most 2048 columns (8 slab columns) of the 32 rows.
+ * Wider inputs (the MLP's second product of gpt2 to gpt2-xl, 3072-6400 columns) are split into
+ * column ranges ("parts") of the grid's blocks, whose sums meet in a workspace and are added in
+ * part order by the last part to arrive (a fence and an atomic; ni_cuda_gemm_stream_plan_for
+ * picks the parts). Against cuBLASLt there (H200, same call, 32-token prompt): TTFT gpt2 0.40 /
+ * 0.41 -> 0.37 / 0.38 ms, decode at batch 17 +6 %, 24 +4 %, 32 +3 %; gpt2-medium, -large and -xl
+ * even (xl's fcproj: 5 parts of 5 columns).
  * At these sizes the product is small and the weights (2-20 MB a GPT-2 matrix) are the cost;
  * cuBLASLt's kernels take 7-12 us for them (ncu, H200), and our GEMV, whose warps stream the
  * weights through their registers, loses to it above 16 rows. Here the weights go by TMA, as in
@@ -25,6 +31,7 @@
  * (docs/engines.md has the variants measured). */
 #include <cuda_runtime.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "cuda/device_math.cuh"
 #include "cuda/dtype.cuh"
@@ -56,15 +63,16 @@ static __device__ __forceinline__ void gs_bar(void) {
     asm volatile("bar.sync 1, %0;" ::"n"(GS_THREADS) : "memory");
 }
 
-/* This lane's inputs, all slab columns, into shared memory (cp.async): for column s, rows
+/* This lane's inputs, slab columns c0 .. c0 + S - 1, into shared memory (cp.async): for column
+ * c0 + s, rows
  * r, r + 8, r + 16, r + 24 (zeros past N or IC), columns s * 256 + 32 w + 8 t .. + 7, at
  * xs[(s * 4 + g) * 32 + lane] of the warp's part. Each lane reads back only what it copied. */
 static __device__ __forceinline__ void gs_stage_inputs(uint4 *xs, const uint16_t *inp, uint32_t N,
-                                                       uint32_t IC, uint32_t S, uint32_t warp,
-                                                       uint32_t lane) {
+                                                       uint32_t IC, uint32_t c0, uint32_t S,
+                                                       uint32_t warp, uint32_t lane) {
     const uint32_t r = lane >> 2;
     for (uint32_t s = 0; s < S; s++) {
-        const uint32_t col = s * NI_CUDA_SLAB_COLS + warp * 32 + 8 * (lane & 3);
+        const uint32_t col = (c0 + s) * NI_CUDA_SLAB_COLS + warp * 32 + 8 * (lane & 3);
 #pragma unroll
         for (uint32_t g = 0; g < 4; g++) {
             const uint32_t row = r + 8 * g;
@@ -77,20 +85,22 @@ static __device__ __forceinline__ void gs_stage_inputs(uint4 *xs, const uint16_t
 }
 
 /* Slab column s of every tile of the block: wait for each slab, multiply this warp's 32 columns
- * of it by the rows' inputs xv, release the slot. */
+ * of it by the rows' inputs xv, release the slot; q counts the block's slabs. */
 template <typename D>
-static __device__ __forceinline__ void
-gs_column(float (&acc)[GS_MAX_TILES][2][2][4], const uint4 (&xv)[4], uint32_t s, uint32_t nt,
-          uint32_t IC, uint32_t ring_base, uint32_t bars, uint32_t warp, uint32_t lane) {
+static __device__ __forceinline__ void gs_column(float (&acc)[GS_MAX_TILES][2][2][4],
+                                                 const uint4 (&xv)[4], uint32_t s, uint32_t nt,
+                                                 uint32_t &q, uint32_t IC, uint32_t ring_base,
+                                                 uint32_t bars, uint32_t warp, uint32_t lane) {
     const uint32_t r = lane >> 2, t = lane & 3;
     const bool live = s * NI_CUDA_SLAB_COLS + warp * 32 < IC; /* warp-uniform */
 #pragma unroll
     for (uint32_t tl = 0; tl < GS_MAX_TILES; tl++) {
         if (tl >= nt) break;
-        const uint32_t q = s * nt + tl, slot = q % GS_RING, full = bars + slot * 16;
+        const uint32_t slot = q % GS_RING, full = bars + slot * 16;
         /* this warp consumed the slot's previous fill itself, so the barrier is at most one
          * phase behind the one awaited */
         ni_mbar_wait(full, (q / GS_RING) & 1u);
+        q++;
         if (live) {
             const uint32_t base =
                 ring_base + slot * GS_SLAB_BYTES + r * GS_SLAB_PITCH + warp * 64 + t * 16;
@@ -132,24 +142,64 @@ static __device__ __forceinline__ uint16_t *gs_kv_at(const gs_kv &kv, uint32_t n
     return cache + (((size_t)kv.slot[n] * kv.NH + h) * kv.T + (size_t)kv.pos[n]) * kv.HS + d;
 }
 
+/* Bias, GELU and the stores of features o .. o + 3 (v, before the bias) of row n, tile tl of
+ * the block. */
+template <typename D>
+static __device__ __forceinline__ void gs_finish(uint16_t *out, const gs_kv &kv, float4 v,
+                                                 const float *sbias, uint32_t tl, uint32_t f,
+                                                 uint32_t n, uint32_t o, uint32_t OC, int gelu) {
+    float e[4] = {v.x + sbias[tl * 16 + f], v.y + sbias[tl * 16 + f + 1],
+                  v.z + sbias[tl * 16 + f + 2], v.w + sbias[tl * 16 + f + 3]};
+    if (gelu)
+#pragma unroll
+        for (int k = 0; k < 4; k++) e[k] = ni_gelu_tanh(e[k]);
+    const uint32_t w01 = D::pack2(e[0], e[1]), w23 = D::pack2(e[2], e[3]);
+    const uint16_t hv[4] = {(uint16_t)(w01 & 0xffffu), (uint16_t)(w01 >> 16),
+                            (uint16_t)(w23 & 0xffffu), (uint16_t)(w23 >> 16)};
+    uint16_t *dst = out + (size_t)n * OC + o;
+    if (o + 4 <= OC && ((uintptr_t)dst & 7u) == 0) {
+        *reinterpret_cast<uint2 *>(dst) = make_uint2(w01, w23);
+    } else {
+        for (uint32_t k = 0; k < 4 && o + k < OC; k++) dst[k] = hv[k];
+    }
+    if (kv.k && o + 3 >= kv.C) {
+        /* the key or value: four features of one head in one 8-byte store where they can be */
+        uint16_t *c0 = gs_kv_at(kv, n, o >= kv.C ? o : kv.C);
+        if (o >= kv.C && o + 4 <= OC && kv.HS % 4 == 0 && ((uintptr_t)c0 & 7u) == 0) {
+            *reinterpret_cast<uint2 *>(c0) = make_uint2(w01, w23);
+        } else {
+            for (uint32_t k = 0; k < 4 && o + k < OC; k++)
+                if (o + k >= kv.C) *gs_kv_at(kv, n, o + k) = hv[k];
+        }
+    }
+}
+
+/* The share (ni_cuda_gemm_stream_plan): a grid of parts x bp blocks; block p bp + i takes the
+ * tiles i T / bp .. (i + 1) T / bp - 1 over slab columns p S / parts .. (p + 1) S / parts - 1.
+ * With parts > 1 every block writes its sums to ws ([part][tile x 16 + feature][row], 16 floats
+ * a tile and row) and counts itself in counters[i]; the last of the parts to arrive adds the
+ * parts' sums in part order, so that the order is fixed whoever arrives last, finishes the tiles
+ * and zeroes the counter for the next launch. */
 template <typename D>
 __global__ void __launch_bounds__(GS_BLOCK, 1)
-    gemm_stream_kernel(uint16_t *__restrict__ out, gs_kv kv, const uint16_t *inp, const void *tmap,
-                       const uint16_t *__restrict__ bias, uint32_t N, uint32_t IC, uint32_t OC,
-                       int gelu) {
+    gemm_stream_kernel(uint16_t *__restrict__ out, gs_kv kv, float *ws, unsigned *counters,
+                       const uint16_t *inp, const void *tmap, const uint16_t *__restrict__ bias,
+                       uint32_t N, uint32_t IC, uint32_t OC, uint32_t parts, int gelu) {
     /* 128-byte aligned: the ring's slots, the TMA copies' destinations, lie at multiples of
      * 8 KB from here */
     extern __shared__ __align__(128) uint8_t gs_smem[];
     __shared__ float sbias[GS_MAX_TILES * 16];
+    __shared__ uint32_t last_part;
     const uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const uint32_t tiles = (OC + 15) / 16;
-    const uint32_t t0 = (uint32_t)((uint64_t)blockIdx.x * tiles / gridDim.x);
-    const uint32_t t1 = (uint32_t)((uint64_t)(blockIdx.x + 1) * tiles / gridDim.x);
-    const uint32_t nt = t1 - t0, S = (IC + NI_CUDA_SLAB_COLS - 1) / NI_CUDA_SLAB_COLS;
+    const uint32_t tiles = (OC + 15) / 16, S_all = (IC + NI_CUDA_SLAB_COLS - 1) / NI_CUDA_SLAB_COLS;
+    const uint32_t bp = gridDim.x / parts, part = blockIdx.x / bp, bi = blockIdx.x % bp;
+    const uint32_t t0 = (uint32_t)((uint64_t)bi * tiles / bp);
+    const uint32_t nt = (uint32_t)((uint64_t)(bi + 1) * tiles / bp) - t0;
+    const uint32_t c0 = part * S_all / parts, c1 = (part + 1) * S_all / parts, S = c1 - c0;
     const uint32_t ring_base = ni_smem_addr(gs_smem);
-    uint4 *xs = reinterpret_cast<uint4 *>(gs_smem + GS_RING * GS_SLAB_BYTES) +
+    const uint32_t bars = ring_base + GS_RING * GS_SLAB_BYTES;
+    uint4 *xs = reinterpret_cast<uint4 *>(gs_smem + GS_RING * GS_SLAB_BYTES + GS_RING * 16) +
                 (size_t)warp * S * (GS_X_COL_BYTES / GS_WARPS / 16);
-    const uint32_t bars = ring_base + GS_RING * GS_SLAB_BYTES + S * GS_X_COL_BYTES;
 
     if (threadIdx.x == 0) {
         for (uint32_t k = 0; k < GS_RING; k++) {
@@ -161,15 +211,15 @@ __global__ void __launch_bounds__(GS_BLOCK, 1)
     __syncthreads();
 
     if (warp == GS_WARPS) {
-        /* slab q = s * nt + tile: column s of every tile, then the next column. Slot q % ring's
-         * previous fill was consumed by all 8 warps before it is refilled. */
+        /* slab q = (s - c0) nt + tile: column s of every tile, then the next column. Slot
+         * q % ring's previous fill was consumed by all 8 warps before it is refilled. */
         if (lane == 0)
             for (uint32_t q = 0; q < S * nt; q++) {
                 const uint32_t slot = q % GS_RING, full = bars + slot * 16;
                 if (q >= GS_RING) ni_mbar_wait(full + 8, ((q / GS_RING) & 1u) ^ 1u);
                 ni_mbar_expect(full, GS_SLAB_BYTES);
-                ni_tma_load_2d(ring_base + slot * GS_SLAB_BYTES, tmap, (q / nt) * NI_CUDA_SLAB_COLS,
-                               (t0 + q % nt) * 16, full);
+                ni_tma_load_2d(ring_base + slot * GS_SLAB_BYTES, tmap,
+                               (c0 + q / nt) * NI_CUDA_SLAB_COLS, (t0 + q % nt) * 16, full);
             }
         return;
     }
@@ -180,7 +230,7 @@ __global__ void __launch_bounds__(GS_BLOCK, 1)
     const uint16_t my_bias = bias && threadIdx.x < nt * 16 && bias_o < OC ? bias[bias_o] : 0;
     ni_pdl_wait(); /* inp comes from the previous kernel */
     /* the inputs all at once: one L2 round trip, while the weights stream */
-    gs_stage_inputs(xs, inp, N, IC, S, warp, lane);
+    gs_stage_inputs(xs, inp, N, IC, c0, S, warp, lane);
     float acc[GS_MAX_TILES][2][2][4]; /* [tile][16-row tile][8-feature half][fragment] */
 #pragma unroll
     for (int i = 0; i < GS_MAX_TILES; i++)
@@ -191,11 +241,12 @@ __global__ void __launch_bounds__(GS_BLOCK, 1)
 #pragma unroll
                 for (int e = 0; e < 4; e++) acc[i][m][h][e] = 0.0f;
     ni_cp_async_wait<0>();
+    uint32_t q = 0;
     for (uint32_t s = 0; s < S; s++) {
         uint4 xv[4];
 #pragma unroll
         for (int g = 0; g < 4; g++) xv[g] = xs[(s * 4 + g) * 32 + lane];
-        gs_column<D>(acc, xv, s, nt, IC, ring_base, bars, warp, lane);
+        gs_column<D>(acc, xv, c0 + s, nt, q, IC, ring_base, bars, warp, lane);
     }
 
     /* every slab consumed, so landed: the ring now holds the partial tiles,
@@ -228,6 +279,7 @@ __global__ void __launch_bounds__(GS_BLOCK, 1)
     ni_pdl_launch_dependents(); /* only the sums and stores are left */
     /* thread i: features 4 k .. 4 k + 3 (k = i % 4) of row n of tile tl, one 16-byte read of
      * each warp's partials, added in warp order */
+    const size_t OCp = (size_t)tiles * 16; /* a row of a part's sums in ws */
     for (uint32_t i = threadIdx.x; i < nt * N * 4; i += GS_THREADS) {
         const uint32_t tl = i / (N * 4), n = i / 4 % N, f = 4 * (i % 4), o = (t0 + tl) * 16 + f;
         float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
@@ -237,31 +289,31 @@ __global__ void __launch_bounds__(GS_BLOCK, 1)
                 red + (((size_t)w * GS_MAX_TILES + tl) * GS_ROWS + n) * 16 + f);
             v.x += p.x, v.y += p.y, v.z += p.z, v.w += p.w;
         }
-        float e[4] = {v.x + sbias[tl * 16 + f], v.y + sbias[tl * 16 + f + 1],
-                      v.z + sbias[tl * 16 + f + 2], v.w + sbias[tl * 16 + f + 3]};
-        if (gelu)
-#pragma unroll
-            for (int k = 0; k < 4; k++) e[k] = ni_gelu_tanh(e[k]);
-        const uint32_t w01 = D::pack2(e[0], e[1]), w23 = D::pack2(e[2], e[3]);
-        const uint16_t hv[4] = {(uint16_t)(w01 & 0xffffu), (uint16_t)(w01 >> 16),
-                                (uint16_t)(w23 & 0xffffu), (uint16_t)(w23 >> 16)};
-        uint16_t *dst = out + (size_t)n * OC + o;
-        if (o + 4 <= OC && ((uintptr_t)dst & 7u) == 0) {
-            *reinterpret_cast<uint2 *>(dst) = make_uint2(w01, w23);
-        } else {
-            for (uint32_t k = 0; k < 4 && o + k < OC; k++) dst[k] = hv[k];
-        }
-        if (kv.k && o + 3 >= kv.C) {
-            /* the key or value: four features of one head in one 8-byte store where they can be */
-            uint16_t *c0 = gs_kv_at(kv, n, o >= kv.C ? o : kv.C);
-            if (o >= kv.C && o + 4 <= OC && kv.HS % 4 == 0 && ((uintptr_t)c0 & 7u) == 0) {
-                *reinterpret_cast<uint2 *>(c0) = make_uint2(w01, w23);
-            } else {
-                for (uint32_t k = 0; k < 4 && o + k < OC; k++)
-                    if (o + k >= kv.C) *gs_kv_at(kv, n, o + k) = hv[k];
-            }
-        }
+        if (parts == 1)
+            gs_finish<D>(out, kv, v, sbias, tl, f, n, o, OC, gelu);
+        else
+            *reinterpret_cast<float4 *>(ws + ((size_t)part * N + n) * OCp + o) = v;
     }
+    if (parts == 1) return;
+    /* the parts' handshake: every thread's sums visible before the count, and the last
+     * block's reads after it */
+    __threadfence();
+    gs_bar();
+    if (threadIdx.x == 0) last_part = atomicAdd(counters + bi, 1u) == parts - 1;
+    gs_bar();
+    if (!last_part) return;
+    __threadfence();
+    for (uint32_t i = threadIdx.x; i < nt * N * 4; i += GS_THREADS) {
+        const uint32_t tl = i / (N * 4), n = i / 4 % N, f = 4 * (i % 4), o = (t0 + tl) * 16 + f;
+        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        for (uint32_t p = 0; p < parts; p++) {
+            const float4 w =
+                __ldcg(reinterpret_cast<const float4 *>(ws + ((size_t)p * N + n) * OCp + o));
+            v.x += w.x, v.y += w.y, v.z += w.z, v.w += w.w;
+        }
+        gs_finish<D>(out, kv, v, sbias, tl, f, n, o, OC, gelu);
+    }
+    if (threadIdx.x == 0) counters[bi] = 0u; /* every part has counted: ready for the next launch */
 }
 
 static size_t gs_columns(size_t IC) {
@@ -289,24 +341,69 @@ extern "C" int ni_cuda_gemm_stream_setup(size_t *sms) {
     return 0;
 }
 
-extern "C" size_t ni_cuda_gemm_stream_blocks(size_t IC, size_t OC, size_t sms) {
-    const size_t tiles = (OC + 15) / 16;
-    if (sms == 0 || OC == 0 || IC == 0 || IC % 8 != 0 || gs_columns(IC) > GS_MAX_COLS ||
-        OC > 0x7fffff00u)
+/* Checks a share of T tiles of S slab columns over G blocks in parts (the kernel's) and fills
+ * what it needs; 0 where it is not valid: more than GS_MAX_TILES tiles or GS_MAX_COLS columns
+ * in a block, or a grid that does not divide into the parts. */
+static int gs_plan_check(ni_cuda_gemm_stream_plan *p, size_t T, size_t S, size_t G, size_t parts) {
+    memset(p, 0, sizeof *p);
+    if (G == 0 || T == 0 || S == 0 || parts == 0 || parts > S || G % parts != 0 || G / parts > T)
         return 0;
-    const size_t blocks = tiles < sms ? tiles : sms;
-    return (tiles + blocks - 1) / blocks <= GS_MAX_TILES ? blocks : 0;
+    const size_t bp = G / parts, tb = (T + bp - 1) / bp, cols = (S + parts - 1) / parts;
+    if (tb > GS_MAX_TILES || cols > GS_MAX_COLS) return 0;
+    p->blocks = G, p->parts = parts, p->columns = cols, p->max_slabs = tb * cols;
+    p->ws_floats = parts > 1 ? parts * GS_ROWS * T * 16 : 0;
+    p->counters = parts > 1 ? bp : 0;
+    return 1;
 }
 
-extern "C" int ni_cuda_gemm_stream(ni_half16 *out, const ni_cuda_kv_dest *kv, const ni_half16 *inp,
+/* The planner's cost of a share: a block's first GS_RING slabs are in flight at once, and the
+ * parts' handshake (a fence, an atomic, the sums through L2) costs more than 6 slabs: whole
+ * tiles plus the 4 tiles left over from 132 x 3 spread as single-column pieces, which took
+ * gpt2-xl's fc from 28 slabs to 22 for the busiest block, cost 0.2 ms of TTFT. The busiest
+ * block sets the kernel's time: gpt2-xl's fcproj in 4 parts gives one block 28 slabs (33
+ * blocks for 100 tiles) and took TTFT from 2.31 to 2.51 ms against 5 parts of 20 slabs (H200,
+ * same call). */
+static size_t gs_plan_cost(const ni_cuda_gemm_stream_plan *p) {
+    return (p->max_slabs > GS_RING ? p->max_slabs : GS_RING) + (p->ws_floats ? 8 : 0);
+}
+
+extern "C" int ni_cuda_gemm_stream_plan_for(ni_cuda_gemm_stream_plan *out, size_t IC, size_t OC,
+                                            size_t sms, size_t want_parts) {
+    memset(out, 0, sizeof *out);
+    if (sms == 0 || OC == 0 || IC == 0 || IC % 8 != 0 || OC > 0x7fffff00u || IC > 0x7fffff00u)
+        return 0;
+    const size_t T = (OC + 15) / 16, S = gs_columns(IC);
+    const size_t P0 = (S + GS_MAX_COLS - 1) / GS_MAX_COLS;
+    ni_cuda_gemm_stream_plan c;
+    int found = 0;
+    if (want_parts > P0 && want_parts <= sms) {
+        const size_t bp = sms / want_parts < T ? sms / want_parts : T;
+        if (gs_plan_check(&c, T, S, want_parts * bp, want_parts)) {
+            *out = c;
+            return 1;
+        }
+    }
+    /* from the fewest parts that fit, the cheapest */
+    for (size_t P = P0; P <= S && P <= P0 + 8 && P <= sms; P++) {
+        const size_t bp = sms / P < T ? sms / P : T;
+        if (gs_plan_check(&c, T, S, P * bp, P) && (!found || gs_plan_cost(&c) < gs_plan_cost(out)))
+            *out = c, found = 1;
+    }
+    return found;
+}
+
+extern "C" int ni_cuda_gemm_stream(ni_half16 *out, float *ws, unsigned *counters,
+                                   const ni_cuda_kv_dest *kv, const ni_half16 *inp,
                                    const void *tmap, const ni_half16 *bias, size_t N, size_t IC,
-                                   size_t OC, int gelu, ni_cuda_dtype dt, size_t blocks,
-                                   ni_stream s) {
+                                   size_t OC, int gelu, ni_cuda_dtype dt,
+                                   const ni_cuda_gemm_stream_plan *plan, ni_stream s) {
     if (dt != NI_CUDA_BF16 && dt != NI_CUDA_F16) return (int)cudaErrorInvalidValue;
-    if (N > GS_ROWS || !out || !inp || !tmap || blocks == 0 || IC == 0 || OC == 0 ||
-        OC > 0x7fffff00u || ((OC + 15) / 16 + blocks - 1) / blocks > GS_MAX_TILES ||
-        (OC + 15) / 16 < blocks || IC % 8 != 0 || gs_columns(IC) > GS_MAX_COLS ||
-        ((uintptr_t)inp & 15u) != 0 || ((uintptr_t)tmap & 63u) != 0)
+    ni_cuda_gemm_stream_plan chk;
+    if (!plan || N > GS_ROWS || !out || !inp || !tmap || IC == 0 || OC == 0 || OC > 0x7fffff00u ||
+        IC > 0x7fffff00u || IC % 8 != 0 || ((uintptr_t)inp & 15u) != 0 ||
+        ((uintptr_t)tmap & 63u) != 0 ||
+        !gs_plan_check(&chk, (OC + 15) / 16, gs_columns(IC), plan->blocks, plan->parts) ||
+        (chk.ws_floats && (!ws || !counters || ((uintptr_t)ws & 15u) != 0)))
         return (int)cudaErrorInvalidValue;
     gs_kv k = {};
     if (kv) {
@@ -319,13 +416,14 @@ extern "C" int ni_cuda_gemm_stream(ni_half16 *out, const ni_cuda_kv_dest *kv, co
     }
     if (N == 0) return (int)cudaGetLastError();
     cudaStream_t st = (cudaStream_t)s;
-    const dim3 grid((unsigned)blocks), block(GS_BLOCK);
-    const size_t smem = GS_SMEM(gs_columns(IC));
-    cudaError_t e =
-        dt == NI_CUDA_F16
-            ? ni_launch_pdl(gemm_stream_kernel<ni_dt_f16>, grid, block, smem, st, out, k, inp, tmap,
-                            bias, (uint32_t)N, (uint32_t)IC, (uint32_t)OC, gelu)
-            : ni_launch_pdl(gemm_stream_kernel<ni_dt_bf16>, grid, block, smem, st, out, k, inp,
-                            tmap, bias, (uint32_t)N, (uint32_t)IC, (uint32_t)OC, gelu);
+    const dim3 grid((unsigned)chk.blocks), block(GS_BLOCK);
+    const size_t smem = GS_SMEM(chk.columns);
+    const uint32_t n = (uint32_t)N, ic = (uint32_t)IC, oc = (uint32_t)OC;
+    const uint32_t parts = (uint32_t)chk.parts;
+    cudaError_t e = dt == NI_CUDA_F16
+                        ? ni_launch_pdl(gemm_stream_kernel<ni_dt_f16>, grid, block, smem, st, out,
+                                        k, ws, counters, inp, tmap, bias, n, ic, oc, parts, gelu)
+                        : ni_launch_pdl(gemm_stream_kernel<ni_dt_bf16>, grid, block, smem, st, out,
+                                        k, ws, counters, inp, tmap, bias, n, ic, oc, parts, gelu);
     return ni_launch_status(e);
 }

@@ -136,21 +136,40 @@ typedef struct {
     size_t NH, HS, T;
 } ni_cuda_kv_dest;
 
+/* How gemm_stream shares a matrix out among its blocks (ni_cuda_gemm_stream_plan_for): a grid of
+ * parts x bp blocks, each with at most 4 tiles of 16 outputs over a range of IC. */
+typedef struct {
+    size_t blocks;    /* the grid */
+    size_t parts;     /* IC in this many ranges of 256-column slabs (> 1: sums through ws) */
+    size_t columns;   /* the most slab columns a block stages */
+    size_t ws_floats; /* the parts' partial sums (0 for one part) */
+    size_t counters;  /* the parts' counters (0 for one part) */
+    size_t max_slabs; /* the busiest block's weight slabs */
+} ni_cuda_gemm_stream_plan;
+
 /* out (N, OC) 16-bit = inp (N, IC) @ w^T + bias, then GELU if gelu, and with kv the keys and
  * values to the caches (above); 17 <= N <= 32 is what it is for (a prefill of a 32-token prompt,
  * a decode batch of 17-32), any N in 1..32 works. w (OC, IC)
  * is read through its TMA descriptor tmap (device memory, from ni_cuda_weight_tensor_maps);
- * bias (OC) or NULL. blocks: ni_cuda_gemm_stream_blocks. */
-int ni_cuda_gemm_stream(ni_half16 *out, const ni_cuda_kv_dest *kv, const ni_half16 *inp,
-                        const void *tmap, const ni_half16 *bias, size_t N, size_t IC, size_t OC,
-                        int gelu, ni_cuda_dtype dt, size_t blocks, ni_stream s);
+ * bias (OC) or NULL. plan: ni_cuda_gemm_stream_plan_for's for (IC, OC). Where it has parts,
+ * ws holds plan->ws_floats floats (16-byte aligned) and counters plan->counters zeros, which the
+ * kernel leaves zero; launches that share them must run in stream order (any kernel between is
+ * fine). */
+int ni_cuda_gemm_stream(ni_half16 *out, float *ws, unsigned *counters, const ni_cuda_kv_dest *kv,
+                        const ni_half16 *inp, const void *tmap, const ni_half16 *bias, size_t N,
+                        size_t IC, size_t OC, int gelu, ni_cuda_dtype dt,
+                        const ni_cuda_gemm_stream_plan *plan, ni_stream s);
 /* Prepares the kernels on the current device and sets *sms to its multiprocessor count, or to
  * 0 where the kernel cannot run (before sm_90, too little shared memory); 0 or a CUDA error. */
 int ni_cuda_gemm_stream_setup(size_t *sms);
-/* The grid for a matrix of (OC, IC) on a device of sms multiprocessors (ni_cuda_gemm_stream_
- * setup), or 0 when the kernel does not take the shape: more than 4 tiles of 16 outputs per SM,
- * IC not a multiple of 8, or sms == 0. */
-size_t ni_cuda_gemm_stream_blocks(size_t IC, size_t OC, size_t sms);
+/* The share of a matrix (OC, IC) over a device of sms multiprocessors (ni_cuda_gemm_stream_
+ * setup): each block streams the weight slabs of at most 4 tiles of 16 outputs and stages at
+ * most 2048 input columns. From the fewest parts of IC that fit, the count whose busiest block
+ * streams the fewest slabs, counting the parts' handshake; want_parts asks for more parts where
+ * they are valid. 1 and *out, or 0 when the kernel does not take the shape (IC not a multiple
+ * of 8, too many tiles, sms == 0). */
+int ni_cuda_gemm_stream_plan_for(ni_cuda_gemm_stream_plan *out, size_t IC, size_t OC, size_t sms,
+                                 size_t want_parts);
 #define NI_CUDA_GEMM_STREAM_MAX_ROWS 32
 /* Above this many rows the kernels that feed a matrix product (LayerNorm, attention) let
  * the next kernel launch at their start (programmatic launch), not at their end: the product is

@@ -29,8 +29,18 @@ static ni_status lt_status(cublasStatus_t st, const char *what) {
 
 ni_status ni_matmul_init(ni_matmul_ctx *m, void *workspace, size_t workspace_bytes) {
     memset(m, 0, sizeof *m);
-    m->workspace = workspace;
-    m->workspace_bytes = workspace_bytes;
+    if (!workspace || workspace_bytes < 2 * NI_MATMUL_RESERVED_BYTES)
+        return ni_fail(NI_ERR_INTERNAL, "matmul: a workspace of %zu bytes is too small",
+                       workspace_bytes);
+    /* gemm_stream's counters first, then cuBLASLt's workspace, which gemm_stream's partial sums
+     * share: both are only used within one launch, and launches run in stream order */
+    m->stream_counters = (unsigned *)workspace;
+    m->workspace = (uint8_t *)workspace + NI_MATMUL_RESERVED_BYTES;
+    m->workspace_bytes = workspace_bytes - NI_MATMUL_RESERVED_BYTES;
+    m->stream_ws = (float *)m->workspace;
+    m->stream_ws_floats = m->workspace_bytes / sizeof(float);
+    NI_TRY(ni_cuda_status(cudaMemset(workspace, 0, NI_MATMUL_RESERVED_BYTES), "cudaMemset"));
+    NI_TRY(ni_cuda_status(cudaDeviceSynchronize(), "cudaMemset (gemm_stream counters)"));
     m->gemv_max_rows = NI_CUDA_GEMV_MAX_ROWS;
     /* NI_GEMV_MAX_ROWS: a lower hand-over to cuBLASLt, to compare the two on one binary */
     const char *e = getenv("NI_GEMV_MAX_ROWS");
@@ -51,6 +61,19 @@ ni_status ni_matmul_init(ni_matmul_ctx *m, void *workspace, size_t workspace_byt
             stream_on = 0;
         else if (strcmp(gs, "1") != 0)
             fprintf(stderr, "nanoinfer: NI_GEMM_STREAM=%s ignored (want 0 or 1)\n", gs);
+    }
+    /* NI_GEMM_STREAM_PARTS=P: gemm_stream splits IC into P ranges where it can; =off: never
+     * (cuBLASLt past 2048 columns). To compare shares on one binary. */
+    const char *gp = getenv("NI_GEMM_STREAM_PARTS");
+    if (gp && *gp) {
+        char *end;
+        long v = strtol(gp, &end, 10);
+        if (strcmp(gp, "off") == 0)
+            m->stream_parts_off = 1;
+        else if (*end == '\0' && v >= 1 && v <= 64)
+            m->stream_parts = (size_t)v;
+        else
+            fprintf(stderr, "nanoinfer: NI_GEMM_STREAM_PARTS=%s ignored (want 1..64 or off)\n", gp);
     }
     if (stream_on && ni_cuda_gemm_stream_setup(&m->stream_sms) != 0) {
         cudaGetLastError(); /* not available: cuBLASLt above the GEMV's rows */
@@ -167,11 +190,13 @@ static ni_status matmul(ni_matmul_ctx *m, ni_half16 *out16, float *out_f32,
             "gemv kernel");
         return NI_OK;
     }
-    size_t blocks = 0;
+    ni_cuda_gemm_stream_plan gp;
     if (out16 && w_tmap && N <= NI_CUDA_GEMM_STREAM_MAX_ROWS && ((uintptr_t)inp & 15u) == 0 &&
-        (blocks = ni_cuda_gemm_stream_blocks(IC, OC, m->stream_sms)) != 0) {
-        NI_CUDA_TRY(ni_cuda_gemm_stream(out16, kv, inp, w_tmap, bias, N, IC, OC, gelu, dt, blocks,
-                                        (ni_stream)stream),
+        ni_cuda_gemm_stream_plan_for(&gp, IC, OC, m->stream_sms, m->stream_parts) &&
+        !(m->stream_parts_off && gp.parts > 1) && gp.ws_floats <= m->stream_ws_floats &&
+        gp.counters <= NI_MATMUL_COUNTERS) {
+        NI_CUDA_TRY(ni_cuda_gemm_stream(out16, m->stream_ws, m->stream_counters, kv, inp, w_tmap,
+                                        bias, N, IC, OC, gelu, dt, &gp, (ni_stream)stream),
                     "gemm_stream kernel");
         if (appended) *appended = kv != NULL;
         return NI_OK;

@@ -30,11 +30,20 @@ typedef struct {
     size_t workspace_bytes;
     ni_lt_plan plans[NI_LT_MAX_PLANS];
     size_t n_plans;
-    size_t next_evict;    /* round-robin victim once the cache is full */
-    size_t gemv_max_rows; /* N up to this (and ni_cuda_gemv_rows) uses ni_cuda_gemv */
-    size_t stream_sms;    /* ni_cuda_gemm_stream_setup's; 0: gemm_stream off */
+    size_t next_evict;         /* round-robin victim once the cache is full */
+    size_t gemv_max_rows;      /* N up to this (and ni_cuda_gemv_rows) uses ni_cuda_gemv */
+    size_t stream_sms;         /* ni_cuda_gemm_stream_setup's; 0: gemm_stream off */
+    size_t stream_parts;       /* NI_GEMM_STREAM_PARTS: IC ranges wanted (0: the planner's) */
+    int stream_parts_off;      /* NI_GEMM_STREAM_PARTS=off: cuBLASLt where IC must be split */
+    unsigned *stream_counters; /* device, NI_MATMUL_COUNTERS zeros: gemm_stream's parts */
+    float *stream_ws;          /* device: gemm_stream's partial sums (in cuBLASLt's workspace) */
+    size_t stream_ws_floats;
 } ni_matmul_ctx;
 
+/* workspace: device memory for cuBLASLt and gemm_stream, of which the first
+ * NI_MATMUL_RESERVED_BYTES hold gemm_stream's counters (zeroed here) and are not cuBLASLt's. */
+#define NI_MATMUL_COUNTERS 4096
+#define NI_MATMUL_RESERVED_BYTES (NI_MATMUL_COUNTERS * 4)
 ni_status ni_matmul_init(ni_matmul_ctx *m, void *workspace, size_t workspace_bytes);
 void ni_matmul_destroy(ni_matmul_ctx *m);
 

@@ -69,10 +69,12 @@ typedef struct {
     ni_half16 *x, *w, *b;          /* host 16-bit: (R, IC), (OC, IC), (OC); R the most rows */
     float *ref, *ref_gelu, *absum; /* (R, OC) */
     ni_half16 *dx, *dw, *db;
-    ni_half16 *dout; /* (R, OC) */
-    float *dout_f32; /* (R, OC) */
-    void *dtmap;     /* w's TMA descriptor (device), NULL without TMA */
-    size_t blocks;   /* gemm_stream's grid for the shape, 0 where it does not take it */
+    ni_half16 *dout;               /* (R, OC) */
+    float *dout_f32;               /* (R, OC) */
+    void *dtmap;                   /* w's TMA descriptor (device), NULL without TMA */
+    ni_cuda_gemm_stream_plan plan; /* gemm_stream's share (plan.blocks 0: not taken) */
+    float *dws;                    /* gemm_stream's partial sums, room for any share */
+    unsigned *dcnt;                /* and its counters */
     const char *kernel;
 } gemv_case;
 
@@ -134,13 +136,15 @@ static void gemv_case_init(gemv_case *c, size_t IC, size_t OC, uint64_t seed, ni
     CK(cudaMemcpy(c->db, c->b, OC * sizeof *c->b, cudaMemcpyHostToDevice));
     c->kernel = "gemv";
     c->dtmap = NULL;
-    c->blocks = 0;
+    memset(&c->plan, 0, sizeof c->plan);
+    c->dws = NULL;
+    c->dcnt = NULL;
 }
 
 /* Makes the case run gemm_stream: w's tensor map on the device and the grid for the shape. The
  * harness's row count is the GEMV's, which is gemm_stream's too. */
 _Static_assert(NI_CUDA_GEMM_STREAM_MAX_ROWS == NI_CUDA_GEMV_MAX_ROWS, "one row bound for both");
-static void gemv_case_use_stream(gemv_case *c) {
+static void gemv_case_use_stream_plan(gemv_case *c, size_t want_parts) {
     size_t sms = 0;
     CK(ni_cuda_gemm_stream_setup(&sms));
     void *map = aligned_alloc(64, 128);
@@ -149,8 +153,32 @@ static void gemv_case_use_stream(gemv_case *c) {
     c->dtmap = dmalloc(128);
     CK(cudaMemcpy(c->dtmap, map, 128, cudaMemcpyHostToDevice));
     free(map);
-    c->blocks = ni_cuda_gemm_stream_blocks(c->IC, c->OC, sms);
+    if (!ni_cuda_gemm_stream_plan_for(&c->plan, c->IC, c->OC, sms, want_parts))
+        memset(&c->plan, 0, sizeof c->plan);
     c->kernel = "gemm_stream";
+    /* room for any share (the small-grid test makes its own), counters zeroed */
+    const size_t S = (c->IC + NI_CUDA_SLAB_COLS - 1) / NI_CUDA_SLAB_COLS;
+    const size_t T = (c->OC + 15) / 16;
+    c->dws = dmalloc(T * S * 32 * 16 * sizeof(float));
+    c->dcnt = dmalloc((T > 1024 ? T : 1024) * sizeof(unsigned));
+    CK(cudaMemset(c->dcnt, 0, (T > 1024 ? T : 1024) * sizeof(unsigned)));
+}
+
+static void gemv_case_use_stream(gemv_case *c) {
+    gemv_case_use_stream_plan(c, 0);
+}
+
+/* "132 blocks, 5 parts" */
+static const char *plan_name(const ni_cuda_gemm_stream_plan *p, char *buf, size_t n) {
+    snprintf(buf, n, "%3zu blocks, %zu part%s", p->blocks, p->parts, p->parts > 1 ? "s" : "");
+    return buf;
+}
+
+/* The case's gemm_stream launch: out (R + 1, OC) 16-bit, kv or NULL, bias or NULL. */
+static int stream_launch(const gemv_case *c, ni_half16 *out, const ni_cuda_kv_dest *kv,
+                         const ni_half16 *bias, size_t N, int gelu) {
+    return ni_cuda_gemm_stream(out, c->dws, c->dcnt, kv, c->dx, c->dtmap, bias, N, c->IC, c->OC,
+                               gelu, c->dt, &c->plan, NULL);
 }
 
 static void gemv_case_free(gemv_case *c) {
@@ -166,6 +194,8 @@ static void gemv_case_free(gemv_case *c) {
     cudaFree(c->dout);
     cudaFree(c->dout_f32);
     cudaFree(c->dtmap);
+    cudaFree(c->dws);
+    cudaFree(c->dcnt);
 }
 
 /* Runs the GEMV (or, c->kernel "gemm_stream", that kernel, 16-bit outputs only) for N rows into
@@ -176,8 +206,7 @@ static void gemv_run(const gemv_case *c, size_t N, int f32, int gelu, float *res
     CK(cudaMemset(c->dout, 0xFF, R1 * OC * sizeof *c->dout)); /* 16-bit 0xFFFF, f32: NaN */
     CK(cudaMemset(c->dout_f32, 0xFF, R1 * OC * sizeof *c->dout_f32));
     if (strcmp(c->kernel, "gemm_stream") == 0)
-        CK(ni_cuda_gemm_stream(c->dout, NULL, c->dx, c->dtmap, c->db, N, c->IC, OC, gelu, c->dt,
-                               c->blocks, NULL));
+        CK(stream_launch(c, c->dout, NULL, c->db, N, gelu));
     else
         CK(ni_cuda_gemv(f32 ? NULL : c->dout, f32 ? c->dout_f32 : NULL, c->dx, c->dw, c->db, N,
                         c->IC, OC, gelu, c->dt, NULL));
@@ -336,15 +365,41 @@ static size_t stream_sms(void) {
     return sms;
 }
 
-static void stream_case_all_n(size_t IC, size_t OC, uint64_t seed, ni_cuda_dtype dt) {
+/* With parts: the counters left zero, and a second launch (which finds them as the first did)
+ * gives the same bits. */
+static void stream_check_parts(const gemv_case *c) {
+    if (!c->plan.ws_floats) return;
+    const size_t R1 = NI_CUDA_GEMM_STREAM_MAX_ROWS + 1, OC = c->OC, T = (OC + 15) / 16;
+    unsigned *cnt = hmalloc(T * sizeof *cnt);
+    CK(cudaMemcpy(cnt, c->dcnt, T * sizeof *cnt, cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < T; i++)
+        if (cnt[i] != 0)
+            fail_msg("gemm_stream IC=%zu OC=%zu: counter %zu left %u", c->IC, OC, i, cnt[i]);
+    float *res = hmalloc(R1 * OC * sizeof *res);
+    uint8_t *a = hmalloc(R1 * OC * 4), *b = hmalloc(R1 * OC * 4);
+    gemv_run(c, 32, 0, 1, res, a);
+    gemv_run(c, 32, 0, 1, res, b);
+    if (memcmp(a, b, R1 * OC * 2) != 0)
+        fail_msg("gemm_stream IC=%zu OC=%zu: a second launch differs", c->IC, OC);
+    free(cnt);
+    free(res);
+    free(a);
+    free(b);
+}
+
+/* Every N with and without GELU against the CPU, for the planner's share or one asked for. */
+static void stream_case_all_n(size_t IC, size_t OC, size_t want_parts, uint64_t seed,
+                              ni_cuda_dtype dt) {
     gemv_case c;
+    char name[64];
     gemv_case_init(&c, IC, OC, seed, dt);
-    gemv_case_use_stream(&c);
-    assert_true(c.blocks > 0);
+    gemv_case_use_stream_plan(&c, want_parts);
+    assert_true(c.plan.blocks > 0);
     const double worst = gemv_case_check_all_n(&c, 0);
-    printf("  gemm_stream %-4s IC=%-5zu OC=%-6zu (%3zu blocks) N=1..%d plain/gelu: worst err/tol "
-           "%.3f\n",
-           dt_name(dt), IC, OC, c.blocks, NI_CUDA_GEMM_STREAM_MAX_ROWS, worst);
+    stream_check_parts(&c);
+    printf("  gemm_stream %-4s IC=%-5zu OC=%-6zu (%s) N=1..%d plain/gelu: worst err/tol %.3f\n",
+           dt_name(dt), IC, OC, plan_name(&c.plan, name, sizeof name), NI_CUDA_GEMM_STREAM_MAX_ROWS,
+           worst);
     gemv_case_free(&c);
 }
 
@@ -355,37 +410,67 @@ static void test_gemm_stream_shapes(void **state) {
         printf("  gemm_stream: no TMA on this device\n");
         skip();
     }
+    ni_cuda_gemm_stream_plan p;
+    char name[64];
     /* OC = 64 sms - 8: 4 tiles per block, the last one half past OC; one tile more is refused */
     const size_t full = 64 * sms - 8;
-    assert_int_equal(ni_cuda_gemm_stream_blocks(264, 64 * sms + 8, sms), 0);
-    assert_int_equal(ni_cuda_gemm_stream_blocks(260, 64, sms), 0);  /* IC % 8 */
-    assert_int_equal(ni_cuda_gemm_stream_blocks(2056, 64, sms), 0); /* inputs past smem */
-    assert_int_not_equal(ni_cuda_gemm_stream_blocks(2048, 64, sms), 0);
-    static const size_t shapes[][2] = {{8, 1},       {8, 7},       {24, 9},     {264, 129},
-                                       {520, 24},    {768, 2304},  {768, 3072}, {2048, 768},
-                                       {1600, 4800}, {1600, 6400}, {2048, 1600}};
+    assert_int_equal(ni_cuda_gemm_stream_plan_for(&p, 264, 64 * sms + 8, sms, 0), 0);
+    assert_int_equal(p.blocks, 0);
+    assert_int_equal(ni_cuda_gemm_stream_plan_for(&p, 260, 64, sms, 0), 0); /* IC % 8 */
+    assert_int_equal(ni_cuda_gemm_stream_plan_for(&p, 2048, 64, sms, 0), 1);
+    assert_true(p.parts == 1 && p.blocks == 4 && p.ws_floats == 0 && p.counters == 0);
+    /* past 2048 columns IC is split: 9 slab columns of 4 tiles in 2 parts, gpt2-xl's fcproj in
+     * at least 4 */
+    assert_int_equal(ni_cuda_gemm_stream_plan_for(&p, 2056, 64, sms, 0), 1);
+    assert_true(p.parts == 2 && p.blocks == 8 && p.ws_floats > 0 && p.counters == 4);
+    assert_int_equal(ni_cuda_gemm_stream_plan_for(&p, 6400, 1600, sms, 0), 1);
+    assert_true(p.parts >= 4 && p.blocks % p.parts == 0 && p.blocks <= sms);
+    printf("  gemm_stream plan for IC=6400 OC=1600: %s, busiest block %zu slabs\n",
+           plan_name(&p, name, sizeof name), p.max_slabs);
+    assert_int_equal(ni_cuda_gemm_stream_plan_for(&p, 1600, 6400, sms, 0), 1);
+    printf("  gemm_stream plan for IC=1600 OC=6400: %s, busiest block %zu slabs\n",
+           plan_name(&p, name, sizeof name), p.max_slabs);
+    /* parts on request, up to one a slab column; past that the planner's share */
+    assert_int_equal(ni_cuda_gemm_stream_plan_for(&p, 1600, 129, sms, 7), 1);
+    assert_int_equal(p.parts, 7);
+    assert_int_equal(ni_cuda_gemm_stream_plan_for(&p, 1600, 4800, sms, 8), 1);
+    assert_int_equal(p.parts, 1);
+    assert_int_equal(ni_cuda_gemm_stream_plan_for(&p, 6400, 1600, sms, 2), 1);
+    assert_true(p.parts >= 4);
+    static const size_t shapes[][2] = {{8, 1},       {8, 7},       {24, 9},      {264, 129},
+                                       {520, 24},    {768, 2304},  {768, 3072},  {2048, 768},
+                                       {1600, 4800}, {1600, 6400}, {2048, 1600}, {2056, 24},
+                                       {3072, 768},  {5120, 1280}, {6400, 1600}, {6408, 129}};
     for (int k = 0; k < 2; k++) {
         const ni_cuda_dtype dt = k ? NI_CUDA_F16 : NI_CUDA_BF16;
         uint64_t seed = 500;
         for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
-            stream_case_all_n(shapes[i][0], shapes[i][1], seed++, dt);
-        stream_case_all_n(264, full, seed++, dt);
+            stream_case_all_n(shapes[i][0], shapes[i][1], 0, seed++, dt);
+        stream_case_all_n(264, full, 0, seed++, dt);
+        /* parts asked for: ranges of one slab column, and uneven ranges (7 columns in 3) */
+        stream_case_all_n(1600, 129, 7, seed++, dt);
+        stream_case_all_n(1600, 1600, 3, seed++, dt);
     }
 }
 
-/* The grids of a smaller card: every block 4 tiles, so the 12-slot ring wraps (IC = 2048: 32
- * slabs a block), whatever this card's SM count; and no bias, which must equal a zero bias. */
+/* The shares of other grids: every block 4 tiles, so the 12-slot ring wraps (IC = 2048: 32
+ * slabs a block), whatever this card's SM count, in one part or several; and no bias, which
+ * must equal a zero bias. */
 static void test_gemm_stream_small_grid(void **state) {
     (void)state;
     if (stream_sms() == 0) skip();
-    static const size_t shapes[][2] = {{1600, 4800}, {2048, 1600}, {264, 129}};
+    /* IC, OC, parts */
+    static const size_t shapes[][3] = {{1600, 4800, 1}, {2048, 1600, 1}, {264, 129, 1},
+                                       {6400, 1600, 4}, {6400, 1600, 5}, {1600, 1600, 7}};
     const size_t R = NI_CUDA_GEMM_STREAM_MAX_ROWS;
     for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
         gemv_case c;
+        char name[64];
         gemv_case_init(&c, shapes[k][0], shapes[k][1], 900 + k, NI_CUDA_BF16);
         gemv_case_use_stream(&c);
-        const size_t OC = c.OC, tiles = (OC + 15) / 16;
-        c.blocks = (tiles + 3) / 4;
+        const size_t OC = c.OC, tiles = (OC + 15) / 16, P = shapes[k][2];
+        c.plan.parts = P;
+        c.plan.blocks = P * ((tiles + 3) / 4);
         float *res = hmalloc((R + 1) * OC * sizeof *res);
         uint16_t *bits = hmalloc((R + 1) * OC * 4), *nobias = hmalloc(R * OC * 2);
         double worst = 0;
@@ -395,18 +480,18 @@ static void test_gemm_stream_small_grid(void **state) {
             if (q > worst) worst = q;
         }
         /* bias NULL against a zero bias, bit for bit */
-        CK(ni_cuda_gemm_stream(c.dout, NULL, c.dx, c.dtmap, NULL, R, c.IC, OC, 0, c.dt, c.blocks,
-                               NULL));
+        CK(stream_launch(&c, c.dout, NULL, NULL, R, 0));
         CK(cudaMemcpy(nobias, c.dout, R * OC * 2, cudaMemcpyDeviceToHost));
         CK(cudaMemset(c.db, 0, OC * 2));
-        CK(ni_cuda_gemm_stream(c.dout, NULL, c.dx, c.dtmap, c.db, R, c.IC, OC, 0, c.dt, c.blocks,
-                               NULL));
+        CK(stream_launch(&c, c.dout, NULL, c.db, R, 0));
         CK(cudaMemcpy(bits, c.dout, R * OC * 2, cudaMemcpyDeviceToHost));
         if (memcmp(bits, nobias, R * OC * 2) != 0)
             fail_msg("gemm_stream IC=%zu OC=%zu: no bias differs from a zero bias", c.IC, OC);
-        printf("  gemm_stream bf16 IC=%-5zu OC=%-6zu (%3zu blocks, <= 4 tiles) GELU: worst err/tol "
-               "%.3f; no bias = zero bias\n",
-               c.IC, OC, c.blocks, worst);
+        c.plan.ws_floats = P > 1; /* stream_check_parts: parts to check */
+        stream_check_parts(&c);
+        printf("  gemm_stream bf16 IC=%-5zu OC=%-6zu (%s) GELU: worst err/tol %.3f; no bias = "
+               "zero bias\n",
+               c.IC, OC, plan_name(&c.plan, name, sizeof name), worst);
         free(res);
         free(bits);
         free(nobias);
@@ -417,18 +502,20 @@ static void test_gemm_stream_small_grid(void **state) {
 /* With a kv destination the keys and values go to the caches as ni_cuda_kv_append would put
  * them: every cache element a row owns holds that row's 16-bit output, the others stay
  * poisoned, and the outputs are the bits of the run without a destination. Heads of 64 (8-byte
- * stores) and of 10 (a group of 4 features straddles a head and the key/value boundary). */
+ * stores) and of 10 (a group of 4 features straddles a head and the key/value boundary); in one
+ * part, then through the parts' epilogue. */
 static void test_gemm_stream_kv(void **state) {
     (void)state;
     if (stream_sms() == 0) skip();
-    static const size_t heads[][2] = {{4, 64}, {3, 10}};
+    static const size_t heads[][2] = {{4, 64}, {3, 10}, {4, 64}, {3, 10}};
     const size_t S = 3, T = 40, IC = 264, N = 20;
-    for (size_t k = 0; k < 2; k++) {
+    for (size_t k = 0; k < 4; k++) {
         const size_t NH = heads[k][0], HS = heads[k][1], C = NH * HS, OC = 3 * C;
         const size_t cache = S * NH * T * HS;
         gemv_case c;
+        char name[64];
         gemv_case_init(&c, IC, OC, 1234 + k, NI_CUDA_BF16);
-        gemv_case_use_stream(&c);
+        gemv_case_use_stream_plan(&c, k >= 2 ? 2 : 0);
         int32_t hs[32], hp[32];
         for (size_t n = 0; n < N; n++) hs[n] = (int32_t)(n % S), hp[n] = (int32_t)(3 + n);
         int32_t *ds = dmalloc(N * 4), *dp = dmalloc(N * 4);
@@ -440,13 +527,11 @@ static void test_gemm_stream_kv(void **state) {
         uint16_t *out = hmalloc(N * OC * 2), *plain = hmalloc(N * OC * 2);
         uint16_t *hk = hmalloc(cache * 2), *hv = hmalloc(cache * 2);
         const ni_cuda_kv_dest kv = {kc, vc, ds, dp, NH, HS, T};
-        CK(ni_cuda_gemm_stream(c.dout, &kv, c.dx, c.dtmap, c.db, N, IC, OC, 0, c.dt, c.blocks,
-                               NULL));
+        CK(stream_launch(&c, c.dout, &kv, c.db, N, 0));
         CK(cudaMemcpy(out, c.dout, N * OC * 2, cudaMemcpyDeviceToHost));
         CK(cudaMemcpy(hk, kc, cache * 2, cudaMemcpyDeviceToHost));
         CK(cudaMemcpy(hv, vc, cache * 2, cudaMemcpyDeviceToHost));
-        CK(ni_cuda_gemm_stream(c.dout, NULL, c.dx, c.dtmap, c.db, N, IC, OC, 0, c.dt, c.blocks,
-                               NULL));
+        CK(stream_launch(&c, c.dout, NULL, c.db, N, 0));
         CK(cudaMemcpy(plain, c.dout, N * OC * 2, cudaMemcpyDeviceToHost));
         if (memcmp(out, plain, N * OC * 2) != 0)
             fail_msg("gemm_stream HS=%zu: outputs differ with a kv destination", HS);
@@ -468,11 +553,10 @@ static void test_gemm_stream_kv(void **state) {
                     }
         /* a destination for a product that is not 3 C wide is refused */
         const ni_cuda_kv_dest bad = {kc, vc, ds, dp, NH + 1, HS, T};
-        assert_int_not_equal(ni_cuda_gemm_stream(c.dout, &bad, c.dx, c.dtmap, c.db, N, IC, OC, 0,
-                                                 c.dt, c.blocks, NULL),
-                             0);
-        printf("  gemm_stream kv destination: %zu heads of %zu, %zu rows: caches as kv_append\n",
-               NH, HS, N);
+        assert_int_not_equal(stream_launch(&c, c.dout, &bad, c.db, N, 0), 0);
+        printf("  gemm_stream kv destination: %zu heads of %zu, %zu rows (%s): caches as "
+               "kv_append\n",
+               NH, HS, N, plan_name(&c.plan, name, sizeof name));
         free(out);
         free(plain);
         free(hk);
@@ -485,17 +569,19 @@ static void test_gemm_stream_kv(void **state) {
     }
 }
 
-/* As for the GEMV: a row's bits do not depend on the rest of the batch. */
+/* As for the GEMV: a row's bits do not depend on the rest of the batch, with any share. */
 static void test_gemm_stream_batch_invariance(void **state) {
     (void)state;
     if (stream_sms() == 0) skip();
-    static const size_t shapes[][2] = {{1600, 4800}, {2048, 1600}, {264, 129}};
+    /* IC, OC, parts asked for */
+    static const size_t shapes[][3] = {{1600, 4800, 0}, {2048, 1600, 0}, {264, 129, 0},
+                                       {6400, 1600, 0}, {1600, 1600, 3}, {264, 129, 2}};
     const size_t ns = sizeof shapes / sizeof *shapes;
     for (size_t k = 0; k < 2 * ns; k++) {
         gemv_case c;
         gemv_case_init(&c, shapes[k % ns][0], shapes[k % ns][1], 700 + k,
                        k >= ns ? NI_CUDA_F16 : NI_CUDA_BF16);
-        gemv_case_use_stream(&c);
+        gemv_case_use_stream_plan(&c, shapes[k % ns][2]);
         gemv_case_check_invariance(&c, 0, 1);
         gemv_case_free(&c);
     }
@@ -509,26 +595,41 @@ static void test_gemm_stream_args(void **state) {
     gemv_case_init(&c, 264, 129, 9, NI_CUDA_BF16);
     gemv_case_use_stream(&c);
     const size_t R = NI_CUDA_GEMM_STREAM_MAX_ROWS;
-    /* too many rows, no descriptor, a grid too small for the tiles or past them, an unknown
-     * type: refused without a launch; N = 0: nothing */
-    assert_int_not_equal(ni_cuda_gemm_stream(c.dout, NULL, c.dx, c.dtmap, c.db, R + 1, 264, 129, 0,
-                                             NI_CUDA_BF16, c.blocks, NULL),
+    ni_half16 *o = c.dout, *b = c.db;
+    const ni_half16 *x = c.dx;
+    const void *m = c.dtmap;
+    const ni_cuda_gemm_stream_plan ok = c.plan;
+    /* too many rows, no descriptor or plan, an unknown type, then shares that do not fit:
+     * a grid too small for the tiles or past them, one not a multiple of the parts, more parts
+     * than slab columns, too few parts for IC's inputs, parts without a workspace or counters:
+     * refused without a launch */
+    assert_int_not_equal(ni_cuda_gemm_stream(o, NULL, NULL, NULL, x, m, b, R + 1, 264, 129, 0,
+                                             NI_CUDA_BF16, &ok, NULL),
                          0);
-    assert_int_not_equal(ni_cuda_gemm_stream(c.dout, NULL, c.dx, NULL, c.db, 1, 264, 129, 0,
-                                             NI_CUDA_BF16, c.blocks, NULL),
+    assert_int_not_equal(ni_cuda_gemm_stream(o, NULL, NULL, NULL, x, NULL, b, 1, 264, 129, 0,
+                                             NI_CUDA_BF16, &ok, NULL),
                          0);
-    assert_int_not_equal(ni_cuda_gemm_stream(c.dout, NULL, c.dx, c.dtmap, c.db, 1, 264, 129, 0,
-                                             NI_CUDA_BF16, 2, NULL),
+    assert_int_not_equal(
+        ni_cuda_gemm_stream(o, NULL, NULL, NULL, x, m, b, 1, 264, 129, 0, NI_CUDA_BF16, NULL, NULL),
+        0);
+    assert_int_not_equal(ni_cuda_gemm_stream(o, NULL, NULL, NULL, x, m, b, 1, 264, 129, 0,
+                                             (ni_cuda_dtype)7, &ok, NULL),
                          0);
-    assert_int_not_equal(ni_cuda_gemm_stream(c.dout, NULL, c.dx, c.dtmap, c.db, 1, 264, 129, 0,
-                                             NI_CUDA_BF16, 10, NULL),
-                         0);
-    assert_int_not_equal(ni_cuda_gemm_stream(c.dout, NULL, c.dx, c.dtmap, c.db, 1, 264, 129, 0,
-                                             (ni_cuda_dtype)7, c.blocks, NULL),
-                         0);
+    static const size_t bad[][4] = {/* IC, blocks, parts, with ws and counters */
+                                    {264, 2, 1, 1}, {264, 10, 1, 1}, {264, 9, 2, 1},
+                                    {264, 9, 3, 1}, {2056, 9, 1, 1}, {264, 18, 2, 0}};
+    for (size_t k = 0; k < sizeof bad / sizeof *bad; k++) {
+        ni_cuda_gemm_stream_plan p = ok;
+        p.blocks = bad[k][1], p.parts = bad[k][2];
+        const int with = (int)bad[k][3];
+        if (ni_cuda_gemm_stream(o, with ? c.dws : NULL, with ? c.dcnt : NULL, NULL, x, m, b, 1,
+                                bad[k][0], 129, 0, NI_CUDA_BF16, &p, NULL) == 0)
+            fail_msg("gemm_stream: bad share %zu (IC %zu, %zu blocks, %zu parts, workspace %zu) "
+                     "taken",
+                     k, bad[k][0], bad[k][1], bad[k][2], bad[k][3]);
+    }
     CK(cudaMemset(c.dout, 0xFF, 129 * 2));
-    CK(ni_cuda_gemm_stream(c.dout, NULL, c.dx, c.dtmap, c.db, 0, 264, 129, 0, NI_CUDA_BF16,
-                           c.blocks, NULL));
+    CK(ni_cuda_gemm_stream(o, NULL, NULL, NULL, x, m, b, 0, 264, 129, 0, NI_CUDA_BF16, &ok, NULL));
     uint16_t h[129];
     CK(cudaMemcpy(h, c.dout, sizeof h, cudaMemcpyDeviceToHost));
     for (size_t i = 0; i < 129; i++) assert_int_equal(h[i], 0xFFFF);
@@ -891,7 +992,11 @@ static void test_bench(void **state) {
         for (size_t i = 0; i < nbuf; i++)
             CK(ni_cuda_weight_tensor_map(maps + i * 128, w + i * (IC * OC), IC, OC, NI_CUDA_BF16));
         CK(cudaMemcpy(dmaps, maps, nbuf * 128, cudaMemcpyHostToDevice));
-        const size_t blocks = ni_cuda_gemm_stream_blocks(IC, OC, sms);
+        ni_cuda_gemm_stream_plan plan;
+        const size_t blocks = ni_cuda_gemm_stream_plan_for(&plan, IC, OC, sms, 0) &&
+                                      plan.ws_floats * 4 <= (size_t)32 << 20
+                                  ? plan.blocks
+                                  : 0;
         double t[2] = {0.0, 0.0};
         for (int lt = blocks ? 0 : 1; lt < 2; lt++) {
             for (size_t i = 0; i < RUNS + WARM; i++) {
@@ -902,8 +1007,9 @@ static void test_bench(void **state) {
                                                OC, shapes[k].gelu, NI_CUDA_BF16, NULL),
                                      NI_OK);
                 else
-                    CK(ni_cuda_gemm_stream(out, NULL, x, dmaps + j * 128, b, N, IC, OC,
-                                           shapes[k].gelu, NI_CUDA_BF16, blocks, NULL));
+                    CK(ni_cuda_gemm_stream(out, mm.stream_ws, mm.stream_counters, NULL, x,
+                                           dmaps + j * 128, b, N, IC, OC, shapes[k].gelu,
+                                           NI_CUDA_BF16, &plan, NULL));
                 CK(cudaEventRecord(ev[2 * i + 1], NULL));
             }
             CK(cudaDeviceSynchronize());
