@@ -109,6 +109,7 @@ struct ni_backend_ctx {
     void *sample_ws, *lt_ws;
     size_t sample_ws_bytes, lt_ws_bytes;
     uint8_t *d_blk;
+    ni_cuda_partial_sums delta_sums; /* the last product's parts (ws NULL: delta holds it) */
     chunk_block d;
     decode_state st;
 
@@ -460,8 +461,18 @@ static const void *weight_tmap(const ni_backend_ctx *b, size_t k) {
     return b->have_tmaps ? (const uint8_t *)b->tmaps + k * 128 : NULL;
 }
 
-/* Embedding and every transformer block; leaves the last block's output in delta (not yet added
- * to the residual x). */
+/* The last product's output for the residual add of the next LayerNorm (any: there is one): its
+ * 16-bit delta, or its partial sums where gemm_stream left them (ni_matmul_sums). */
+static const ni_half16 *delta_of(const ni_backend_ctx *b, int any) {
+    return any && !b->delta_sums.ws ? b->delta : NULL;
+}
+
+static const ni_cuda_partial_sums *sums_of(const ni_backend_ctx *b, int any) {
+    return any && b->delta_sums.ws ? &b->delta_sums : NULL;
+}
+
+/* Embedding and every transformer block; leaves the last block's output in delta or delta_sums
+ * (not yet added to the residual x). */
 static ni_status enqueue_layers(ni_backend_ctx *b, const layer_args *a) {
     const ni_config *c = b->cfg;
     size_t C = c->n_embd, NH = c->n_head, HS = C / NH, T = b->max_seq, N = a->N;
@@ -473,8 +484,8 @@ static ni_status enqueue_layers(ni_backend_ctx *b, const layer_args *a) {
     for (size_t l = 0; l < c->n_layer; l++) {
         const cuda_layer *y = &b->layers[l];
         ni_half16 *kc = b->k_cache + l * kv_layer, *vc = b->v_cache + l * kv_layer;
-        NI_CUDA_TRY(ni_cuda_residual_layernorm(b->ln, b->x, l ? b->delta : NULL, y->ln1_w, y->ln1_b,
-                                               NULL, N, C, eps, b->dt, st),
+        NI_CUDA_TRY(ni_cuda_residual_layernorm(b->ln, b->x, delta_of(b, l != 0), sums_of(b, l != 0),
+                                               y->ln1_w, y->ln1_b, NULL, N, C, eps, b->dt, st),
                     "layernorm kernel (ln_1)");
         if (a->single) { /* one token per sequence: the KV append rides in the attention */
             NI_TRY(ni_matmul(&b->mm, b->qkv, NULL, b->ln, y->qkv_w, weight_tmap(b, 4 * l), y->qkv_b,
@@ -496,15 +507,17 @@ static ni_status enqueue_layers(ni_backend_ctx *b, const layer_args *a) {
                                                   NH, HS, T, b->dt, st),
                         "attention_prefill kernel");
         }
-        NI_TRY(ni_matmul(&b->mm, b->delta, NULL, b->att, y->proj_w, weight_tmap(b, 4 * l + 1),
-                         y->proj_b, N, C, C, 0, b->dt, b->stream));
-        NI_CUDA_TRY(ni_cuda_residual_layernorm(b->ln, b->x, b->delta, y->ln2_w, y->ln2_b, NULL, N,
-                                               C, eps, b->dt, st),
+        NI_TRY(ni_matmul_sums(&b->mm, b->delta, &b->delta_sums, b->att, y->proj_w,
+                              weight_tmap(b, 4 * l + 1), y->proj_b, N, C, C, b->dt, b->stream));
+        NI_CUDA_TRY(ni_cuda_residual_layernorm(b->ln, b->x, delta_of(b, 1), sums_of(b, 1), y->ln2_w,
+                                               y->ln2_b, NULL, N, C, eps, b->dt, st),
                     "layernorm kernel (ln_2)");
         NI_TRY(ni_matmul(&b->mm, b->fc, NULL, b->ln, y->fc_w, weight_tmap(b, 4 * l + 2), y->fc_b, N,
                          C, 4 * C, 1, b->dt, b->stream));
-        NI_TRY(ni_matmul(&b->mm, b->delta, NULL, b->fc, y->fcproj_w, weight_tmap(b, 4 * l + 3),
-                         y->fcproj_b, N, 4 * C, C, 0, b->dt, b->stream));
+        /* where gemm_stream splits it, its parts' sums go to the next LayerNorm unadded */
+        NI_TRY(ni_matmul_sums(&b->mm, b->delta, &b->delta_sums, b->fc, y->fcproj_w,
+                              weight_tmap(b, 4 * l + 3), y->fcproj_b, N, 4 * C, C, b->dt,
+                              b->stream));
     }
     return NI_OK;
 }
@@ -513,8 +526,9 @@ static ni_status enqueue_layers(ni_backend_ctx *b, const layer_args *a) {
  * NULL for rows 0 .. n-1), then lm_head into out (n, V) f32. */
 static ni_status enqueue_logits(ni_backend_ctx *b, const int32_t *rows, size_t n, float *out) {
     size_t C = b->cfg->n_embd, V = b->cfg->vocab_size;
-    NI_CUDA_TRY(ni_cuda_residual_layernorm(b->sel, b->x, b->delta, b->lnf_w, b->lnf_b, rows, n, C,
-                                           b->cfg->ln_eps, b->dt, (ni_stream)b->stream),
+    NI_CUDA_TRY(ni_cuda_residual_layernorm(b->sel, b->x, delta_of(b, 1), sums_of(b, 1), b->lnf_w,
+                                           b->lnf_b, rows, n, C, b->cfg->ln_eps, b->dt,
+                                           (ni_stream)b->stream),
                 "layernorm kernel (ln_f)");
     return ni_matmul(&b->mm, NULL, out, b->sel, b->wte, weight_tmap(b, 4 * b->cfg->n_layer), NULL,
                      n, C, V, 0, b->dt, b->stream);

@@ -4,12 +4,12 @@
  * Wider inputs (the MLP's second product of gpt2 to gpt2-xl, 3072-6400 columns) are split into
  * column ranges ("parts") of the grid's blocks, whose sums meet in a workspace and are added in
  * part order by the last part to arrive (a fence and an atomic; ni_cuda_gemm_stream_plan_for
- * picks the parts). Against cuBLASLt there (H200, same call, 32-token prompt): TTFT gpt2 0.40 /
- * 0.41 -> 0.37 / 0.38 ms, decode at batch 17 +6 %, 24 +4 %, 32 +3 %; gpt2-medium, -large and -xl
- * even (xl's fcproj: 5 parts of 5 columns).
- * At these sizes the product is small and the weights (2-20 MB a GPT-2 matrix) are the cost;
- * cuBLASLt's kernels take 7-12 us for them (ncu, H200), and our GEMV, whose warps stream the
- * weights through their registers, loses to it above 16 rows. Here the weights go by TMA, as in
+ * picks the parts), or, for the product before a LayerNorm, by that LayerNorm (defer). Against
+ * cuBLASLt there (H200, same call, 32-token prompt): TTFT gpt2 0.40 / 0.41 -> 0.37 / 0.38 ms,
+ * decode at batch 17 +6 %, 24 +4 %, 32 +3 %; gpt2-medium, -large and -xl even (xl's fcproj: 5 parts
+ * of 5 columns). At these sizes the product is small and the weights (2-20 MB a GPT-2 matrix) are
+ * the cost; cuBLASLt's kernels take 7-12 us for them (ncu, H200), and our GEMV, whose warps stream
+ * the weights through their registers, loses to it above 16 rows. Here the weights go by TMA, as in
  * the fused decode step: one block per SM owns consecutive tiles of 16 output features (split
  * evenly, at most 4), and a producer warp copies the block's slabs (16 rows x 256 columns, one
  * 2D tensor copy each) into a ring of 12 shared-memory slots in the order they are consumed,
@@ -176,15 +176,18 @@ static __device__ __forceinline__ void gs_finish(uint16_t *out, const gs_kv &kv,
 
 /* The share (ni_cuda_gemm_stream_plan): a grid of parts x bp blocks; block p bp + i takes the
  * tiles i T / bp .. (i + 1) T / bp - 1 over slab columns p S / parts .. (p + 1) S / parts - 1.
- * With parts > 1 every block writes its sums to ws ([part][tile x 16 + feature][row], 16 floats
- * a tile and row) and counts itself in counters[i]; the last of the parts to arrive adds the
- * parts' sums in part order, so that the order is fixed whoever arrives last, finishes the tiles
- * and zeroes the counter for the next launch. */
+ * With parts > 1 every block writes its sums to ws ([part][row][tile x 16 + feature]) and counts
+ * itself in counters[i]; the last of the parts to arrive adds the parts' sums in part order, so
+ * that the order is fixed whoever arrives last, finishes the tiles and zeroes the counter for
+ * the next launch. With defer, the blocks only write their sums: the next kernel (the residual
+ * add + LayerNorm) adds them (ni_cuda_partial_sums). That saves the handshake, a fence, an
+ * atomic and the reads back on the kernel's critical path: TTFT gpt2-xl 2.27 / 2.29 -> 2.16 /
+ * 2.18 ms, decode at batch 32 +3 % (H200, same call). */
 template <typename D>
 __global__ void __launch_bounds__(GS_BLOCK, 1)
     gemm_stream_kernel(uint16_t *__restrict__ out, gs_kv kv, float *ws, unsigned *counters,
                        const uint16_t *inp, const void *tmap, const uint16_t *__restrict__ bias,
-                       uint32_t N, uint32_t IC, uint32_t OC, uint32_t parts, int gelu) {
+                       uint32_t N, uint32_t IC, uint32_t OC, uint32_t parts, int gelu, int defer) {
     /* 128-byte aligned: the ring's slots, the TMA copies' destinations, lie at multiples of
      * 8 KB from here */
     extern __shared__ __align__(128) uint8_t gs_smem[];
@@ -294,7 +297,7 @@ __global__ void __launch_bounds__(GS_BLOCK, 1)
         else
             *reinterpret_cast<float4 *>(ws + ((size_t)part * N + n) * OCp + o) = v;
     }
-    if (parts == 1) return;
+    if (parts == 1 || defer) return; /* defer: the next kernel adds the parts */
     /* the parts' handshake: every thread's sums visible before the count, and the last
      * block's reads after it */
     __threadfence();
@@ -403,7 +406,8 @@ extern "C" int ni_cuda_gemm_stream(ni_half16 *out, float *ws, unsigned *counters
         IC > 0x7fffff00u || IC % 8 != 0 || ((uintptr_t)inp & 15u) != 0 ||
         ((uintptr_t)tmap & 63u) != 0 ||
         !gs_plan_check(&chk, (OC + 15) / 16, gs_columns(IC), plan->blocks, plan->parts) ||
-        (chk.ws_floats && (!ws || !counters || ((uintptr_t)ws & 15u) != 0)))
+        (chk.ws_floats && (!ws || (!counters && !plan->defer) || ((uintptr_t)ws & 15u) != 0)) ||
+        (plan->defer && (chk.parts == 1 || kv || gelu)))
         return (int)cudaErrorInvalidValue;
     gs_kv k = {};
     if (kv) {
@@ -420,10 +424,12 @@ extern "C" int ni_cuda_gemm_stream(ni_half16 *out, float *ws, unsigned *counters
     const size_t smem = GS_SMEM(chk.columns);
     const uint32_t n = (uint32_t)N, ic = (uint32_t)IC, oc = (uint32_t)OC;
     const uint32_t parts = (uint32_t)chk.parts;
-    cudaError_t e = dt == NI_CUDA_F16
-                        ? ni_launch_pdl(gemm_stream_kernel<ni_dt_f16>, grid, block, smem, st, out,
-                                        k, ws, counters, inp, tmap, bias, n, ic, oc, parts, gelu)
-                        : ni_launch_pdl(gemm_stream_kernel<ni_dt_bf16>, grid, block, smem, st, out,
-                                        k, ws, counters, inp, tmap, bias, n, ic, oc, parts, gelu);
+    const int defer = plan->defer != 0;
+    cudaError_t e =
+        dt == NI_CUDA_F16
+            ? ni_launch_pdl(gemm_stream_kernel<ni_dt_f16>, grid, block, smem, st, out, k, ws,
+                            counters, inp, tmap, bias, n, ic, oc, parts, gelu, defer)
+            : ni_launch_pdl(gemm_stream_kernel<ni_dt_bf16>, grid, block, smem, st, out, k, ws,
+                            counters, inp, tmap, bias, n, ic, oc, parts, gelu, defer);
     return ni_launch_status(e);
 }

@@ -35,10 +35,22 @@ int ni_cuda_f32_to_half16(ni_half16 *out, const float *in, size_t n, ni_cuda_dty
 int ni_cuda_embedding(float *x, const int32_t *tokens, const int32_t *pos, const ni_half16 *wte,
                       const ni_half16 *wpe, size_t N, size_t C, ni_cuda_dtype dt, ni_stream s);
 
-/* For each output row r: i = rows ? rows[r] : r; if delta: x[i] += f32(delta[i]);
+/* A product's output left as partial sums (gemm_stream's parts, handed to the kernel that reads
+ * the output): row i's output o is 16-bit(sum over p < parts, in that order from 0, of
+ * ws[(p * rows + i) * stride + o], plus f32(bias[o]) or 0), the bits the product would have
+ * stored. ws 16-byte aligned, stride a multiple of 4. */
+typedef struct {
+    const float *ws;
+    size_t parts, rows, stride;
+    const ni_half16 *bias; /* or NULL */
+} ni_cuda_partial_sums;
+
+/* For each output row r: i = rows ? rows[r] : r; if delta: x[i] += f32(delta[i]) (or, with
+ * sums instead, the delta they make, which the caller does not store);
  * out[r] = 16-bit(LayerNorm(x[i]) * w + b), statistics in f32. x (*, C) f32; delta (*, C)
  * 16-bit or NULL; out (N, C) 16-bit; rows (N) or NULL. */
-int ni_cuda_residual_layernorm(ni_half16 *out, float *x, const ni_half16 *delta, const ni_half16 *w,
+int ni_cuda_residual_layernorm(ni_half16 *out, float *x, const ni_half16 *delta,
+                               const ni_cuda_partial_sums *sums, const ni_half16 *w,
                                const ni_half16 *b, const int32_t *rows, size_t N, size_t C,
                                float eps, ni_cuda_dtype dt, ni_stream s);
 
@@ -145,6 +157,9 @@ typedef struct {
     size_t ws_floats; /* the parts' partial sums (0 for one part) */
     size_t counters;  /* the parts' counters (0 for one part) */
     size_t max_slabs; /* the busiest block's weight slabs */
+    int defer;        /* set by the caller, parts > 1 only: the sums stay in ws for the next
+                         kernel (ni_cuda_partial_sums {ws, parts, N, 16 x tiles, bias}), out is
+                         not written, no counters; no kv, no GELU */
 } ni_cuda_gemm_stream_plan;
 
 /* out (N, OC) 16-bit = inp (N, IC) @ w^T + bias, then GELU if gelu, and with kv the keys and

@@ -34,11 +34,50 @@ static __device__ float ln_block_sum(float v, float *red) {
     return v;
 }
 
+/* The partial sums' delta (ni_cuda_partial_sums) as the kernel reads it. */
+typedef struct {
+    const float *ws; /* NULL: none */
+    uint32_t parts, rows, stride;
+    const ni_half16 *bias;
+} ln_sums;
+
+/* Columns c .. c + 7 of row i of the sums' delta, rounded to 16 bits as the product would have
+ * stored them (pairs, as gemm_stream packs them), back in f32. */
+template <typename D>
+static __device__ __forceinline__ void ln_sums_delta8(const ln_sums &sm, size_t i, size_t c,
+                                                      float *d) {
+    float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f), v2 = v;
+    for (uint32_t p = 0; p < sm.parts; p++) {
+        const float4 *q =
+            reinterpret_cast<const float4 *>(sm.ws + ((size_t)p * sm.rows + i) * sm.stride + c);
+        const float4 a = q[0], a2 = q[1];
+        v.x += a.x, v.y += a.y, v.z += a.z, v.w += a.w;
+        v2.x += a2.x, v2.y += a2.y, v2.z += a2.z, v2.w += a2.w;
+    }
+    float bf[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    if (sm.bias) ni_unpack8<D>(__ldg(reinterpret_cast<const uint4 *>(sm.bias + c)), bf);
+    uint4 pk;
+    pk.x = D::pack2(v.x + bf[0], v.y + bf[1]);
+    pk.y = D::pack2(v.z + bf[2], v.w + bf[3]);
+    pk.z = D::pack2(v2.x + bf[4], v2.y + bf[5]);
+    pk.w = D::pack2(v2.z + bf[6], v2.w + bf[7]);
+    ni_unpack8<D>(pk, d);
+}
+
+/* Column c of the same. */
+template <typename D>
+static __device__ __forceinline__ float ln_sums_delta1(const ln_sums &sm, size_t i, size_t c) {
+    float v = 0.0f;
+    for (uint32_t p = 0; p < sm.parts; p++) v += sm.ws[((size_t)p * sm.rows + i) * sm.stride + c];
+    return D::to_float(D::from_float(v + (sm.bias ? D::to_float(sm.bias[c]) : 0.0f)));
+}
+
 /* blockDim.x: a multiple of 32, at most 1024. Dynamic shared memory: C floats when cached. */
 template <typename D>
 __global__ void residual_layernorm_kernel(ni_half16 *out,         // (N, C)
                                           float *x,               // (*, C)
                                           const ni_half16 *delta, // (*, C) or NULL
+                                          ln_sums sm,             // or sm.ws NULL
                                           const ni_half16 *w,     // (C)
                                           const ni_half16 *b,     // (C)
                                           const int32_t *rows,    // (N) or NULL
@@ -69,9 +108,12 @@ __global__ void residual_layernorm_kernel(ni_half16 *out,         // (N, C)
         for (size_t c = tid * 8; c < C; c += nt * 8) {
             float4 a = reinterpret_cast<const float4 *>(xr + c)[0];
             float4 a2 = reinterpret_cast<const float4 *>(xr + c)[1];
-            if (dr) {
+            if (dr || sm.ws) {
                 float d[8];
-                ni_unpack8<D>(*reinterpret_cast<const uint4 *>(dr + c), d);
+                if (sm.ws)
+                    ln_sums_delta8<D>(sm, i, c, d);
+                else
+                    ni_unpack8<D>(*reinterpret_cast<const uint4 *>(dr + c), d);
                 a.x += d[0], a.y += d[1], a.z += d[2], a.w += d[3];
                 a2.x += d[4], a2.y += d[5], a2.z += d[6], a2.w += d[7];
                 reinterpret_cast<float4 *>(xr + c)[0] = a;
@@ -86,8 +128,8 @@ __global__ void residual_layernorm_kernel(ni_half16 *out,         // (N, C)
     } else {
         for (size_t c = tid; c < C; c += nt) {
             float v = xr[c];
-            if (dr) {
-                v += D::to_float(dr[c]);
+            if (dr || sm.ws) {
+                v += sm.ws ? ln_sums_delta1<D>(sm, i, c) : D::to_float(dr[c]);
                 xr[c] = v;
             }
             if (cached) buf[c] = v;
@@ -171,15 +213,26 @@ __global__ void residual_add_kernel(float *x,               // (n)
     }
 }
 
-/* With both rows and delta, the listed rows must be distinct (each adds its delta once). */
+/* With both rows and delta (or sums), the listed rows must be distinct (each adds its delta
+ * once). */
 extern "C" int ni_cuda_residual_layernorm(ni_half16 *out, float *x, const ni_half16 *delta,
-                                          const ni_half16 *w, const ni_half16 *b,
-                                          const int32_t *rows, size_t N, size_t C, float eps,
-                                          ni_cuda_dtype dt, ni_stream s) {
+                                          const ni_cuda_partial_sums *sums, const ni_half16 *w,
+                                          const ni_half16 *b, const int32_t *rows, size_t N,
+                                          size_t C, float eps, ni_cuda_dtype dt, ni_stream s) {
     if (dt != NI_CUDA_BF16 && dt != NI_CUDA_F16) return (int)cudaErrorInvalidValue;
+    ln_sums sm = {NULL, 0, 0, 0, NULL};
+    if (sums) {
+        if (delta || !sums->ws || sums->parts == 0 || sums->parts > 0xffffu || sums->rows == 0 ||
+            sums->rows > 0xffffffu || sums->stride < C || sums->stride % 4 != 0 ||
+            sums->stride > 0xffffffu || (uintptr_t)sums->ws % 16 != 0 || (!rows && N > sums->rows))
+            return (int)cudaErrorInvalidValue;
+        sm.ws = sums->ws, sm.parts = (uint32_t)sums->parts, sm.rows = (uint32_t)sums->rows;
+        sm.stride = (uint32_t)sums->stride, sm.bias = sums->bias;
+    }
     if (N == 0 || C == 0) return (int)cudaGetLastError();
     int vec = C % 8 == 0 && (uintptr_t)out % 16 == 0 && (uintptr_t)x % 16 == 0 &&
-              (uintptr_t)delta % 16 == 0 && (uintptr_t)w % 16 == 0 && (uintptr_t)b % 16 == 0;
+              (uintptr_t)delta % 16 == 0 && (uintptr_t)w % 16 == 0 && (uintptr_t)b % 16 == 0 &&
+              (uintptr_t)sm.bias % 16 == 0;
     int cached = C <= LN_SMEM_MAX_C;
     size_t work = vec ? C / 8 : C; /* one thread per group of 8 columns, or per column */
     size_t nt = (work + 31) / 32 * 32;
@@ -190,11 +243,12 @@ extern "C" int ni_cuda_residual_layernorm(ni_half16 *out, float *x, const ni_hal
     /* rows that go on to gemm_stream, whose weights stream before its wait: let it launch at
      * once, beside this small grid (prefill TTFT and decode at batch 17-32, H200) */
     const int early = N > NI_CUDA_EARLY_LAUNCH_ROWS;
-    cudaError_t e = dt == NI_CUDA_F16
-                        ? ni_launch_pdl(residual_layernorm_kernel<ni_dt_f16>, grid, block, smem, st,
-                                        out, x, delta, w, b, rows, C, eps, vec, cached, early)
-                        : ni_launch_pdl(residual_layernorm_kernel<ni_dt_bf16>, grid, block, smem,
-                                        st, out, x, delta, w, b, rows, C, eps, vec, cached, early);
+    cudaError_t e =
+        dt == NI_CUDA_F16
+            ? ni_launch_pdl(residual_layernorm_kernel<ni_dt_f16>, grid, block, smem, st, out, x,
+                            delta, sm, w, b, rows, C, eps, vec, cached, early)
+            : ni_launch_pdl(residual_layernorm_kernel<ni_dt_bf16>, grid, block, smem, st, out, x,
+                            delta, sm, w, b, rows, C, eps, vec, cached, early);
     return ni_launch_status(e);
 }
 

@@ -32,14 +32,14 @@ ni_status ni_matmul_init(ni_matmul_ctx *m, void *workspace, size_t workspace_byt
     if (!workspace || workspace_bytes < 2 * NI_MATMUL_RESERVED_BYTES)
         return ni_fail(NI_ERR_INTERNAL, "matmul: a workspace of %zu bytes is too small",
                        workspace_bytes);
-    /* gemm_stream's counters first, then cuBLASLt's workspace, which gemm_stream's partial sums
-     * share: both are only used within one launch, and launches run in stream order */
+    /* gemm_stream's counters and partial sums first, then cuBLASLt's workspace */
+    const size_t cnt_bytes = NI_MATMUL_COUNTERS * sizeof(unsigned);
     m->stream_counters = (unsigned *)workspace;
+    m->stream_ws = (float *)((uint8_t *)workspace + cnt_bytes);
+    m->stream_ws_floats = (NI_MATMUL_RESERVED_BYTES - cnt_bytes) / sizeof(float);
     m->workspace = (uint8_t *)workspace + NI_MATMUL_RESERVED_BYTES;
     m->workspace_bytes = workspace_bytes - NI_MATMUL_RESERVED_BYTES;
-    m->stream_ws = (float *)m->workspace;
-    m->stream_ws_floats = m->workspace_bytes / sizeof(float);
-    NI_TRY(ni_cuda_status(cudaMemset(workspace, 0, NI_MATMUL_RESERVED_BYTES), "cudaMemset"));
+    NI_TRY(ni_cuda_status(cudaMemset(workspace, 0, cnt_bytes), "cudaMemset"));
     NI_TRY(ni_cuda_status(cudaDeviceSynchronize(), "cudaMemset (gemm_stream counters)"));
     m->gemv_max_rows = NI_CUDA_GEMV_MAX_ROWS;
     /* NI_GEMV_MAX_ROWS: a lower hand-over to cuBLASLt, to compare the two on one binary */
@@ -177,10 +177,12 @@ static ni_status get_plan(ni_matmul_ctx *m, size_t N, size_t IC, size_t OC, int 
 /* ni_matmul, and with kv the keys and values to the caches where gemm_stream runs the product
  * (*appended = 1; else 0, and the caller appends them). */
 static ni_status matmul(ni_matmul_ctx *m, ni_half16 *out16, float *out_f32,
-                        const ni_cuda_kv_dest *kv, int *appended, const ni_half16 *inp,
-                        const ni_half16 *w, const void *w_tmap, const ni_half16 *bias, size_t N,
-                        size_t IC, size_t OC, int gelu, ni_cuda_dtype dt, cudaStream_t stream) {
+                        ni_cuda_partial_sums *sums, const ni_cuda_kv_dest *kv, int *appended,
+                        const ni_half16 *inp, const ni_half16 *w, const void *w_tmap,
+                        const ni_half16 *bias, size_t N, size_t IC, size_t OC, int gelu,
+                        ni_cuda_dtype dt, cudaStream_t stream) {
     if (appended) *appended = 0;
+    if (sums) memset(sums, 0, sizeof *sums);
     if (N == 0) return NI_OK;
     if (dt != NI_CUDA_BF16 && dt != NI_CUDA_F16)
         return ni_fail(NI_ERR_INTERNAL, "matmul: unknown 16-bit type %d", (int)dt);
@@ -195,9 +197,17 @@ static ni_status matmul(ni_matmul_ctx *m, ni_half16 *out16, float *out_f32,
         ni_cuda_gemm_stream_plan_for(&gp, IC, OC, m->stream_sms, m->stream_parts) &&
         !(m->stream_parts_off && gp.parts > 1) && gp.ws_floats <= m->stream_ws_floats &&
         gp.counters <= NI_MATMUL_COUNTERS) {
+        gp.defer = sums && gp.parts > 1 && !kv && !gelu;
         NI_CUDA_TRY(ni_cuda_gemm_stream(out16, m->stream_ws, m->stream_counters, kv, inp, w_tmap,
                                         bias, N, IC, OC, gelu, dt, &gp, (ni_stream)stream),
                     "gemm_stream kernel");
+        if (gp.defer) {
+            sums->ws = m->stream_ws;
+            sums->parts = gp.parts;
+            sums->rows = N;
+            sums->stride = (OC + 15) / 16 * 16;
+            sums->bias = bias;
+        }
         if (appended) *appended = kv != NULL;
         return NI_OK;
     }
@@ -219,12 +229,21 @@ static ni_status matmul(ni_matmul_ctx *m, ni_half16 *out16, float *out_f32,
 ni_status ni_matmul(ni_matmul_ctx *m, ni_half16 *out16, float *out_f32, const ni_half16 *inp,
                     const ni_half16 *w, const void *w_tmap, const ni_half16 *bias, size_t N,
                     size_t IC, size_t OC, int gelu, ni_cuda_dtype dt, cudaStream_t stream) {
-    return matmul(m, out16, out_f32, NULL, NULL, inp, w, w_tmap, bias, N, IC, OC, gelu, dt, stream);
+    return matmul(m, out16, out_f32, NULL, NULL, NULL, inp, w, w_tmap, bias, N, IC, OC, gelu, dt,
+                  stream);
+}
+
+ni_status ni_matmul_sums(ni_matmul_ctx *m, ni_half16 *out16, ni_cuda_partial_sums *sums,
+                         const ni_half16 *inp, const ni_half16 *w, const void *w_tmap,
+                         const ni_half16 *bias, size_t N, size_t IC, size_t OC, ni_cuda_dtype dt,
+                         cudaStream_t stream) {
+    return matmul(m, out16, NULL, sums, NULL, NULL, inp, w, w_tmap, bias, N, IC, OC, 0, dt, stream);
 }
 
 ni_status ni_matmul_qkv(ni_matmul_ctx *m, ni_half16 *out16, const ni_cuda_kv_dest *kv,
                         int *appended, const ni_half16 *inp, const ni_half16 *w, const void *w_tmap,
                         const ni_half16 *bias, size_t N, size_t IC, size_t OC, ni_cuda_dtype dt,
                         cudaStream_t stream) {
-    return matmul(m, out16, NULL, kv, appended, inp, w, w_tmap, bias, N, IC, OC, 0, dt, stream);
+    return matmul(m, out16, NULL, NULL, kv, appended, inp, w, w_tmap, bias, N, IC, OC, 0, dt,
+                  stream);
 }

@@ -36,14 +36,16 @@ typedef struct {
     size_t stream_parts;       /* NI_GEMM_STREAM_PARTS: IC ranges wanted (0: the planner's) */
     int stream_parts_off;      /* NI_GEMM_STREAM_PARTS=off: cuBLASLt where IC must be split */
     unsigned *stream_counters; /* device, NI_MATMUL_COUNTERS zeros: gemm_stream's parts */
-    float *stream_ws;          /* device: gemm_stream's partial sums (in cuBLASLt's workspace) */
+    float *stream_ws;          /* device: gemm_stream's partial sums (not cuBLASLt's) */
     size_t stream_ws_floats;
 } ni_matmul_ctx;
 
 /* workspace: device memory for cuBLASLt and gemm_stream, of which the first
- * NI_MATMUL_RESERVED_BYTES hold gemm_stream's counters (zeroed here) and are not cuBLASLt's. */
+ * NI_MATMUL_RESERVED_BYTES hold gemm_stream's counters (zeroed here) and partial sums and are not
+ * cuBLASLt's: the sums a product leaves for the next kernel (ni_matmul_sums) must outlive any
+ * cuBLASLt call between. */
 #define NI_MATMUL_COUNTERS 4096
-#define NI_MATMUL_RESERVED_BYTES (NI_MATMUL_COUNTERS * 4)
+#define NI_MATMUL_RESERVED_BYTES ((size_t)4 << 20)
 ni_status ni_matmul_init(ni_matmul_ctx *m, void *workspace, size_t workspace_bytes);
 void ni_matmul_destroy(ni_matmul_ctx *m);
 
@@ -53,6 +55,16 @@ void ni_matmul_destroy(ni_matmul_ctx *m);
 ni_status ni_matmul(ni_matmul_ctx *m, ni_half16 *out16, float *out_f32, const ni_half16 *inp,
                     const ni_half16 *w, const void *w_tmap, const ni_half16 *bias, size_t N,
                     size_t IC, size_t OC, int gelu, ni_cuda_dtype dt, cudaStream_t stream);
+
+/* ni_matmul with a 16-bit output for a product whose output only the next residual add +
+ * LayerNorm reads: where gemm_stream splits IC into parts, their sums stay in the workspace and
+ * *sums describes them (that kernel adds them, ni_cuda_residual_layernorm, the same bits as
+ * out16 would have held; out16 is not written); else out16 holds the output and sums->ws is
+ * NULL. The sums stay valid until the next gemm_stream launch through m. */
+ni_status ni_matmul_sums(ni_matmul_ctx *m, ni_half16 *out16, ni_cuda_partial_sums *sums,
+                         const ni_half16 *inp, const ni_half16 *w, const void *w_tmap,
+                         const ni_half16 *bias, size_t N, size_t IC, size_t OC, ni_cuda_dtype dt,
+                         cudaStream_t stream);
 
 /* The qkv product of a prefill chunk: ni_matmul (16-bit out), and where gemm_stream runs it, the
  * keys and values also go to the caches as kv says (*appended = 1); else *appended = 0 and the

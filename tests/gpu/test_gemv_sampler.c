@@ -381,6 +381,40 @@ static void stream_check_parts(const gemv_case *c) {
     gemv_run(c, 32, 0, 1, res, b);
     if (memcmp(a, b, R1 * OC * 2) != 0)
         fail_msg("gemm_stream IC=%zu OC=%zu: a second launch differs", c->IC, OC);
+    /* deferred: the sums left in the workspace, added in part order with the bias and rounded,
+     * are the bits of the outputs (GELU off: it cannot be deferred) */
+    const size_t N = 27, P = c->plan.parts, stride = T * 16;
+    gemv_run(c, N, 0, 0, res, a);
+    ni_cuda_gemm_stream_plan dp = c->plan;
+    dp.defer = 1;
+    CK(cudaMemset(c->dout, 0xFF, R1 * OC * 2));
+    CK(ni_cuda_gemm_stream(c->dout, c->dws, NULL, NULL, c->dx, c->dtmap, c->db, N, c->IC, OC, 0,
+                           c->dt, &dp, NULL));
+    float *ws = hmalloc(P * N * stride * sizeof *ws);
+    uint16_t *bias = hmalloc(OC * 2); /* the device's: the small-grid test zeroes it */
+    CK(cudaMemcpy(ws, c->dws, P * N * stride * sizeof *ws, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(bias, c->db, OC * 2, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(b, c->dout, R1 * OC * 2, cudaMemcpyDeviceToHost));
+    const uint16_t *out = (const uint16_t *)a;
+    for (size_t i = 0; i < R1 * OC; i++)
+        if (((const uint16_t *)b)[i] != 0xFFFF)
+            fail_msg("gemm_stream IC=%zu OC=%zu deferred: output %zu written", c->IC, OC, i);
+    for (size_t n = 0; n < N; n++)
+        for (size_t o = 0; o < OC; o++) {
+            float v = 0.0f;
+            for (size_t p = 0; p < P; p++) v += ws[(p * N + n) * stride + o];
+            const uint16_t h = h16_from(c->dt, v + h16_to(c->dt, bias[o]));
+            if (h != out[n * OC + o])
+                fail_msg("gemm_stream IC=%zu OC=%zu deferred: out[%zu][%zu] sums to %04x, the "
+                         "product stored %04x",
+                         c->IC, OC, n, o, h, out[n * OC + o]);
+        }
+    /* a deferral needs parts and no GELU */
+    assert_int_not_equal(ni_cuda_gemm_stream(c->dout, c->dws, NULL, NULL, c->dx, c->dtmap, c->db, N,
+                                             c->IC, OC, 1, c->dt, &dp, NULL),
+                         0);
+    free(ws);
+    free(bias);
     free(cnt);
     free(res);
     free(a);

@@ -174,7 +174,8 @@ static void test_zero_sizes(void **state) {
     CK(ni_cuda_init_random(NULL, 0, 1, 2, 0.02f, 0.0f, g_dt, NULL));
     CK(ni_cuda_f32_to_half16(NULL, NULL, 0, g_dt, NULL));
     CK(ni_cuda_embedding(NULL, NULL, NULL, NULL, NULL, 0, 768, g_dt, NULL));
-    CK(ni_cuda_residual_layernorm(NULL, NULL, NULL, NULL, NULL, NULL, 0, 768, 1e-5f, g_dt, NULL));
+    CK(ni_cuda_residual_layernorm(NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 768, 1e-5f, g_dt,
+                                  NULL));
     CK(ni_cuda_residual_add(NULL, NULL, 0, 768, g_dt, NULL));
     CK(ni_cuda_kv_append(NULL, NULL, NULL, NULL, NULL, 0, 12, 64, 1024, NULL));
     CK(ni_cuda_attention_prefill(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, 12, 64, 1024,
@@ -453,7 +454,7 @@ static void check_layernorm(size_t NX, size_t C, int with_delta, int gather) {
     h2d(d_b, h_b, C * 2);
     h2d(d_rows, h_rows, N * 4);
     poison(d_out, N * C * 2);
-    CK(ni_cuda_residual_layernorm(d_out, d_x, with_delta ? d_d : NULL, d_w, d_b,
+    CK(ni_cuda_residual_layernorm(d_out, d_x, with_delta ? d_d : NULL, NULL, d_w, d_b,
                                   gather ? d_rows : NULL, N, C, eps, g_dt, NULL));
     sync_ok();
 
@@ -513,6 +514,100 @@ static void test_residual_layernorm(void **state) {
         check_layernorm(shapes[k][0], shapes[k][1], 0, 0);
         check_layernorm(shapes[k][0], shapes[k][1], 1, 1);
     }
+}
+
+/* The delta as partial sums (a product's parts left unadded, ni_cuda_partial_sums): the same
+ * bits, residual and output, as the 16-bit delta those sums round to (summed in part order from
+ * 0, plus the bias, rounded to nearest), for NX rows of sums, gathered or not, with a bias or
+ * none. */
+static void check_layernorm_sums(size_t NX, size_t C, size_t parts, int gather, int with_bias) {
+    rng r = {NX * 31 + C * 7 + parts * 3 + (size_t)gather + 17 * (size_t)with_bias};
+    const float eps = 1e-5f;
+    const size_t stride = (C + 15) / 16 * 16, N = gather ? (NX + 1) / 2 : NX;
+    int32_t *h_rows = xmalloc(N * 4);
+    for (size_t k = 0; k < N; k++) h_rows[k] = (int32_t)(NX - 1 - 2 * k);
+    float *h_x = xmalloc(NX * C * 4), *h_ws = xmalloc(parts * NX * stride * 4);
+    for (size_t i = 0; i < NX * C; i++) h_x[i] = 3.0f * rng_normal(&r) + 1.0f;
+    for (size_t i = 0; i < parts * NX * stride; i++) h_ws[i] = rng_normal(&r);
+    uint16_t *h_w = xmalloc(C * 2), *h_b = xmalloc(C * 2), *h_bias = xmalloc(C * 2);
+    float *f_w = xmalloc(C * 4), *f_b = xmalloc(C * 4), *f_bias = xmalloc(C * 4);
+    fill_h16(h_w, f_w, C, 0.3f, 1.0f, &r);
+    fill_h16(h_b, f_b, C, 0.2f, 0.0f, &r);
+    fill_h16(h_bias, f_bias, C, 0.5f, 0.0f, &r);
+    uint16_t *h_d = xmalloc(NX * C * 2);
+    for (size_t i = 0; i < NX; i++)
+        for (size_t c = 0; c < C; c++) {
+            float v = 0.0f;
+            for (size_t p = 0; p < parts; p++) v += h_ws[(p * NX + i) * stride + c];
+            h_d[i * C + c] = h16_from(v + (with_bias ? f_bias[c] : 0.0f));
+        }
+    float *d_x = dmalloc(NX * C * 4), *d_ws = dmalloc(parts * NX * stride * 4);
+    uint16_t *d_d = dmalloc(NX * C * 2), *d_w = dmalloc(C * 2), *d_b = dmalloc(C * 2);
+    uint16_t *d_bias = dmalloc(C * 2), *d_out = dmalloc(N * C * 2);
+    int32_t *d_rows = dmalloc(N * 4);
+    h2d(d_ws, h_ws, parts * NX * stride * 4);
+    h2d(d_d, h_d, NX * C * 2);
+    h2d(d_w, h_w, C * 2);
+    h2d(d_b, h_b, C * 2);
+    h2d(d_bias, h_bias, C * 2);
+    h2d(d_rows, h_rows, N * 4);
+    float *x16 = xmalloc(NX * C * 4), *xs = xmalloc(NX * C * 4);
+    uint16_t *o16 = xmalloc(N * C * 2), *os = xmalloc(N * C * 2);
+    const ni_cuda_partial_sums sums = {d_ws, parts, NX, stride, with_bias ? d_bias : NULL};
+    for (int k = 0; k < 2; k++) {
+        h2d(d_x, h_x, NX * C * 4);
+        poison(d_out, N * C * 2);
+        CK(ni_cuda_residual_layernorm(d_out, d_x, k ? NULL : d_d, k ? &sums : NULL, d_w, d_b,
+                                      gather ? d_rows : NULL, N, C, eps, g_dt, NULL));
+        sync_ok();
+        d2h(k ? xs : x16, d_x, NX * C * 4);
+        d2h(k ? os : o16, d_out, N * C * 2);
+    }
+    if (memcmp(x16, xs, NX * C * 4) != 0 || memcmp(o16, os, N * C * 2) != 0)
+        fail_msg("layernorm N=%zu C=%zu parts=%zu gather=%d bias=%d: the sums' bits differ from "
+                 "their 16-bit delta's",
+                 NX, C, parts, gather, with_bias);
+    /* sums with a delta too, or too short a stride: refused */
+    ni_cuda_partial_sums bad = sums;
+    assert_int_not_equal(
+        ni_cuda_residual_layernorm(d_out, d_x, d_d, &sums, d_w, d_b, NULL, N, C, eps, g_dt, NULL),
+        0);
+    bad.stride = C - 1;
+    assert_int_not_equal(
+        ni_cuda_residual_layernorm(d_out, d_x, NULL, &bad, d_w, d_b, NULL, N, C, eps, g_dt, NULL),
+        0);
+    free(h_rows);
+    free(h_x);
+    free(h_ws);
+    free(h_w);
+    free(h_b);
+    free(h_bias);
+    free(f_w);
+    free(f_b);
+    free(f_bias);
+    free(h_d);
+    free(x16);
+    free(xs);
+    free(o16);
+    free(os);
+    CK(cudaFree(d_x));
+    CK(cudaFree(d_ws));
+    CK(cudaFree(d_d));
+    CK(cudaFree(d_w));
+    CK(cudaFree(d_b));
+    CK(cudaFree(d_bias));
+    CK(cudaFree(d_out));
+    CK(cudaFree(d_rows));
+}
+
+static void test_residual_layernorm_sums(void **state) {
+    (void)state;
+    /* gpt2-xl's fcproj in 5 parts, gpt2's in 2; columns not a multiple of 8 (the scalar path) */
+    check_layernorm_sums(32, 1600, 5, 0, 1);
+    check_layernorm_sums(32, 1600, 5, 1, 1);
+    check_layernorm_sums(20, 768, 2, 0, 0);
+    check_layernorm_sums(17, 1601, 3, 1, 1);
+    check_layernorm_sums(3, 13, 1, 0, 1);
 }
 
 static void check_residual_add(size_t N, size_t C, size_t offset) {
@@ -942,9 +1037,9 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         BOTH_TYPES(test_zero_sizes),         BOTH_TYPES(test_init_random),
         BOTH_TYPES(test_f32_to_half16),      BOTH_TYPES(test_embedding),
-        BOTH_TYPES(test_residual_layernorm), BOTH_TYPES(test_residual_add),
-        BOTH_TYPES(test_kv_append),          BOTH_TYPES(test_attention_prefill),
-        BOTH_TYPES(test_attention_decode),
+        BOTH_TYPES(test_residual_layernorm), BOTH_TYPES(test_residual_layernorm_sums),
+        BOTH_TYPES(test_residual_add),       BOTH_TYPES(test_kv_append),
+        BOTH_TYPES(test_attention_prefill),  BOTH_TYPES(test_attention_decode),
     };
 #undef BOTH_TYPES
     ni_test_filter_from_env();
