@@ -64,9 +64,9 @@ static __device__ __forceinline__ void gs_bar(void) {
 }
 
 /* This lane's inputs, slab columns c0 .. c0 + S - 1, into shared memory (cp.async): for column
- * c0 + s, rows
- * r, r + 8, r + 16, r + 24 (zeros past N or IC), columns s * 256 + 32 w + 8 t .. + 7, at
- * xs[(s * 4 + g) * 32 + lane] of the warp's part. Each lane reads back only what it copied. */
+ * c0 + s, rows r, r + 8, r + 16, r + 24 (zeros past N or IC), matrix columns (c0 + s) * 256 +
+ * 32 w + 8 t .. + 7, at xs[(s * 4 + g) * 32 + lane] of the warp's part. Each lane reads back
+ * only what it copied. */
 static __device__ __forceinline__ void gs_stage_inputs(uint4 *xs, const uint16_t *inp, uint32_t N,
                                                        uint32_t IC, uint32_t c0, uint32_t S,
                                                        uint32_t warp, uint32_t lane) {
@@ -198,7 +198,8 @@ __global__ void __launch_bounds__(GS_BLOCK, 1)
     const uint32_t bp = gridDim.x / parts, part = blockIdx.x / bp, bi = blockIdx.x % bp;
     const uint32_t t0 = (uint32_t)((uint64_t)bi * tiles / bp);
     const uint32_t nt = (uint32_t)((uint64_t)(bi + 1) * tiles / bp) - t0;
-    const uint32_t c0 = part * S_all / parts, c1 = (part + 1) * S_all / parts, S = c1 - c0;
+    const uint32_t c0 = (uint32_t)((uint64_t)part * S_all / parts);
+    const uint32_t S = (uint32_t)((uint64_t)(part + 1) * S_all / parts) - c0;
     const uint32_t ring_base = ni_smem_addr(gs_smem);
     const uint32_t bars = ring_base + GS_RING * GS_SLAB_BYTES;
     uint4 *xs = reinterpret_cast<uint4 *>(gs_smem + GS_RING * GS_SLAB_BYTES + GS_RING * 16) +
@@ -349,7 +350,8 @@ extern "C" int ni_cuda_gemm_stream_setup(size_t *sms) {
  * in a block, or a grid that does not divide into the parts. */
 static int gs_plan_check(ni_cuda_gemm_stream_plan *p, size_t T, size_t S, size_t G, size_t parts) {
     memset(p, 0, sizeof *p);
-    if (G == 0 || T == 0 || S == 0 || parts == 0 || parts > S || G % parts != 0 || G / parts > T)
+    if (G == 0 || G > 0x7fffffffu || T == 0 || S == 0 || parts == 0 || parts > S ||
+        G % parts != 0 || G / parts > T)
         return 0;
     const size_t bp = G / parts, tb = (T + bp - 1) / bp, cols = (S + parts - 1) / parts;
     if (tb > GS_MAX_TILES || cols > GS_MAX_COLS) return 0;

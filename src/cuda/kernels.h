@@ -38,7 +38,8 @@ int ni_cuda_embedding(float *x, const int32_t *tokens, const int32_t *pos, const
 /* A product's output left as partial sums (gemm_stream's parts, handed to the kernel that reads
  * the output): row i's output o is 16-bit(sum over p < parts, in that order from 0, of
  * ws[(p * rows + i) * stride + o], plus f32(bias[o]) or 0), the bits the product would have
- * stored. ws 16-byte aligned, stride a multiple of 4. */
+ * stored. ws 16-byte aligned, stride a multiple of 4; the LayerNorm's C must be the product's
+ * OC (bias holds C values). */
 typedef struct {
     const float *ws;
     size_t parts, rows, stride;

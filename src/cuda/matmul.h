@@ -60,7 +60,9 @@ ni_status ni_matmul(ni_matmul_ctx *m, ni_half16 *out16, float *out_f32, const ni
  * LayerNorm reads: where gemm_stream splits IC into parts, their sums stay in the workspace and
  * *sums describes them (that kernel adds them, ni_cuda_residual_layernorm, the same bits as
  * out16 would have held; out16 is not written); else out16 holds the output and sums->ws is
- * NULL. The sums stay valid until the next gemm_stream launch through m. */
+ * NULL. The sums stay valid until the next gemm_stream launch through m that splits its
+ * inputs; kernels between must be stream-ordered (programmatic launches included: each waits
+ * for the one before). */
 ni_status ni_matmul_sums(ni_matmul_ctx *m, ni_half16 *out16, ni_cuda_partial_sums *sums,
                          const ni_half16 *inp, const ni_half16 *w, const void *w_tmap,
                          const ni_half16 *bias, size_t N, size_t IC, size_t OC, ni_cuda_dtype dt,

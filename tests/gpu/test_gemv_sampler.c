@@ -388,6 +388,9 @@ static void stream_check_parts(const gemv_case *c) {
     ni_cuda_gemm_stream_plan dp = c->plan;
     dp.defer = 1;
     CK(cudaMemset(c->dout, 0xFF, R1 * OC * 2));
+    /* the launch above left the same sums there: poison them (NaN), so that only the deferred
+     * launch's writes can pass */
+    CK(cudaMemset(c->dws, 0xFF, P * N * stride * sizeof(float)));
     CK(ni_cuda_gemm_stream(c->dout, c->dws, NULL, NULL, c->dx, c->dtmap, c->db, N, c->IC, OC, 0,
                            c->dt, &dp, NULL));
     float *ws = hmalloc(P * N * stride * sizeof *ws);
@@ -668,6 +671,84 @@ static void test_gemm_stream_args(void **state) {
     CK(cudaMemcpy(h, c.dout, sizeof h, cudaMemcpyDeviceToHost));
     for (size_t i = 0; i < 129; i++) assert_int_equal(h[i], 0xFFFF);
     gemv_case_free(&c);
+}
+
+/* The product before a LayerNorm, end to end: ni_matmul_sums leaves gemm_stream's parts in the
+ * workspace and ni_cuda_residual_layernorm adds them; the residual and the normalized rows must
+ * be the bits of the plain path (the product's 16-bit output, then the LayerNorm of it). gpt2's
+ * and gpt2-xl's MLP down projections, 27 rows, bf16 and f16. */
+static void test_gemm_stream_sums_to_layernorm(void **state) {
+    (void)state;
+    if (stream_sms() == 0) skip();
+    static const size_t shapes[][2] = {{3072, 768}, {6400, 1600}};
+    const size_t N = 27;
+    for (size_t k = 0; k < 4; k++) {
+        const size_t IC = shapes[k % 2][0], C = shapes[k % 2][1];
+        gemv_case c;
+        gemv_case_init(&c, IC, C, 77 + k, k >= 2 ? NI_CUDA_F16 : NI_CUDA_BF16);
+        gemv_case_use_stream(&c);
+        ni_matmul_ctx mm;
+        void *lt_ws = dmalloc((size_t)32 << 20);
+        assert_int_equal(ni_matmul_init(&mm, lt_ws, (size_t)32 << 20), NI_OK);
+        float *hx = hmalloc(N * C * 4);
+        uint64_t r = 5 + k;
+        for (size_t i = 0; i < N * C; i++) hx[i] = 4.0f * rng_uniform(&r);
+        uint16_t *hw = hmalloc(C * 2), *hb = hmalloc(C * 2);
+        for (size_t i = 0; i < C; i++) {
+            hw[i] = h16_from(c.dt, 1.0f + 0.2f * rng_uniform(&r));
+            hb[i] = h16_from(c.dt, 0.1f * rng_uniform(&r));
+        }
+        float *dx = dmalloc(N * C * 4);
+        ni_half16 *dw = dmalloc(C * 2), *db = dmalloc(C * 2), *dln = dmalloc(N * C * 2);
+        CK(cudaMemcpy(dw, hw, C * 2, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(db, hb, C * 2, cudaMemcpyHostToDevice));
+        float *x[2] = {hmalloc(N * C * 4), hmalloc(N * C * 4)};
+        uint16_t *ln[2] = {hmalloc(N * C * 2), hmalloc(N * C * 2)};
+        size_t parts = 0;
+        for (int deferred = 0; deferred < 2; deferred++) {
+            CK(cudaMemcpy(dx, hx, N * C * 4, cudaMemcpyHostToDevice));
+            CK(cudaMemset(c.dout, 0xFF, N * C * 2));
+            ni_cuda_partial_sums sums;
+            if (deferred) {
+                assert_int_equal(ni_matmul_sums(&mm, c.dout, &sums, c.dx, c.dw, c.dtmap, c.db, N,
+                                                IC, C, c.dt, NULL),
+                                 NI_OK);
+                assert_non_null(sums.ws); /* these shapes split: the sums are deferred */
+                parts = sums.parts;
+            } else {
+                assert_int_equal(ni_matmul(&mm, c.dout, NULL, c.dx, c.dw, c.dtmap, c.db, N, IC, C,
+                                           0, c.dt, NULL),
+                                 NI_OK);
+            }
+            CK(ni_cuda_residual_layernorm(dln, dx, deferred ? NULL : c.dout,
+                                          deferred ? &sums : NULL, dw, db, NULL, N, C, 1e-5f, c.dt,
+                                          NULL));
+            CK(cudaDeviceSynchronize());
+            CK(cudaMemcpy(x[deferred], dx, N * C * 4, cudaMemcpyDeviceToHost));
+            CK(cudaMemcpy(ln[deferred], dln, N * C * 2, cudaMemcpyDeviceToHost));
+        }
+        if (memcmp(x[0], x[1], N * C * 4) != 0 || memcmp(ln[0], ln[1], N * C * 2) != 0)
+            fail_msg("%s IC=%zu C=%zu: the LayerNorm of the deferred parts differs from that of "
+                     "the product's output",
+                     dt_name(c.dt), IC, C);
+        printf("  %s IC=%-5zu C=%-5zu: %zu parts added by the LayerNorm = the product, then the "
+               "LayerNorm (bit for bit)\n",
+               dt_name(c.dt), IC, C, parts);
+        for (int i = 0; i < 2; i++) {
+            free(x[i]);
+            free(ln[i]);
+        }
+        free(hx);
+        free(hw);
+        free(hb);
+        cudaFree(dx);
+        cudaFree(dw);
+        cudaFree(db);
+        cudaFree(dln);
+        ni_matmul_destroy(&mm);
+        cudaFree(lt_ws);
+        gemv_case_free(&c);
+    }
 }
 
 static void test_gemv_args(void **state) {
@@ -1028,7 +1109,8 @@ static void test_bench(void **state) {
         CK(cudaMemcpy(dmaps, maps, nbuf * 128, cudaMemcpyHostToDevice));
         ni_cuda_gemm_stream_plan plan;
         const size_t blocks = ni_cuda_gemm_stream_plan_for(&plan, IC, OC, sms, 0) &&
-                                      plan.ws_floats * 4 <= (size_t)32 << 20
+                                      plan.ws_floats <= mm.stream_ws_floats &&
+                                      plan.counters <= NI_MATMUL_COUNTERS
                                   ? plan.blocks
                                   : 0;
         double t[2] = {0.0, 0.0};
@@ -1122,6 +1204,7 @@ int main(void) {
         cmocka_unit_test(test_gemm_stream_small_grid),
         cmocka_unit_test(test_gemm_stream_kv),
         cmocka_unit_test(test_gemm_stream_batch_invariance),
+        cmocka_unit_test(test_gemm_stream_sums_to_layernorm),
         cmocka_unit_test(test_sample_greedy_and_invalid),
         cmocka_unit_test(test_sample_matches_cpu),
         cmocka_unit_test(test_sample_chi_square),
