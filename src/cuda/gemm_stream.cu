@@ -361,6 +361,12 @@ static int gs_plan_check(ni_cuda_gemm_stream_plan *p, size_t T, size_t S, size_t
     return 1;
 }
 
+/* The share of P parts on sms multiprocessors: as many blocks a part as fit, at most one a tile. */
+static int gs_plan_parts(ni_cuda_gemm_stream_plan *p, size_t T, size_t S, size_t sms, size_t P) {
+    const size_t bp = sms / P < T ? sms / P : T;
+    return gs_plan_check(p, T, S, P * bp, P);
+}
+
 /* The planner's cost of a share: a block's first GS_RING slabs are in flight at once, and the
  * parts' handshake (a fence, an atomic, the sums through L2) costs more than 6 slabs: whole
  * tiles plus the 4 tiles left over from 132 x 3 spread as single-column pieces, which took
@@ -381,19 +387,14 @@ extern "C" int ni_cuda_gemm_stream_plan_for(ni_cuda_gemm_stream_plan *out, size_
     const size_t P0 = (S + GS_MAX_COLS - 1) / GS_MAX_COLS;
     ni_cuda_gemm_stream_plan c;
     int found = 0;
-    if (want_parts > P0 && want_parts <= sms) {
-        const size_t bp = sms / want_parts < T ? sms / want_parts : T;
-        if (gs_plan_check(&c, T, S, want_parts * bp, want_parts)) {
-            *out = c;
-            return 1;
-        }
+    if (want_parts > P0 && want_parts <= sms && gs_plan_parts(&c, T, S, sms, want_parts)) {
+        *out = c;
+        return 1;
     }
     /* from the fewest parts that fit, the cheapest */
-    for (size_t P = P0; P <= S && P <= P0 + 8 && P <= sms; P++) {
-        const size_t bp = sms / P < T ? sms / P : T;
-        if (gs_plan_check(&c, T, S, P * bp, P) && (!found || gs_plan_cost(&c) < gs_plan_cost(out)))
+    for (size_t P = P0; P <= S && P <= P0 + 8 && P <= sms; P++)
+        if (gs_plan_parts(&c, T, S, sms, P) && (!found || gs_plan_cost(&c) < gs_plan_cost(out)))
             *out = c, found = 1;
-    }
     return found;
 }
 
