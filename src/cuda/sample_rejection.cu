@@ -50,6 +50,19 @@
  *   pass's count prefixes, hence at most every other round), and later rounds, and the top-k
  *   radix select when at least k tokens lie above the pivot, read that short list instead of the
  *   slice. Flat rows (~8 rounds) then touch about two slices' worth of tokens in all.
+ * The short path. With top-k on (2 <= k <= SR_NCH) the first pivot usually leaves a few dozen
+ * tokens, and the passes and cluster barriers of (2) and (3) cost more than those tokens'
+ * rounds. So (1) also takes each chunk's largest logit (q is monotone in the logit, so the chunk
+ * minima of q follow once the max is known), the blocks swap them with the max, and every block
+ * derives q_k, w_k and lim(w_k) itself; one pass counts the tokens above the first pivot, lists
+ * them (W and token, in index order) into block 0 and checks whether a token below has positive
+ * weight (else top-k is off, as on the CPU); after one more cluster barrier, when at most
+ * SR_SHORT tokens are listed, block 0's first warp runs the CPU's rounds, its top-k mass and its
+ * exact fallback on that list alone (sr_short_rounds), and the other blocks are done. Every token
+ * the rounds can count or keep is in the list, so the token is the CPU's. Otherwise (no first
+ * pivot, a longer list) the row goes on to (2) with nothing changed. Two cluster barriers in all
+ * instead of five or more: at V = 50,257 a row takes 18 us instead of 32 at batch 1 and 130 us
+ * instead of 248 at 512 (H200, tests/gpu/test_sample_rejection.c).
  * A slice too long for shared memory is re-read from global memory (L2) in every pass instead.
  * The parameters and steps are read from device memory, so a captured CUDA graph samples with
  * the current settings; nothing is allocated and the launch shape depends only on (B, V). */
@@ -78,6 +91,10 @@
 #define SR_SMALL 128u /* the most tokens above the pivot whose top-k mass is found by a gather */
 #define SR_MIN_PER_BLOCK 2048u     /* tokens per block at least, for the automatic cluster size */
 #define SR_NCH NI_REJECTION_CHUNKS /* chunks of the first pivot (sampling.h) */
+/* the short path (sr_short_rounds): the most tokens above the first pivot it takes, and the
+ * least V it serves (a chunk of ceil(V / SR_NCH) tokens outlasts a warp's 128 slots) */
+#define SR_SHORT 128u
+#define SR_SHORT_MIN_V (SR_NCH * 132u)
 
 /* a warp reads the per-warp arrays (<= 32 warps); one thread per draw */
 static_assert(SR_THREADS_ONE % 32 == 0 && SR_THREADS_ONE <= 32 * SR_WARPS &&
@@ -111,6 +128,14 @@ typedef struct {
     alignas(16) unsigned cmin[SR_NCH];  /* the smallest q per chunk of the first pivot: this
                                            block's (16-byte loads: sr_chunk_top) */
     alignas(16) unsigned ccmin[SR_NCH]; /* ... the cluster's (ncl > 1) */
+    /* the short path: the largest logit per chunk as an ordered key (sr_key), this block's and
+     * the cluster's; their q; the first pivot's limit; per warp and per block, the tokens above
+     * it and whether a token below it has positive weight */
+    unsigned kmax[SR_NCH], ckmax[SR_NCH];
+    alignas(16) unsigned kq[SR_NCH];
+    unsigned slim;
+    unsigned wcnt[SR_WARPS], wpos[SR_WARPS];
+    unsigned bcnt[SR_CMAX], bpos[SR_CMAX];
 } sr_smem;
 
 #define SR_FIXED_BYTES ((sizeof(sr_smem) + 15) / 16 * 16)
@@ -269,6 +294,12 @@ static __device__ __forceinline__ void sr_csync(unsigned ncl) {
  * shared memory exists only from then); the work in between hides the barrier. */
 static __device__ __forceinline__ void sr_cluster_arrive(unsigned ncl) {
     if (ncl > 1) asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+}
+
+/* The same arrive with release semantics: this block's shared-memory writes before it are seen
+ * by a peer once its sr_cluster_wait returns. */
+static __device__ __forceinline__ void sr_cluster_arrive_release(unsigned ncl) {
+    if (ncl > 1) asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
 }
 
 static __device__ __forceinline__ void sr_cluster_wait(unsigned ncl) {
@@ -872,6 +903,242 @@ static __device__ unsigned sr_chunk_top(const unsigned *cm, unsigned k, const un
     return qk;
 }
 
+/* ---- the short path ------------------------------------------------------------------------ */
+
+/* A logit as an unsigned key whose order is the floats' (0: none; -inf and every real are > 0),
+ * and back. */
+static __device__ __forceinline__ unsigned sr_key(float x) {
+    const unsigned b = __float_as_uint(x);
+    return (b & 0x80000000u) ? ~b : b | 0x80000000u;
+}
+
+static __device__ __forceinline__ float sr_unkey(unsigned k) {
+    return __uint_as_float((k & 0x80000000u) ? k & 0x7FFFFFFFu : ~k);
+}
+
+/* q of the local group j from the logits themselves (the slice in shared memory still holds
+ * them before the long path's q pass), SR_QZ past the block's last group. */
+template <int SMEM>
+static __device__ __forceinline__ uint4 sr_q4_logits(const sr_row *R, unsigned j) {
+    if (!SMEM || j >= R->ng) return sr_q4<SMEM>(R, j);
+    const uint4 raw = R->q4[j];
+    return make_uint4(
+        sr_q(__uint_as_float(raw.x), R->m, R->s), sr_q(__uint_as_float(raw.y), R->m, R->s),
+        sr_q(__uint_as_float(raw.z), R->m, R->s), sr_q(__uint_as_float(raw.w), R->m, R->s));
+}
+
+template <typename T> static __device__ __forceinline__ T sr_warp_max(T x) {
+#pragma unroll
+    for (unsigned off = 16; off > 0; off >>= 1) {
+        const T y = __shfl_xor_sync(SR_FULL, x, off);
+        x = y > x ? y : x;
+    }
+    return x;
+}
+
+/* Over the n entries of the short list (entry 32 it + lane in w[it], 0 past n): the k-th largest
+ * weight *tk (k <= n) and the mass at or above it, returned; with lim >= 0, *tp = the largest
+ * weight whose mass at or above it reaches lim ((double) mass >= lim, the top-p threshold).
+ * Warp-wide; each entry is ranked against all n (n <= SR_SHORT, so at most 4 x 128 steps). */
+static __device__ sr_u64 sr_short_topk(const sr_u64 *w, unsigned n, unsigned k, double lim,
+                                       sr_u64 *tk, sr_u64 *tp) {
+    const unsigned lane = threadIdx.x & 31u;
+    unsigned gt[4] = {0, 0, 0, 0}, ge[4] = {0, 0, 0, 0};
+    sr_u64 mge[4] = {0, 0, 0, 0};
+#pragma unroll
+    for (int it2 = 0; it2 < 4; it2++) {
+        if (32u * (unsigned)it2 >= n) break;
+        const unsigned jn = n - 32u * (unsigned)it2 < 32u ? n - 32u * (unsigned)it2 : 32u;
+        for (unsigned jj = 0; jj < jn; jj++) {
+            const sr_u64 v = __shfl_sync(SR_FULL, w[it2], jj);
+#pragma unroll
+            for (int it = 0; it < 4; it++) {
+                gt[it] += v > w[it];
+                ge[it] += v >= w[it];
+                mge[it] += v >= w[it] ? v : 0;
+            }
+        }
+    }
+    sr_u64 t = 0, p = 0;
+#pragma unroll
+    for (int it = 0; it < 4; it++) {
+        if (32u * (unsigned)it + lane >= n) continue;
+        if (gt[it] < k && k <= ge[it]) t = w[it];
+        if (lim >= 0.0 && (double)mge[it] >= lim && w[it] > p) p = w[it];
+    }
+    t = sr_warp_max<sr_u64>(t);
+    *tk = t;
+    if (tp) *tp = sr_warp_max<sr_u64>(p);
+    sr_u64 m = 0;
+#pragma unroll
+    for (int it = 0; it < 4; it++) m += w[it] >= t ? w[it] : 0;
+    return sr_warp_sum<sr_u64>(m);
+}
+
+/* The first entry in index order whose running sum of the weights w >= lo exceeds target:
+ * *c and *wc, or 0 when none does (inconsistent sums: impossible). Warp-wide. */
+static __device__ int sr_short_pick(const sr_u64 *w, const unsigned *tok, unsigned n, sr_u64 lo,
+                                    sr_u64 target, int32_t *c, sr_u64 *wc) {
+    const unsigned lane = threadIdx.x & 31u;
+    sr_u64 carry = 0;
+#pragma unroll
+    for (int it = 0; it < 4; it++) {
+        if (32u * (unsigned)it >= n) break;
+        const sr_u64 take = 32u * (unsigned)it + lane < n && w[it] >= lo ? w[it] : 0;
+        const sr_u64 incl = sr_warp_incl<sr_u64>(take);
+        const unsigned h = __ballot_sync(SR_FULL, take != 0 && carry + incl > target);
+        if (h) {
+            const int g = __ffs(h) - 1;
+            *c = (int32_t)__shfl_sync(SR_FULL, tok[it], g);
+            *wc = __shfl_sync(SR_FULL, w[it], g);
+            return 1;
+        }
+        carry += __shfl_sync(SR_FULL, incl, 31);
+    }
+    return 0;
+}
+
+/* This block's largest logit per chunk (of ceil(V / SR_NCH) tokens), as sr_key, into sm->kmax:
+ * thread t's groups [t c4, (t + 1) c4) are consecutive tokens, so a running maximum per group
+ * of 4 serves but for the group holding the next chunk boundary (as the long path's q pass). */
+template <int SMEM> static __device__ void sr_chunk_keys(sr_smem *sm, const sr_row *R) {
+    const unsigned clen = (R->V + SR_NCH - 1) / SR_NCH, lane = threadIdx.x & 31u;
+    const unsigned j0 = threadIdx.x * R->c4;
+    const int t0 = (int)(4u * (R->g0 + j0)) - (int)R->h0; /* this thread's first token */
+    unsigned cur = (t0 > 0 ? (unsigned)t0 : 0u) / clen, cend = (cur + 1u) * clen, km = 0;
+    for (unsigned i = 0; i < R->c4; i++) {
+        const unsigned j = j0 + i;
+        if (j >= R->ng) break;
+        float4 x;
+        if (SMEM) {
+            const uint4 raw = R->q4[j]; /* the logits, before any q pass */
+            x = make_float4(__uint_as_float(raw.x), __uint_as_float(raw.y), __uint_as_float(raw.z),
+                            __uint_as_float(raw.w));
+        } else {
+            x = sr_ld4(R, R->g0 + j);
+        }
+        const unsigned k4[4] = {sr_key(x.x), sr_key(x.y), sr_key(x.z), sr_key(x.w)};
+        const int tg = t0 + 4 * (int)i;
+        if (tg >= 0 && tg + 3 < (int)R->V && (unsigned)tg + 3u < cend) {
+            km = max(km, max(max(k4[0], k4[1]), max(k4[2], k4[3])));
+            continue;
+        }
+#pragma unroll
+        for (int e = 0; e < 4; e++) { /* slots outside the row hold -inf: skipped */
+            const int t = tg + e;
+            if (t < 0 || t >= (int)R->V) continue;
+            while ((unsigned)t >= cend) {
+                if (km) atomicMax(&sm->kmax[cur], km);
+                km = 0;
+                cur++;
+                cend += clen;
+            }
+            km = max(km, k4[e]);
+        }
+    }
+    const unsigned same = __match_any_sync(SR_FULL, cur); /* lanes sharing a chunk: once */
+    km = __reduce_max_sync(same, km);
+    if (lane == (unsigned)(__ffs(same) - 1) && km) atomicMax(&sm->kmax[cur], km);
+}
+
+/* The rounds of the short path: the CPU twin's rounds from the first pivot w_k - 1 and its exact
+ * fallback (sample_rejection.c), by warp 0 of the cluster's block 0 alone, on the n <= SR_SHORT
+ * tokens above that pivot. Every kept token and every one of the top k is among them, so each
+ * round's counts and masses, the top-k mass and the fallback's thresholds come from this list,
+ * with no pass over the row and no cluster barrier. The blocks' lists (W in cq, read as u64, and
+ * the token in ci) start at entry b * SR_SHORT for block b (sm->bcnt[b] of them), each in index
+ * order, so that in rank order they are in the row's. Returns the token. */
+static __device__ __noinline__ int32_t sr_short_rounds(const sr_lay *Y, const sr_smem *sm,
+                                                       unsigned n, unsigned k, sr_u64 pivot,
+                                                       float top_p, sr_u64 wmin,
+                                                       unsigned max_rounds) {
+    const unsigned lane = threadIdx.x & 31u;
+    /* entry e is entry e - off[b] of block b's list, b the last block with off[b] <= e */
+    const unsigned cnt = lane < Y->ncl ? sm->bcnt[lane] : 0u;
+    const unsigned off = sr_warp_incl<unsigned>(cnt) - cnt;
+    unsigned blk[4] = {0, 0, 0, 0}, boff[4] = {0, 0, 0, 0};
+    for (unsigned b = 1; b < Y->ncl; b++) {
+        const unsigned ob = __shfl_sync(SR_FULL, off, b);
+#pragma unroll
+        for (int it = 0; it < 4; it++)
+            if (32u * (unsigned)it + lane >= ob) blk[it] = b, boff[it] = ob;
+    }
+    const sr_u64 *lw = (const sr_u64 *)Y->cq;
+    sr_u64 w[4];
+    unsigned tok[4];
+    sr_u64 mass_above = 0;
+#pragma unroll
+    for (int it = 0; it < 4; it++) {
+        const unsigned e = 32u * (unsigned)it + lane;
+        const unsigned at = blk[it] * SR_SHORT + e - boff[it];
+        w[it] = e < n ? lw[at] : 0;
+        tok[it] = e < n ? Y->ci[at] : 0u;
+        mass_above += w[it];
+    }
+    mass_above = sr_warp_sum<sr_u64>(mass_above);
+    unsigned n_above = n;
+    const int top_p_on = top_p < 1.0f;
+    int have_mk = !top_p_on;
+    sr_u64 mass_topk = 0, tk;
+    for (unsigned rd = 0; rd < max_rounds; rd++) {
+        int32_t c;
+        sr_u64 wc;
+        if (!sr_short_pick(w, tok, n, pivot + 1, ni_canon_target(sm->u[rd], mass_above), &c, &wc))
+            return NI_SAMPLE_INVALID;
+        /* every token at or above wc is above the pivot, so in the list */
+        unsigned cnt_gt = 0, cnt_ge = 0;
+        sr_u64 s_gt = 0, s_ge = 0;
+#pragma unroll
+        for (int it = 0; it < 4; it++) {
+            const int in = 32u * (unsigned)it + lane < n;
+            cnt_gt += __popc(__ballot_sync(SR_FULL, in && w[it] > wc));
+            cnt_ge += __popc(__ballot_sync(SR_FULL, in && w[it] >= wc));
+            s_gt += w[it] > wc ? w[it] : 0;
+            s_ge += w[it] >= wc ? w[it] : 0;
+        }
+        s_gt = sr_warp_sum<sr_u64>(s_gt);
+        s_ge = sr_warp_sum<sr_u64>(s_ge);
+        int ok = wc >= wmin && cnt_gt < k;
+        if (ok && top_p_on && s_gt > 0) {
+            if (!have_mk && cnt_ge >= k) { /* c's tie group holds the k-th largest */
+                mass_topk = s_ge;
+                have_mk = 1;
+            }
+            if (have_mk) {
+                ok = (double)s_gt < ni_canon_topp_limit(top_p, mass_topk);
+            } else if ((double)s_gt < ni_canon_topp_limit(top_p, s_ge)) {
+                ok = 1; /* M_K >= s_ge */
+            } else if (n_above >= k && !((double)s_gt < ni_canon_topp_limit(top_p, mass_above))) {
+                ok = 0; /* M_K <= the mass above the pivot */
+            } else {
+                mass_topk = sr_short_topk(w, n, k, -1.0, &tk, NULL);
+                have_mk = 1;
+                ok = (double)s_gt < ni_canon_topp_limit(top_p, mass_topk);
+            }
+        }
+        if (ok) return c;
+        pivot = wc;
+        mass_above = s_gt;
+        n_above = cnt_gt;
+    }
+    /* exact fallback (ni_samp_kept_threshold): theta = max(min-p, top-k, top-p thresholds), all
+     * at or above the k-th largest weight, so in the list; one draw (index max_rounds) */
+    sr_u64 tp = 0;
+    const sr_u64 mk = sr_short_topk(w, n, k, -1.0, &tk, NULL);
+    if (top_p_on) sr_short_topk(w, n, k, ni_canon_topp_limit(top_p, mk), &tk, &tp);
+    sr_u64 theta = wmin > tk ? wmin : tk;
+    if (tp > theta) theta = tp;
+    sr_u64 mass = 0;
+#pragma unroll
+    for (int it = 0; it < 4; it++) mass += w[it] >= theta ? w[it] : 0;
+    mass = sr_warp_sum<sr_u64>(mass);
+    int32_t c;
+    sr_u64 wc;
+    if (!sr_short_pick(w, tok, n, theta, ni_canon_target(sm->u[max_rounds], mass), &c, &wc))
+        return NI_SAMPLE_INVALID;
+    return c;
+}
+
 /* ---- the kernel ---------------------------------------------------------------------------- */
 
 template <int SMEM, int NT>
@@ -897,6 +1164,10 @@ __global__ void __launch_bounds__(NT, 1)
         return;
     }
     const int greedy = P.top_k == 1 || ni_canon_temp_greedy(P.temperature);
+    /* the short path (sr_short_rounds) may serve the row: a function of the launch alone */
+    const int shortk = NI_REJECTION_PIVOT_DIV == 1 && !greedy && max_rounds > 0 && P.top_k >= 2 &&
+                       P.top_k <= SR_NCH && (size_t)P.top_k < V && V >= SR_SHORT_MIN_V &&
+                       cap >= ncl * SR_SHORT;
 
     const unsigned ns4 = (unsigned)((V + 6) / 4), G = (ns4 + ncl - 1) / ncl;
     const sr_offs O = sr_offsets(ncl, G, SMEM, cap);
@@ -928,7 +1199,7 @@ __global__ void __launch_bounds__(NT, 1)
 
     /* Before the first full cluster barrier: the fields set here are pushed to only after it
      * (the pushes before it, after sr_cluster_wait, go to xmax, xarg and xbad alone). */
-    sr_cluster_arrive(ncl);
+    if (!shortk) sr_cluster_arrive(ncl);
     if (tid == 0) {
         sr_init_tab(sm->tab);
         sm->cand_stamp = SR_NONE;
@@ -943,6 +1214,11 @@ __global__ void __launch_bounds__(NT, 1)
         const uint64_t seq = seq_ids ? seq_ids[r] : (uint64_t)r;
         const uint32_t step = steps ? steps[r] : 0u;
         sm->u[tid] = ni_rng_uniform(P.seed, seq, step, tid);
+    }
+    if (shortk) { /* the chunk maxima are zero before any peer's go in (and this block's, after
+                     the barrier that ends the read below) */
+        if (tid < SR_NCH) sm->kmax[tid] = sm->ckmax[tid] = 0u;
+        sr_cluster_arrive_release(ncl);
     }
 
     /* (1) read the slice: max, argmax, validity; keep it in shared memory */
@@ -991,8 +1267,17 @@ __global__ void __launch_bounds__(NT, 1)
         sm->wbad[warp] = bad;
     }
     __syncthreads();
-    sr_cluster_wait(ncl); /* every block of the cluster has started */
-    if (warp == 0) {      /* the block's result, pushed to every block of the cluster */
+    if (shortk) {
+        sr_chunk_keys<SMEM>(sm, &R);
+        __syncthreads();
+    }
+    sr_cluster_wait(ncl);  /* every block of the cluster has started */
+    if (shortk && ncl > 1) /* one thread per (chunk, block): reductions, seen after the barrier */
+        for (unsigned i = tid; i < SR_NCH * ncl; i += NT) {
+            const unsigned v = sm->kmax[i % SR_NCH];
+            if (v) atomicMax(sr_peer(&Y, &sm->ckmax[i % SR_NCH], i / SR_NCH), v);
+        }
+    if (warp == 0) { /* the block's result, pushed to every block of the cluster */
         best = lane < NT / 32 ? sm->wmaxv[lane] : -INFINITY;
         arg = lane < NT / 32 ? sm->wmaxi[lane] : SR_NONE;
         bad = lane < NT / 32 ? sm->wbad[lane] : 0;
@@ -1039,6 +1324,89 @@ __global__ void __launch_bounds__(NT, 1)
     }
     R.m = best;
     R.s = ni_canon_scale(P.temperature);
+
+    /* The short path. The chunk maxima of the logits give those of W (q is monotone in the
+     * logit), hence q_k, w_k = W(q_k) and the first pivot w_k - 1 (sample_rejection.c). One pass
+     * lists the tokens above it (q < lim(w_k)) into block 0 and finds whether any token below it
+     * has positive weight (W of the smallest q outside the list); after one cluster barrier,
+     * when the list is short and the first pivot applies, block 0's first warp runs the rounds on
+     * it alone (sr_short_rounds) and the other blocks are done. Else the long path below. */
+    if (shortk) {
+        const unsigned ks = P.top_k;
+        const unsigned *cx = ncl > 1 ? sm->ckmax : sm->kmax;
+        if (tid < SR_NCH) sm->kq[tid] = cx[tid] ? sr_q(sr_unkey(cx[tid]), R.m, R.s) : SR_QZ;
+        __syncthreads();
+        sr_u64 wk = 0;
+        if (warp == 0) {
+            sr_u64 sk;
+            const unsigned qk = sr_chunk_top(sm->kq, ks, R.tab, &sk);
+            wk = sr_weight(qk, R.tab);
+            const unsigned lk = wk > 1 ? sr_lim_up(wk, qk, R.tab) : 0u;
+            if (lane == 0) sm->slim = lk;
+        }
+        __syncthreads();
+        const unsigned lk = sm->slim; /* 0: w_k <= 1, no first pivot */
+        if (lk) {
+            const unsigned j0 = tid * R.c4;
+            unsigned cnt = 0, qout = SR_QZ;
+            for (unsigned i = 0; i < R.c4; i++) {
+                const uint4 v = sr_q4_logits<SMEM>(&R, j0 + i);
+                cnt += (unsigned)(v.x < lk) + (v.y < lk) + (v.z < lk) + (v.w < lk);
+                qout = min(qout, min(min(v.x < lk ? SR_QZ : v.x, v.y < lk ? SR_QZ : v.y),
+                                     min(v.z < lk ? SR_QZ : v.z, v.w < lk ? SR_QZ : v.w)));
+            }
+            const unsigned incl = sr_warp_incl<unsigned>(cnt);
+            const int pos = __any_sync(SR_FULL, sr_weight(qout, R.tab) != 0);
+            if (lane == 31) sm->wcnt[warp] = incl;
+            if (lane == 0) sm->wpos[warp] = (unsigned)pos;
+            __syncthreads();
+            unsigned off = incl - cnt, btot = 0, bpos = 0;
+            for (unsigned w2 = 0; w2 < NT / 32; w2++) {
+                const unsigned c2 = sm->wcnt[w2];
+                off += w2 < warp ? c2 : 0u;
+                btot += c2;
+                bpos |= sm->wpos[w2];
+            }
+            if (btot <= SR_SHORT && cnt) { /* this thread's tokens above the pivot, in order */
+                sr_u64 *dw = sr_peer(&Y, (sr_u64 *)Y.cq, 0) + rank * SR_SHORT;
+                unsigned *di = sr_peer(&Y, Y.ci, 0) + rank * SR_SHORT;
+                for (unsigned i = 0; i < R.c4; i++) {
+                    const uint4 v = sr_q4_logits<SMEM>(&R, j0 + i);
+                    const unsigned qq[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                        if (qq[e] < lk) {
+                            dw[off] = sr_weight(qq[e], R.tab);
+                            di[off] = sr_tok(&R, 4u * (j0 + i) + (unsigned)e);
+                            off++;
+                        }
+                }
+            }
+            if (warp == 0 && lane < ncl) {
+                sr_smem *d = sr_peer(&Y, sm, lane);
+                d->bcnt[rank] = btot;
+                d->bpos[rank] = bpos;
+            }
+            sr_csync(ncl);
+            unsigned n = 0, fits = 1, any = 0;
+            for (unsigned b = 0; b < ncl; b++) {
+                n += sm->bcnt[b];
+                fits &= sm->bcnt[b] <= SR_SHORT;
+                any |= sm->bpos[b];
+            }
+            /* n >= k tokens have W >= w_k; k < n_pos (else top-k is off) when n > k or a token
+             * below them has positive weight; then S_k < the row's mass, so the first pivot
+             * applies (NI_REJECTION_PIVOT_DIV = 1) */
+            if (fits && n <= SR_SHORT && (n > ks || any)) {
+                if (rank == 0 && warp == 0) {
+                    const int32_t c = sr_short_rounds(&Y, sm, n, ks, wk - 1, P.top_p,
+                                                      ni_canon_minp_weight(P.min_p), max_rounds);
+                    if (lane == 0) tokens[r] = c;
+                }
+                return;
+            }
+        }
+    }
 
     /* (2) q and W per token: the row's mass and the per-thread sums of round 0; with a top-k
      * that the first pivot may serve, the smallest q of each chunk. This thread's tokens are

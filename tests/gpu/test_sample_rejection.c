@@ -2,8 +2,9 @@
  * exactly the token of the CPU's ni_sample_rejection for the same (seed, seq, step), draw for
  * draw: over many rows (flat, peaked, tied, with -inf), filters (top-k, top-p, both, min-p,
  * k = 1, k = V, tiny p, several temperatures) and steps, for V = 1 .. 50257, through the exact
- * fallback (small round caps, against ni_sample_rejection_ex) and through the path that re-reads
- * rows too long for shared memory from global memory. It must also pass a chi-square test
+ * fallback (small round caps, against ni_sample_rejection_ex), through the path that re-reads
+ * rows too long for shared memory from global memory, and on the short path's edges (the rounds
+ * on the few tokens above the first pivot, in one warp). It must also pass a chi-square test
  * against ni_sample_distribution, never return a token outside the kept set over millions of
  * draws, be deterministic and independent of a row's place in the batch, return -1 for invalid
  * rows and NaN parameters, and follow parameters and steps changed in device memory under a
@@ -337,6 +338,69 @@ static void test_cluster_sizes(void **state) {
         assert_int_not_equal(ni_cuda_sample_rejection_cfg(c.dtok, c.dlogits, c.dseq, c.dsteps,
                                                           c.dparams, B, V, 4, 0, 3, NULL),
                              0);
+        free(scratch);
+        free(tok);
+        rj_free(&c);
+    }
+}
+
+/* The short path (rounds on the few tokens above the first pivot, in one warp) and its edges,
+ * at V = 50257, at the least V it serves (64 x 132) and just below: k tokens on top and the rest
+ * of zero weight (then top-k is off: the long path), or of tiny positive weight (the short path);
+ * a tie group larger than the short list (the long path); k = 2 and 64; min-p rejecting
+ * candidates; round caps 1 and 2 (its exact fallback); every cluster size. */
+static void test_short_path(void **state) {
+    (void)state;
+    static const size_t Vs[] = {50257, 8448, 8447};
+    static const uint32_t clusters[] = {1, 2, 4, 8};
+    static const ni_filter filters[] = {{1.0f, 20, 0.9f, 0.0f}, {1.0f, 64, 0.95f, 0.0f},
+                                        {0.7f, 2, 0.99f, 0.0f}, {1.0f, 20, 1.0f, 0.5f},
+                                        {1.0f, 30, 0.2f, 0.0f}, {1.0f, 20, 0.9f, 0.02f}};
+    enum { B = 12 };
+    for (size_t vi = 0; vi < sizeof Vs / sizeof *Vs; vi++) {
+        const size_t V = Vs[vi];
+        rj_ctx c;
+        rj_init(&c, B, V);
+        uint64_t s = 555 + V;
+        for (size_t r = 0; r < B; r++) {
+            float *l = c.logits + r * V;
+            const size_t k = r % 3 == 0 ? 20 : r % 3 == 1 ? 64 : 2; /* the top group's size */
+            for (size_t i = 0; i < V; i++) {
+                switch (r / 3) {
+                case 0:
+                    l[i] = -INFINITY;
+                    break; /* zero weight below */
+                case 1:
+                    l[i] = -35.0f + rng_normal(&s);
+                    break; /* tiny positive weight */
+                case 2:
+                    l[i] = 0.55f * rng_normal(&s);
+                    break; /* flat */
+                default:
+                    l[i] = (i % 37 == 0) ? 1.0f : -3.0f; /* ~1,360 tied on top */
+                }
+            }
+            if (r / 3 < 2)
+                for (size_t j = 0; j < k; j++) l[(j * 7919 + r) % V] = 0.3f * rng_normal(&s);
+            c.seq[r] = rng_next(&s);
+        }
+        rj_upload(&c);
+        int32_t *tok = hmalloc(B * sizeof *tok);
+        void *scratch = hmalloc(ni_sampler_scratch_bytes(V));
+        size_t bad = 0, draws = 0;
+        for (size_t ci = 0; ci < sizeof clusters / sizeof *clusters; ci++)
+            for (size_t fi = 0; fi < sizeof filters / sizeof *filters; fi++)
+                for (uint32_t step = 0; step < 3; step++) {
+                    const ni_filter *f = &filters[fi];
+                    const uint32_t mr = step == 1 ? 1u : step == 2 ? 2u : NI_REJECTION_MAX_ROUNDS;
+                    rj_set_steps(&c, step * 5 + (uint32_t)ci);
+                    CK(rj_run_cfg(&c, f, 1000 + fi, mr, 0, clusters[ci], tok));
+                    bad += rj_compare(&c, f, 1000 + fi, mr, tok, NULL, scratch, NULL, "short");
+                    draws += B;
+                }
+        printf("  V=%-5zu %4zu draws on the short path's edges equal to the CPU's\n", V,
+               draws - bad);
+        assert_int_equal(bad, 0);
         free(scratch);
         free(tok);
         rj_free(&c);
@@ -764,6 +828,7 @@ int main(void) {
         cmocka_unit_test(test_matches_cpu),
         cmocka_unit_test(test_fallback_and_global),
         cmocka_unit_test(test_cluster_sizes),
+        cmocka_unit_test(test_short_path),
         cmocka_unit_test(test_chi_square),
         cmocka_unit_test(test_kept_set),
         cmocka_unit_test(test_deterministic_and_batch_invariant),
