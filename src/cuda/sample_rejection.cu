@@ -36,7 +36,7 @@
  *     (seed, seq, step), whatever ncl is.
  * Why it is fast. One block per row left most SMs idle at small B and paid, per round, several
  * block barriers and a pass of ~50 tokens per thread. Now:
- * - a row is spread over ncl = 8 blocks (B <= 16), 4 (B <= 32), 2 (B <= 64), 1 (larger B; at
+ * - a row is spread over ncl = 8 blocks (B <= 8), 4 (B <= 24), 2 (B <= 64), 1 (larger B; at
  *   least 2048 tokens per block): a function of (B, V) alone, and the token does not depend on it;
  * - a round costs two cluster barriers and no block barrier: every reduction is a warp scan whose
  *   warp totals each block pushes into every block of the cluster (DSMEM stores, double
@@ -1632,10 +1632,13 @@ __global__ void sr_fill_invalid_kernel(int32_t *tokens, size_t B) {
     if (i < B) tokens[i] = NI_SAMPLE_INVALID;
 }
 
-/* The cluster size: the blocks of a row, so that a batch fills about 128 SMs, with at least
- * SR_MIN_PER_BLOCK tokens per block. A function of (B, V) alone. */
+/* The cluster size: the blocks of a row, with at least SR_MIN_PER_BLOCK tokens per block, and
+ * no more clusters than a 132-SM Hopper places at once: its GPCs host fewer than 16 clusters of
+ * 8 or 32 of 4 (a second wave). Measured with the short path (H200, V = 50,257, us per launch):
+ * batch 16 in clusters of 8 / 4 / 2: 26.4 / 17.3 / 21.8, batch 32 in 4 / 2: 26.2 / 22.0, batch 8
+ * in 8 / 4: 15.9 / 16.7. A function of (B, V) alone. */
 static unsigned sr_auto_cluster(size_t B, size_t V) {
-    unsigned c = B <= 16 ? 8u : B <= 32 ? 4u : B <= 64 ? 2u : 1u;
+    unsigned c = B <= 8 ? 8u : B <= 24 ? 4u : B <= 64 ? 2u : 1u;
     while (c > 1 && V < (size_t)c * SR_MIN_PER_BLOCK) c >>= 1;
     return c;
 }
