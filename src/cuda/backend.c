@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "common/env.h"
 #include "cuda/kernels.h"
 #include "cuda/matmul.h"
 #include "engine/backend.h"
@@ -362,8 +363,9 @@ static ni_status cuda_create(ni_model *m, const ni_engine_opts *o, ni_backend_ct
     b->max_batch = o->max_batch;
     b->max_seq = o->max_seq;
     b->graph_steps = NI_GRAPH_STEPS;
-    const char *gs = getenv("NI_GRAPH_STEPS");
-    if (gs && atoi(gs) >= 1 && atoi(gs) <= NI_GRAPH_STEPS_MAX) b->graph_steps = (size_t)atoi(gs);
+    long env = 0;
+    if (ni_env_int("NI_GRAPH_STEPS", 1, NI_GRAPH_STEPS_MAX, NULL, 0, &env))
+        b->graph_steps = (size_t)env;
     size_t S = b->max_batch, T = b->max_seq, V = b->cfg->vocab_size;
     /* a chunk holds a whole decode step; 4096 tokens bound prefill activations */
     b->chunk = S * T < 4096 ? S * T : 4096;
@@ -390,8 +392,7 @@ static ni_status cuda_create(ni_model *m, const ni_engine_opts *o, ni_backend_ct
     b->lt_ws_bytes = (size_t)32 << 20;
     /* the fused decode step: NI_FUSED=0 turns it off, NI_FUSED=1 uses it for every batch it
      * supports, unset: where it was measured faster (fused_ok) */
-    const char *nf = getenv("NI_FUSED");
-    b->fused_policy = !nf || !nf[0] ? 2 : strcmp(nf, "0") != 0;
+    b->fused_policy = ni_env_int("NI_FUSED", 0, 1, NULL, 0, &env) ? (int)env : 2;
     if (s == NI_OK && b->fused_policy &&
         ni_cuda_decode_fused_grid(&b->fused_blocks, &b->fused_warps) != 0) {
         cudaGetLastError(); /* not available: the per-kernel path */

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "common/env.h"
 
 ni_status ni_cuda_status(int err, const char *what) {
     if (err == 0) return NI_OK;
@@ -41,39 +42,20 @@ ni_status ni_matmul_init(ni_matmul_ctx *m, void *workspace, size_t workspace_byt
     m->workspace_bytes = workspace_bytes - NI_MATMUL_RESERVED_BYTES;
     NI_TRY(ni_cuda_status(cudaMemset(workspace, 0, cnt_bytes), "cudaMemset"));
     NI_TRY(ni_cuda_status(cudaDeviceSynchronize(), "cudaMemset (gemm_stream counters)"));
+    /* switches to compare paths on one binary: NI_GEMV_MAX_ROWS, a lower hand-over from the
+     * GEMV to cuBLASLt; NI_GEMM_STREAM=0, cuBLASLt instead of gemm_stream; NI_GEMM_STREAM_PARTS=P,
+     * gemm_stream splits IC into P ranges where it can, =off never (cuBLASLt past 2048 columns) */
+    long v = 0;
     m->gemv_max_rows = NI_CUDA_GEMV_MAX_ROWS;
-    /* NI_GEMV_MAX_ROWS: a lower hand-over to cuBLASLt, to compare the two on one binary */
-    const char *e = getenv("NI_GEMV_MAX_ROWS");
-    if (e && *e) {
-        char *end;
-        long v = strtol(e, &end, 10);
-        if (*end == '\0' && v >= 0 && v <= NI_CUDA_GEMV_MAX_ROWS)
-            m->gemv_max_rows = (size_t)v;
-        else
-            fprintf(stderr, "nanoinfer: NI_GEMV_MAX_ROWS=%s ignored (want 0..%d)\n", e,
-                    NI_CUDA_GEMV_MAX_ROWS);
-    }
-    /* NI_GEMM_STREAM=0: cuBLASLt instead of gemm_stream, to compare the two on one binary */
-    const char *gs = getenv("NI_GEMM_STREAM");
+    if (ni_env_int("NI_GEMV_MAX_ROWS", 0, NI_CUDA_GEMV_MAX_ROWS, NULL, 0, &v))
+        m->gemv_max_rows = (size_t)v;
     int stream_on = 1;
-    if (gs && *gs) {
-        if (strcmp(gs, "0") == 0)
-            stream_on = 0;
-        else if (strcmp(gs, "1") != 0)
-            fprintf(stderr, "nanoinfer: NI_GEMM_STREAM=%s ignored (want 0 or 1)\n", gs);
-    }
-    /* NI_GEMM_STREAM_PARTS=P: gemm_stream splits IC into P ranges where it can; =off: never
-     * (cuBLASLt past 2048 columns). To compare shares on one binary. */
-    const char *gp = getenv("NI_GEMM_STREAM_PARTS");
-    if (gp && *gp) {
-        char *end;
-        long v = strtol(gp, &end, 10);
-        if (strcmp(gp, "off") == 0)
+    if (ni_env_int("NI_GEMM_STREAM", 0, 1, NULL, 0, &v)) stream_on = (int)v;
+    if (ni_env_int("NI_GEMM_STREAM_PARTS", 1, 64, "off", 0, &v)) {
+        if (v == 0)
             m->stream_parts_off = 1;
-        else if (*end == '\0' && v >= 1 && v <= 64)
-            m->stream_parts = (size_t)v;
         else
-            fprintf(stderr, "nanoinfer: NI_GEMM_STREAM_PARTS=%s ignored (want 1..64 or off)\n", gp);
+            m->stream_parts = (size_t)v;
     }
     if (stream_on && ni_cuda_gemm_stream_setup(&m->stream_sms) != 0) {
         cudaGetLastError(); /* not available: cuBLASLt above the GEMV's rows */
