@@ -134,6 +134,7 @@ typedef struct {
     unsigned kmax[SR_NCH], ckmax[SR_NCH];
     alignas(16) unsigned kq[SR_NCH];
     unsigned slim;
+    sr_u64 swk; /* w_k */
     unsigned wcnt[SR_WARPS], wpos[SR_WARPS];
     unsigned bcnt[SR_CMAX], bpos[SR_CMAX];
 } sr_smem;
@@ -1336,13 +1337,15 @@ __global__ void __launch_bounds__(NT, 1)
         const unsigned *cx = ncl > 1 ? sm->ckmax : sm->kmax;
         if (tid < SR_NCH) sm->kq[tid] = cx[tid] ? sr_q(sr_unkey(cx[tid]), R.m, R.s) : SR_QZ;
         __syncthreads();
-        sr_u64 wk = 0;
         if (warp == 0) {
             sr_u64 sk;
             const unsigned qk = sr_chunk_top(sm->kq, ks, R.tab, &sk);
-            wk = sr_weight(qk, R.tab);
+            const sr_u64 wk = sr_weight(qk, R.tab);
             const unsigned lk = wk > 1 ? sr_lim_up(wk, qk, R.tab) : 0u;
-            if (lane == 0) sm->slim = lk;
+            if (lane == 0) {
+                sm->slim = lk;
+                sm->swk = wk;
+            }
         }
         __syncthreads();
         const unsigned lk = sm->slim; /* 0: w_k <= 1, no first pivot */
@@ -1399,7 +1402,7 @@ __global__ void __launch_bounds__(NT, 1)
              * applies (NI_REJECTION_PIVOT_DIV = 1) */
             if (fits && n <= SR_SHORT && (n > ks || any)) {
                 if (rank == 0 && warp == 0) {
-                    const int32_t c = sr_short_rounds(&Y, sm, n, ks, wk - 1, P.top_p,
+                    const int32_t c = sr_short_rounds(&Y, sm, n, ks, sm->swk - 1, P.top_p,
                                                       ni_canon_minp_weight(P.min_p), max_rounds);
                     if (lane == 0) tokens[r] = c;
                 }
@@ -1644,9 +1647,10 @@ static unsigned sr_auto_cluster(size_t B, size_t V) {
 }
 
 /* Threads per block. A row spread over a cluster is latency-bound: 512 threads (128 registers
- * each, no spills, 16 warps per exchange) beat 1024 (64 registers, spills in every round) there,
- * while one block per row (large B) wants the shorter per-thread chunks of 1024 threads. A
- * function of ncl, so of (B, V), alone; the token does not depend on it. */
+ * each, no spills with the row in shared memory, 16 warps per exchange) beat 1024 (64 registers,
+ * spills in every round) there, while one block per row (large B) wants the shorter per-thread
+ * chunks of 1024 threads. A function of ncl, so of (B, V), alone; the token does not depend on it.
+ */
 static unsigned sr_threads(unsigned ncl) {
     return ncl > 1 ? SR_THREADS_CL : SR_THREADS_ONE;
 }

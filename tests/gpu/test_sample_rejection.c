@@ -144,6 +144,8 @@ static void rj_run(rj_ctx *c, const ni_filter *f, uint64_t seed, uint32_t max_ro
 /* What the CPU rejection sampler did over the compared draws. */
 typedef struct {
     size_t draws, multi_round, fallback, topk_sel, chunk_pivot;
+    size_t short_list; /* from the chunk pivot with at most 128 tokens above it (the GPU's short
+                          path where V >= 64 x 132) */
 } cpu_paths;
 
 /* Compares every row of the last run with ni_sample_rejection_ex; with probs (B, V) also checks
@@ -175,6 +177,7 @@ static size_t rj_compare(const rj_ctx *c, const ni_filter *f, uint64_t seed, uin
             cp->fallback += (size_t)st.fallback;
             cp->topk_sel += (size_t)st.topk_mass_sel;
             cp->chunk_pivot += (size_t)st.chunk_pivot;
+            cp->short_list += st.chunk_pivot && st.n_above0 <= 128;
         }
     }
     return bad;
@@ -227,7 +230,7 @@ static void test_matches_cpu(void **state) {
         memcpy(filters, common_filters, sizeof common_filters);
         filters[N_COMMON] = (ni_filter){1.0f, V, 0.9f, 0.0f};                      /* k = V */
         filters[N_COMMON + 1] = (ni_filter){0.8f, V > 1 ? V - 1 : 1, 0.95f, 0.0f}; /* k = V - 1 */
-        cpu_paths cp = {0, 0, 0, 0, 0};
+        cpu_paths cp = {0, 0, 0, 0, 0, 0};
         size_t bad = 0;
         for (size_t fi = 0; fi < N_COMMON + 2; fi++) {
             const ni_filter *f = &filters[fi];
@@ -265,7 +268,7 @@ static void test_fallback_and_global(void **state) {
         rj_upload(&c);
         int32_t *tok = hmalloc(B * sizeof *tok);
         void *scratch = hmalloc(ni_sampler_scratch_bytes(V));
-        cpu_paths cp = {0, 0, 0, 0, 0};
+        cpu_paths cp = {0, 0, 0, 0, 0, 0};
         size_t bad = 0;
         for (size_t fi = 0; fi < N_COMMON; fi++) {
             const ni_filter *f = &common_filters[fi];
@@ -308,7 +311,7 @@ static void test_cluster_sizes(void **state) {
         void *scratch = hmalloc(ni_sampler_scratch_bytes(V));
         for (size_t ci = 0; ci < sizeof clusters / sizeof *clusters; ci++) {
             const uint32_t cl = clusters[ci];
-            cpu_paths cp = {0, 0, 0, 0, 0};
+            cpu_paths cp = {0, 0, 0, 0, 0, 0};
             size_t bad = 0;
             int skipped = 0;
             for (size_t i = 0; i < sizeof fis / sizeof *fis && !skipped; i++) {
@@ -345,18 +348,22 @@ static void test_cluster_sizes(void **state) {
 }
 
 /* The short path (rounds on the few tokens above the first pivot, in one warp) and its edges,
- * at V = 50257, at the least V it serves (64 x 132) and just below: k tokens on top and the rest
- * of zero weight (then top-k is off: the long path), or of tiny positive weight (the short path);
- * a tie group larger than the short list (the long path); k = 2 and 64; min-p rejecting
- * candidates; round caps 1 and 2 (its exact fallback); every cluster size. */
+ * at V = 50257, at the least V it serves (64 x 132) and just below: a top group of 20, 64 or 100
+ * tokens spread over the chunks with the rest at -inf (when top-k keeps the group, n_pos = k:
+ * top-k is off, the long path) or at a small positive weight (the short path, n = k included);
+ * flat rows; a tie group of ~1,360 (the long path); exactly 128 and 129 tied tokens on top (the
+ * list's limit); k = 2, 20, 30, 64 and 100 (no first pivot); min-p rejecting candidates; round
+ * caps 1 and 2 (its exact fallback); clusters of 1 to 8. Every token must be the CPU's, and the
+ * rows must reach the short path's cases (counted from the CPU's own path). */
 static void test_short_path(void **state) {
     (void)state;
     static const size_t Vs[] = {50257, 8448, 8447};
     static const uint32_t clusters[] = {1, 2, 4, 8};
     static const ni_filter filters[] = {{1.0f, 20, 0.9f, 0.0f}, {1.0f, 64, 0.95f, 0.0f},
                                         {0.7f, 2, 0.99f, 0.0f}, {1.0f, 20, 1.0f, 0.5f},
-                                        {1.0f, 30, 0.2f, 0.0f}, {1.0f, 20, 0.9f, 0.02f}};
-    enum { B = 12 };
+                                        {1.0f, 30, 0.2f, 0.0f}, {1.0f, 20, 0.9f, 0.02f},
+                                        {1.0f, 64, 0.5f, 0.0f}, {1.5f, 100, 0.9f, 0.0f}};
+    enum { B = 18 };
     for (size_t vi = 0; vi < sizeof Vs / sizeof *Vs; vi++) {
         const size_t V = Vs[vi];
         rj_ctx c;
@@ -364,30 +371,38 @@ static void test_short_path(void **state) {
         uint64_t s = 555 + V;
         for (size_t r = 0; r < B; r++) {
             float *l = c.logits + r * V;
-            const size_t k = r % 3 == 0 ? 20 : r % 3 == 1 ? 64 : 2; /* the top group's size */
+            const int kind = (int)(r / 3);
+            const size_t g = kind == 4    ? 128
+                             : kind == 5  ? 129
+                             : r % 3 == 0 ? 20
+                             : r % 3 == 1 ? 64
+                                          : 100;
             for (size_t i = 0; i < V; i++) {
-                switch (r / 3) {
+                switch (kind) {
                 case 0:
                     l[i] = -INFINITY;
                     break; /* zero weight below */
-                case 1:
-                    l[i] = -35.0f + rng_normal(&s);
-                    break; /* tiny positive weight */
                 case 2:
                     l[i] = 0.55f * rng_normal(&s);
                     break; /* flat */
+                case 3:
+                    l[i] = (i % 37 == 0) ? 1.0f : -3.0f;
+                    break; /* ~1,360 tied on top */
                 default:
-                    l[i] = (i % 37 == 0) ? 1.0f : -3.0f; /* ~1,360 tied on top */
+                    l[i] = -15.0f + 0.5f * rng_normal(&s);
+                    break; /* small positive weight */
                 }
             }
-            if (r / 3 < 2)
-                for (size_t j = 0; j < k; j++) l[(j * 7919 + r) % V] = 0.3f * rng_normal(&s);
+            if (kind == 0 || kind == 1 || kind == 4 || kind == 5) /* the group, over every chunk */
+                for (size_t j = 0; j < g; j++)
+                    l[j * (V / g) + r % 7] = kind >= 4 ? 1.0f : 0.3f * rng_normal(&s);
             c.seq[r] = rng_next(&s);
         }
         rj_upload(&c);
         int32_t *tok = hmalloc(B * sizeof *tok);
         void *scratch = hmalloc(ni_sampler_scratch_bytes(V));
-        size_t bad = 0, draws = 0;
+        size_t bad = 0, k64 = 0;
+        cpu_paths cp = {0, 0, 0, 0, 0, 0};
         for (size_t ci = 0; ci < sizeof clusters / sizeof *clusters; ci++)
             for (size_t fi = 0; fi < sizeof filters / sizeof *filters; fi++)
                 for (uint32_t step = 0; step < 3; step++) {
@@ -395,12 +410,16 @@ static void test_short_path(void **state) {
                     const uint32_t mr = step == 1 ? 1u : step == 2 ? 2u : NI_REJECTION_MAX_ROUNDS;
                     rj_set_steps(&c, step * 5 + (uint32_t)ci);
                     CK(rj_run_cfg(&c, f, 1000 + fi, mr, 0, clusters[ci], tok));
-                    bad += rj_compare(&c, f, 1000 + fi, mr, tok, NULL, scratch, NULL, "short");
-                    draws += B;
+                    const size_t before = cp.short_list;
+                    bad += rj_compare(&c, f, 1000 + fi, mr, tok, NULL, scratch, &cp, "short");
+                    if (f->top_k == 64) k64 += cp.short_list - before;
                 }
-        printf("  V=%-5zu %4zu draws on the short path's edges equal to the CPU's\n", V,
-               draws - bad);
+        printf("  V=%-5zu %4zu draws on the short path's edges equal to the CPU's (%zu with a "
+               "first pivot and at most 128 tokens above it, %zu of them with k = 64)\n",
+               V, cp.draws - bad, cp.short_list, k64);
         assert_int_equal(bad, 0);
+        assert_true(cp.short_list > cp.draws / 5); /* the cases reach the short list */
+        assert_true(k64 > 0);
         free(scratch);
         free(tok);
         rj_free(&c);
