@@ -17,7 +17,9 @@
  * With append set, the kernel also does the KV append of the step (kv_append.cu) and saves
  * its launch: the block whose chunk holds pos[r] reads that position's key and value from qkv
  * instead of the cache (no other block reads it), and the lanes that loaded them store them to
- * the cache from their registers; the result is the same to the bit. */
+ * the cache from their registers; the result is the same to the bit. In the decode step (with
+ * append) the chunk's cached rows are requested into L2 before the programmatic-launch wait:
+ * no kernel of the step writes them (pdl.cuh). */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
@@ -115,7 +117,21 @@ __global__ void __launch_bounds__(AD_THREADS)
     __shared__ float s_red[AD_WARPS][AD_MAX_HS];
 
     if (early) ni_pdl_launch_dependents(); /* the next product streams weights first */
-    ni_pdl_wait();                         /* pos, qkv and the caches come from earlier kernels */
+    if (append && threadIdx.x < 2) {
+        /* the decode step: pos, slot and the cached rows before pos were written before the
+         * step began (pdl.cuh), so the chunk's rows are requested into L2 before the wait and
+         * their latency hides behind the qkv product's tail */
+        const int pp = pos[blockIdx.z], sl = slot[blockIdx.z], tt0 = blockIdx.x * AD_SPLIT;
+        if (pp >= tt0 && pp < T && sl >= 0) {
+            const unsigned bytes = (unsigned)(min(AD_SPLIT, pp - tt0 + 1) * HS * 2) & ~15u;
+            const uint16_t *src = (threadIdx.x ? v_cache : k_cache) +
+                                  (((size_t)sl * NH + blockIdx.y) * (size_t)T + tt0) * HS;
+            if (bytes)
+                asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(src), "r"(bytes)
+                             : "memory");
+        }
+    }
+    ni_pdl_wait(); /* pos, qkv and the caches come from earlier kernels */
     const int c = blockIdx.x, h = blockIdx.y, r = blockIdx.z;
     const int p = pos[r];
     const int t0 = c * AD_SPLIT;
