@@ -1,7 +1,8 @@
 /* Decode attention on the GPU: one query per row, each attending to cache positions 0 .. pos[r]
  * of its slot. The work is reading the keys and values once, so the kernel is shaped for
  * bandwidth: the positions are split into chunks of AD_SPLIT, one block per (chunk, head, row),
- * so that even a single long sequence spreads over many SMs. The grid covers max_pos, not the
+ * so that even a single long sequence spreads over many SMs; a block has 128 to 512 threads,
+ * the more the fewer blocks there are (ad_threads). The grid covers max_pos, not the
  * data: blocks past pos[r] return at once, which keeps the launch shape fixed for CUDA graphs.
  * Inside a block, groups of L lanes read one cached row with W-element loads (16 bytes when
  * HS % 8 == 0, so a warp reads consecutive rows as one coalesced run), reduce the q . k dot
@@ -29,8 +30,6 @@
 #include "cuda/pdl.cuh"
 
 #define AD_SPLIT NI_CUDA_ATTN_DECODE_CHUNK /* positions per chunk */
-#define AD_THREADS 128
-#define AD_WARPS (AD_THREADS / 32)
 #define AD_MAX_HS 128
 
 /* W 16-bit elements as one load */
@@ -63,11 +62,11 @@ template <typename D> static __device__ __forceinline__ void ad_cvt(uint16_t u, 
 /* Rows (s0 + u) * KPS + grp (u < U) of a chunk, this lane's loads of each; rows at or past
  * n_valid and elements at or past HS are never read (zeros instead); row cur_t (the step's own
  * token when the kernel appends it, else -1) is read from cur instead of the cache. */
-template <int W, int L, int CPL, int U>
+template <int NT, int W, int L, int CPL, int U>
 static __device__ __forceinline__ void
 ad_load_rows(typename ad_vec<W>::t (&buf)[U][CPL], const uint16_t *base, const uint16_t *cur,
              int cur_t, int s0, int grp, int gl, int n_valid, int HS) {
-    constexpr int KPS = AD_THREADS / L;
+    constexpr int KPS = NT / L;
 #pragma unroll
     for (int u = 0; u < U; u++) {
         int t = (s0 + u) * KPS + grp;
@@ -93,9 +92,9 @@ static __device__ __forceinline__ void ad_copy_rows(typename ad_vec<W>::t (&dst)
 
 /* One block per (chunk c, head h, row r). D: the 16-bit type (dtype.cuh); W: elements per load;
  * L: lanes per cached row (a power of two up to 32); CPL: loads per lane and row
- * (L * CPL * W >= HS). */
-template <typename D, int W, int L, int CPL>
-__global__ void __launch_bounds__(AD_THREADS)
+ * (L * CPL * W >= HS); NT: threads (NT / L rows at a time, at most a chunk). */
+template <typename D, int W, int L, int CPL, int NT>
+__global__ void __launch_bounds__(NT)
     attention_decode_chunk_kernel(uint16_t *out,       // (B, C) 16-bit
                                   float *partial,      // (B, NH, NCH, HS + 2)
                                   uint16_t *k_cache,   // (S, NH, T, HS) 16-bit (written: append)
@@ -107,14 +106,16 @@ __global__ void __launch_bounds__(AD_THREADS)
                                   int early) {
     typedef ad_vec<W> V;
     typedef typename V::t vec_t;
-    constexpr int KPS = AD_THREADS / L;      /* rows per step of the block */
+    constexpr int KPS = NT / L; /* rows per step of the block */
+    constexpr int NW = NT / 32;
+    static_assert(KPS <= AD_SPLIT, "a step of rows fits a chunk");
     constexpr int STEPS = AD_SPLIT / KPS;    /* steps per chunk */
     constexpr int U = STEPS < 4 ? STEPS : 4; /* steps whose loads are in flight together */
     /* unroll the step loops fully up to 4 batches (L <= 16); beyond, unrolling only inflates
      * the registers (one warp per row, L == 32) */
     constexpr int UNROLL = STEPS / U <= 4 ? STEPS / U : 1;
     __shared__ float s_score[AD_SPLIT];
-    __shared__ float s_red[AD_WARPS][AD_MAX_HS];
+    __shared__ float s_red[NW][AD_MAX_HS];
 
     if (early) ni_pdl_launch_dependents(); /* the next product streams weights first */
     if (append && threadIdx.x < 2) {
@@ -162,15 +163,15 @@ __global__ void __launch_bounds__(AD_THREADS)
      * used, and the first value batch is issued with the first key batch so that its latency
      * hides behind phase 1 and the barrier. */
     vec_t kb[U][CPL], vb[U][CPL];
-    ad_load_rows<W, L, CPL, U>(kb, Kc, kcur, cur_t, 0, grp, gl, n_valid, HS);
-    ad_load_rows<W, L, CPL, U>(vb, Vc, vcur, cur_t, 0, grp, gl, n_valid, HS);
+    ad_load_rows<NT, W, L, CPL, U>(kb, Kc, kcur, cur_t, 0, grp, gl, n_valid, HS);
+    ad_load_rows<NT, W, L, CPL, U>(vb, Vc, vcur, cur_t, 0, grp, gl, n_valid, HS);
 
     /* phase 1: scores of the chunk's rows */
 #pragma unroll(UNROLL)
     for (int s0 = 0; s0 < STEPS; s0 += U) {
         vec_t kn[U][CPL];
         if (s0 + U < STEPS)
-            ad_load_rows<W, L, CPL, U>(kn, Kc, kcur, cur_t, s0 + U, grp, gl, n_valid, HS);
+            ad_load_rows<NT, W, L, CPL, U>(kn, Kc, kcur, cur_t, s0 + U, grp, gl, n_valid, HS);
 #pragma unroll
         for (int u = 0; u < U; u++) {
             float dot = 0.0f;
@@ -213,7 +214,7 @@ __global__ void __launch_bounds__(AD_THREADS)
     for (int s0 = 0; s0 < STEPS; s0 += U) {
         vec_t vn[U][CPL];
         if (s0 + U < STEPS)
-            ad_load_rows<W, L, CPL, U>(vn, Vc, vcur, cur_t, s0 + U, grp, gl, n_valid, HS);
+            ad_load_rows<NT, W, L, CPL, U>(vn, Vc, vcur, cur_t, s0 + U, grp, gl, n_valid, HS);
 #pragma unroll
         for (int u = 0; u < U; u++) {
             int t = (s0 + u) * KPS + grp;
@@ -253,18 +254,18 @@ __global__ void __launch_bounds__(AD_THREADS)
     if (p < AD_SPLIT) { /* the only chunk of this row: finish here */
         uint16_t *o = out + (size_t)r * C + (size_t)h * HS;
         float inv = 1.0f / sum;
-        for (int d = tid; d < HS; d += AD_THREADS) {
+        for (int d = tid; d < HS; d += NT) {
             float a = 0.0f;
 #pragma unroll
-            for (int w = 0; w < AD_WARPS; w++) a += s_red[w][d];
+            for (int w = 0; w < NW; w++) a += s_red[w][d];
             o[d] = D::from_float(a * inv);
         }
     } else {
         float *pp = partial + (((size_t)r * NH + h) * NCH + c) * (size_t)(HS + 2);
-        for (int d = tid; d < HS; d += AD_THREADS) {
+        for (int d = tid; d < HS; d += NT) {
             float a = 0.0f;
 #pragma unroll
-            for (int w = 0; w < AD_WARPS; w++) a += s_red[w][d];
+            for (int w = 0; w < NW; w++) a += s_red[w][d];
             pp[2 + d] = a;
         }
         if (tid == 0) {
@@ -311,13 +312,13 @@ extern "C" size_t ni_cuda_attention_decode_partial_floats(size_t B, size_t NH, s
     return B * NH * ad_n_chunks(T) * (HS + 2);
 }
 
-template <typename D, int W, int L, int CPL>
+template <typename D, int W, int L, int CPL, int NT = 128>
 static cudaError_t ad_launch(dim3 grid, uint16_t *out, float *partial, uint16_t *k_cache,
                              uint16_t *v_cache, const uint16_t *qkv, const int32_t *slot,
                              const int32_t *pos, int NH, int HS, int T, int NCH, float scale_log2,
                              int append, int early, cudaStream_t s) {
-    return ni_launch_pdl(attention_decode_chunk_kernel<D, W, L, CPL>, grid, dim3(AD_THREADS), 0, s,
-                         out, partial, k_cache, v_cache, qkv, slot, pos, NH, HS, T, NCH, scale_log2,
+    return ni_launch_pdl(attention_decode_chunk_kernel<D, W, L, CPL, NT>, grid, dim3(NT), 0, s, out,
+                         partial, k_cache, v_cache, qkv, slot, pos, NH, HS, T, NCH, scale_log2,
                          append, early);
 }
 
@@ -325,11 +326,45 @@ typedef cudaError_t (*ad_launch_fn)(dim3, uint16_t *, float *, uint16_t *, uint1
                                     const uint16_t *, const int32_t *, const int32_t *, int, int,
                                     int, int, float, int, int, cudaStream_t);
 
-/* The instance for type D, load width W and nck loads per row (nck <= 64, or <= 128 for
- * W == 1). */
-template <typename D> static ad_launch_fn ad_pick(int W, size_t nck) {
+/* Lanes per cached row for nck loads per row: the smallest power of two >= nck, at most 32. */
+static int ad_lanes(size_t nck) {
     int L = 1;
     while ((size_t)L < nck && L < 32) L *= 2;
+    return L;
+}
+
+/* Threads per block for a grid of `blocks`: a small grid (a few rows and heads) runs its chunks'
+ * steps across more warps, which shortens each block's chain of loads, shuffles and barriers;
+ * a large one keeps 128 so that more blocks are resident. Measured (cuda_graphs, H200, tokens/s
+ * with 128 / 256 / 512 threads): gpt2 batch 1 (12 blocks) 3,645 / 3,771 / 3,786, batch 8 (96)
+ * 25,636 / 26,473 / 26,641, batch 64 (768) 106,022 / 108,112 / 103,835; gpt2-xl batch 8 (200)
+ * 4,256 / 4,268 / 4,304, batch 64 (1,600) 21,343 / 21,244 / 19,674. Wider blocks only for
+ * 16-byte loads and at least 4 lanes a row (a step of NT / L rows must fit a chunk). */
+static int ad_threads(size_t blocks, int W, int L) {
+    if (W != 8 || L < 4) return 128;
+    return blocks <= 264 ? 512 : blocks <= 1056 ? 256 : 128;
+}
+
+/* The W == 8 instance with L >= 4 lanes a row and NT threads. */
+template <typename D, int NT> static ad_launch_fn ad_pick_wide(int L) {
+    switch (L) {
+    case 4:
+        return ad_launch<D, 8, 4, 1, NT>;
+    case 8:
+        return ad_launch<D, 8, 8, 1, NT>;
+    case 16:
+        return ad_launch<D, 8, 16, 1, NT>;
+    default:
+        return ad_launch<D, 8, 32, 1, NT>;
+    }
+}
+
+/* The instance for type D, load width W, nck loads per row (nck <= 64, or <= 128 for W == 1)
+ * and NT threads (ad_threads). */
+template <typename D> static ad_launch_fn ad_pick(int W, size_t nck, int NT) {
+    const int L = ad_lanes(nck);
+    if (NT == 512) return ad_pick_wide<D, 512>(L);
+    if (NT == 256) return ad_pick_wide<D, 256>(L);
     size_t cpl = (nck + (size_t)L - 1) / (size_t)L;
 #define AD_BY_L(w)                                                                                 \
     switch (L) {                                                                                   \
@@ -379,7 +414,9 @@ static int ad_run(ni_half16 *out, float *partial, ni_half16 *k_cache, ni_half16 
     float scale_log2 = 1.4426950408889634f / sqrtf((float)HS);
     cudaStream_t st = (cudaStream_t)s;
     size_t nck = (HS + (size_t)W - 1) / (size_t)W;
-    ad_launch_fn fn = dt == NI_CUDA_F16 ? ad_pick<ni_dt_f16>(W, nck) : ad_pick<ni_dt_bf16>(W, nck);
+    const int NT = ad_threads(grid_chunks * NH * B, W, ad_lanes(nck));
+    ad_launch_fn fn =
+        dt == NI_CUDA_F16 ? ad_pick<ni_dt_f16>(W, nck, NT) : ad_pick<ni_dt_bf16>(W, nck, NT);
     /* more than 16 rows: the projection after is gemm_stream, which streams its weights before
      * it waits, so let it launch now (kernels.h; +2 % at batch 17-32, gpt2 and gpt2-xl, H200) */
     cudaError_t e = fn(dim3((unsigned int)grid_chunks, (unsigned int)NH, (unsigned int)B),

@@ -1021,6 +1021,9 @@ static void test_attention_decode(void **state) {
     check_decode(25, 64, 1024, one_long, 1, 1023);
     check_decode(2, 64, 450, mid, 3, 400);        /* T not a multiple of the chunk */
     check_decode(2, 64, 1024, spread + 3, 1, 63); /* B = 1, one chunk */
+    /* the block width follows the grid (ad_threads): 512 threads above (up to 264 blocks), 256
+     * from 265 to 1,056 (the first case: 272), 128 beyond (2,176 here) */
+    check_decode(16, 64, 1024, spread, ns, 1023);
 }
 
 /* each test once per 16-bit type, named "test (bf16)" and "test (f16)" */
