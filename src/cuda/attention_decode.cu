@@ -1,8 +1,8 @@
 /* Decode attention on the GPU: one query per row, each attending to cache positions 0 .. pos[r]
  * of its slot. The work is reading the keys and values once, so the kernel is shaped for
  * bandwidth: the positions are split into chunks of AD_SPLIT, one block per (chunk, head, row),
- * so that even a single long sequence spreads over many SMs; a block has 128 to 512 threads,
- * the more the fewer blocks there are (ad_threads). The grid covers max_pos, not the
+ * so that even a single long sequence spreads over many SMs; a block has 256 threads for models
+ * of few heads (ad_threads), else 128. The grid covers max_pos, not the
  * data: blocks past pos[r] return at once, which keeps the launch shape fixed for CUDA graphs.
  * Inside a block, groups of L lanes read one cached row with W-element loads (16 bytes when
  * HS % 8 == 0, so a warp reads consecutive rows as one coalesced run), reduce the q . k dot
@@ -117,8 +117,8 @@ __global__ void __launch_bounds__(NT)
     __shared__ float s_score[AD_SPLIT];
     __shared__ float s_red[NW][AD_MAX_HS];
 
-    if (early) ni_pdl_launch_dependents(); /* the next product streams weights first */
-    if (append && threadIdx.x < 2) {
+    if (early) ni_pdl_launch_dependents();     /* the next product streams weights first */
+    if (W == 8 && append && threadIdx.x < 2) { /* W == 8: 16-byte aligned rows (bulk copies) */
         /* the decode step: pos, slot and the cached rows before pos were written before the
          * step began (pdl.cuh), so the chunk's rows are requested into L2 before the wait and
          * their latency hides behind the qkv product's tail */
@@ -333,21 +333,25 @@ static int ad_lanes(size_t nck) {
     return L;
 }
 
-/* Threads per block for a grid of `blocks`: a small grid (a few rows and heads) runs its chunks'
- * steps across more warps, which shortens each block's chain of loads, shuffles and barriers;
- * a large one keeps 128 so that more blocks are resident. Measured (cuda_graphs, H200, tokens/s
- * with 128 / 256 / 512 threads): gpt2 batch 1 (12 blocks) 3,645 / 3,771 / 3,786, batch 8 (96)
- * 25,636 / 26,473 / 26,641, batch 64 (768) 106,022 / 108,112 / 103,835; gpt2-xl batch 8 (200)
- * 4,256 / 4,268 / 4,304, batch 64 (1,600) 21,343 / 21,244 / 19,674. Wider blocks only for
- * 16-byte loads and at least 4 lanes a row (a step of NT / L rows must fit a chunk). */
-static int ad_threads(size_t blocks, int W, int L) {
-    if (W != 8 || L < 4) return 128;
-    return blocks <= 264 ? 512 : blocks <= 1056 ? 256 : 128;
+/* Threads per block: 256 for models of at most 16 heads whose rows take 16-byte loads with at
+ * least 2 lanes (a step of NT / L rows must fit a chunk), else 128. More warps per chunk shorten
+ * each warp's chain of loads, shuffles and barriers, which pays where the grid is small at every
+ * batch (few heads) and costs where it is large. The width sets the order of a row's sums, so it
+ * depends on the model alone, never on the batch or the grid: a row's output has the same bits
+ * alone as in any batch, in every engine (test_attention_decode). Measured (cuda_graphs, H200,
+ * tokens/s with 128 / 256 threads): gpt2 (12 heads) batch 1 3,645 / 3,771, 8 25,636 / 26,473, 64
+ * 106,022 / 108,112, 256 255,976 / 252,401; gpt2-xl (25 heads) batch 8 4,307 / 4,273, 64 21,312 /
+ * 21,227, 256 47,162 / 45,481. A width chosen by grid size (512 up to 264 blocks) gained 0.4 %
+ * more at gpt2 batch 1 but made a row's bits depend on its batch. */
+static int ad_threads(int W, int L, size_t NH) {
+    return W == 8 && L >= 2 && NH <= 16 ? 256 : 128;
 }
 
-/* The W == 8 instance with L >= 4 lanes a row and NT threads. */
+/* The W == 8 instance with L >= 2 lanes a row and NT threads. */
 template <typename D, int NT> static ad_launch_fn ad_pick_wide(int L) {
     switch (L) {
+    case 2:
+        return ad_launch<D, 8, 2, 1, NT>;
     case 4:
         return ad_launch<D, 8, 4, 1, NT>;
     case 8:
@@ -363,7 +367,6 @@ template <typename D, int NT> static ad_launch_fn ad_pick_wide(int L) {
  * and NT threads (ad_threads). */
 template <typename D> static ad_launch_fn ad_pick(int W, size_t nck, int NT) {
     const int L = ad_lanes(nck);
-    if (NT == 512) return ad_pick_wide<D, 512>(L);
     if (NT == 256) return ad_pick_wide<D, 256>(L);
     size_t cpl = (nck + (size_t)L - 1) / (size_t)L;
 #define AD_BY_L(w)                                                                                 \
@@ -414,7 +417,7 @@ static int ad_run(ni_half16 *out, float *partial, ni_half16 *k_cache, ni_half16 
     float scale_log2 = 1.4426950408889634f / sqrtf((float)HS);
     cudaStream_t st = (cudaStream_t)s;
     size_t nck = (HS + (size_t)W - 1) / (size_t)W;
-    const int NT = ad_threads(grid_chunks * NH * B, W, ad_lanes(nck));
+    const int NT = ad_threads(W, ad_lanes(nck), NH);
     ad_launch_fn fn =
         dt == NI_CUDA_F16 ? ad_pick<ni_dt_f16>(W, nck, NT) : ad_pick<ni_dt_bf16>(W, nck, NT);
     /* more than 16 rows: the projection after is gemm_stream, which streams its weights before

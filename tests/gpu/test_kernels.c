@@ -962,6 +962,14 @@ static void check_decode(size_t NH, size_t HS, size_t T, const int32_t *pos, siz
     sync_ok();
     d2h(again, d_out, B * C * 2);
     assert_memory_equal(got, again, B * C * 2);
+    /* a row alone, its grid covering only its own chunks: the same bits as in the batch (the
+     * block width and the order of the sums do not depend on the batch or the grid) */
+    poison(d_out, B * C * 2);
+    CK(ni_cuda_attention_decode(d_out, d_partial, d_qkv, d_k, d_v, d_slot, d_pos, 1, (size_t)pos[0],
+                                NH, HS, T, g_dt, NULL));
+    sync_ok();
+    d2h(again, d_out, C * 2);
+    assert_memory_equal(got, again, C * 2);
     /* with the append: each row's own position poisoned in the caches, the kernel writes it
      * from qkv (the caches must come back equal to the full ones) and the output is the same */
     uint16_t *hk = xmalloc(cn * 2), *hv = xmalloc(cn * 2);
@@ -1021,9 +1029,8 @@ static void test_attention_decode(void **state) {
     check_decode(25, 64, 1024, one_long, 1, 1023);
     check_decode(2, 64, 450, mid, 3, 400);        /* T not a multiple of the chunk */
     check_decode(2, 64, 1024, spread + 3, 1, 63); /* B = 1, one chunk */
-    /* the block width follows the grid (ad_threads): 512 threads above (up to 264 blocks), 256
-     * from 265 to 1,056 (the first case: 272), 128 beyond (2,176 here) */
-    check_decode(16, 64, 1024, spread, ns, 1023);
+    check_decode(16, 64, 1024, spread, ns, 1023); /* 16 heads: the most at 256 threads */
+    check_decode(2, 86, 450, mid, 3, 400);        /* 4-byte loads, rows not 16-byte aligned */
 }
 
 /* each test once per 16-bit type, named "test (bf16)" and "test (f16)" */
