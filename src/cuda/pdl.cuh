@@ -11,9 +11,10 @@
  * be loaded before the wait (the GEMV's biases and the LayerNorm's scale and shift are). One
  * exception, with plain loads: the decode attention that appends the step's keys and values
  * (attention_decode.cu) reads pos and slot before its wait, to request the cached rows before pos
- * into L2. No kernel of a decode step writes them: they come from copies before the step's first
- * kernel, from the previous step's graph (graph launches are stream-ordered), or from work the
- * host synchronized with (and a prefetch changes no data).
+ * into L2. No kernel of a decode step writes them before it: every step begins with the
+ * embedding kernel, which waits before it triggers its successor, so no kernel of the step
+ * starts before every earlier writer (the copies before the step, the previous step's advance)
+ * is done; the step's own advance writes pos after its wait. A prefetch changes no data.
  * NI_NO_PDL=1 in the environment turns the launch attribute off (read at each launch, so that a
  * captured graph keeps what was set when it was captured); compiling with -DNI_PDL_NO_TRIGGER
  * drops the early triggers. */
