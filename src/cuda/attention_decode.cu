@@ -81,6 +81,12 @@ ad_load_rows(typename ad_vec<W>::t (&buf)[U][CPL], const uint16_t *base, const u
     }
 }
 
+/* Where chunk row 0 of head h of a slot's cache starts (elements): rows t0 .. of (S, NH, T, HS). */
+static __device__ __forceinline__ size_t ad_chunk_base(int slot, int NH, int h, int T, int t0,
+                                                       int HS) {
+    return (((size_t)slot * NH + h) * (size_t)T + (size_t)t0) * HS;
+}
+
 template <int W, int CPL, int U>
 static __device__ __forceinline__ void ad_copy_rows(typename ad_vec<W>::t (&dst)[U][CPL],
                                                     const typename ad_vec<W>::t (&src)[U][CPL]) {
@@ -122,11 +128,11 @@ __global__ void __launch_bounds__(NT)
         /* the decode step: pos, slot and the cached rows before pos were written before the
          * step began (pdl.cuh), so the chunk's rows are requested into L2 before the wait and
          * their latency hides behind the qkv product's tail */
-        const int pp = pos[blockIdx.z], sl = slot[blockIdx.z], tt0 = blockIdx.x * AD_SPLIT;
-        if (pp >= tt0 && pp < T && sl >= 0) {
-            const unsigned bytes = (unsigned)(min(AD_SPLIT, pp - tt0 + 1) * HS * 2) & ~15u;
+        const int p_pre = pos[blockIdx.z], s_pre = slot[blockIdx.z], t0_pre = blockIdx.x * AD_SPLIT;
+        if (p_pre >= t0_pre && p_pre < T && s_pre >= 0) {
+            const unsigned bytes = (unsigned)(min(AD_SPLIT, p_pre - t0_pre + 1) * HS * 2) & ~15u;
             const uint16_t *src = (threadIdx.x ? v_cache : k_cache) +
-                                  (((size_t)sl * NH + blockIdx.y) * (size_t)T + tt0) * HS;
+                                  ad_chunk_base(s_pre, NH, (int)blockIdx.y, T, t0_pre, HS);
             if (bytes)
                 asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(src), "r"(bytes)
                              : "memory");
@@ -139,7 +145,7 @@ __global__ void __launch_bounds__(NT)
     if (t0 > p) return;
     const int n_valid = min(AD_SPLIT, p - t0 + 1);
     const size_t C = (size_t)NH * HS;
-    const size_t head = ((size_t)slot[r] * NH + h) * (size_t)T * HS + (size_t)t0 * HS;
+    const size_t head = ad_chunk_base(slot[r], NH, h, T, t0, HS);
     uint16_t *Kc = k_cache + head, *Vc = v_cache + head;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     /* append: the row's own key and value heads, at chunk row cur_t when this chunk holds pos */

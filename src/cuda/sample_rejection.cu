@@ -256,13 +256,27 @@ static __device__ __forceinline__ float4 sr_ld4(const sr_row *R, unsigned g) {
     return x;
 }
 
+/* q of four logits. */
+static __device__ __forceinline__ uint4 sr_q4_of(float4 x, const sr_row *R) {
+    return make_uint4(sr_q(x.x, R->m, R->s), sr_q(x.y, R->m, R->s), sr_q(x.z, R->m, R->s),
+                      sr_q(x.w, R->m, R->s));
+}
+
+/* The logits of the local group j (j < ng): from the slice in shared memory while it still holds
+ * them (SMEM mode, before the long path's q pass), else from global memory. */
+template <int SMEM>
+static __device__ __forceinline__ float4 sr_logits4(const sr_row *R, unsigned j) {
+    if (!SMEM) return sr_ld4(R, R->g0 + j);
+    const uint4 raw = R->q4[j];
+    return make_float4(__uint_as_float(raw.x), __uint_as_float(raw.y), __uint_as_float(raw.z),
+                       __uint_as_float(raw.w));
+}
+
 /* q of the local group j (SR_QZ past the block's last group). */
 template <int SMEM> static __device__ __forceinline__ uint4 sr_q4(const sr_row *R, unsigned j) {
     if (j >= R->ng) return make_uint4(SR_QZ, SR_QZ, SR_QZ, SR_QZ);
     if (SMEM) return R->q4[j];
-    const float4 x = sr_ld4(R, R->g0 + j);
-    return make_uint4(sr_q(x.x, R->m, R->s), sr_q(x.y, R->m, R->s), sr_q(x.z, R->m, R->s),
-                      sr_q(x.w, R->m, R->s));
+    return sr_q4_of(sr_ld4(R, R->g0 + j), R);
 }
 
 /* q of one local slot (SR_QZ outside the row). */
@@ -921,11 +935,8 @@ static __device__ __forceinline__ float sr_unkey(unsigned k) {
  * them before the long path's q pass), SR_QZ past the block's last group. */
 template <int SMEM>
 static __device__ __forceinline__ uint4 sr_q4_logits(const sr_row *R, unsigned j) {
-    if (!SMEM || j >= R->ng) return sr_q4<SMEM>(R, j);
-    const uint4 raw = R->q4[j];
-    return make_uint4(
-        sr_q(__uint_as_float(raw.x), R->m, R->s), sr_q(__uint_as_float(raw.y), R->m, R->s),
-        sr_q(__uint_as_float(raw.z), R->m, R->s), sr_q(__uint_as_float(raw.w), R->m, R->s));
+    if (j >= R->ng) return make_uint4(SR_QZ, SR_QZ, SR_QZ, SR_QZ);
+    return sr_q4_of(sr_logits4<SMEM>(R, j), R);
 }
 
 template <typename T> static __device__ __forceinline__ T sr_warp_max(T x) {
@@ -1010,14 +1021,7 @@ template <int SMEM> static __device__ void sr_chunk_keys(sr_smem *sm, const sr_r
     for (unsigned i = 0; i < R->c4; i++) {
         const unsigned j = j0 + i;
         if (j >= R->ng) break;
-        float4 x;
-        if (SMEM) {
-            const uint4 raw = R->q4[j]; /* the logits, before any q pass */
-            x = make_float4(__uint_as_float(raw.x), __uint_as_float(raw.y), __uint_as_float(raw.z),
-                            __uint_as_float(raw.w));
-        } else {
-            x = sr_ld4(R, R->g0 + j);
-        }
+        const float4 x = sr_logits4<SMEM>(R, j);
         const unsigned k4[4] = {sr_key(x.x), sr_key(x.y), sr_key(x.z), sr_key(x.w)};
         const int tg = t0 + 4 * (int)i;
         if (tg >= 0 && tg + 3 < (int)R->V && (unsigned)tg + 3u < cend) {
@@ -1431,16 +1435,8 @@ __global__ void __launch_bounds__(NT, 1)
         for (unsigned i = 0; i < R.c4; i++) {
             const unsigned j = j0 + i;
             if (j >= R.ng) break;
-            uint4 v;
-            if (SMEM) {
-                const uint4 raw = R.q4[j];
-                v = make_uint4(
-                    sr_q(__uint_as_float(raw.x), R.m, R.s), sr_q(__uint_as_float(raw.y), R.m, R.s),
-                    sr_q(__uint_as_float(raw.z), R.m, R.s), sr_q(__uint_as_float(raw.w), R.m, R.s));
-                R.q4[j] = v;
-            } else {
-                v = sr_q4<SMEM>(&R, j);
-            }
+            const uint4 v = sr_q4_logits<SMEM>(&R, j);
+            if (SMEM) R.q4[j] = v; /* the slice holds q from here on */
             const unsigned qq[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
             for (int e = 0; e < 4; e++) {
