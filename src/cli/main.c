@@ -28,8 +28,8 @@ static void usage(FILE *f) {
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
     fputs("\nenvironment (GPU engines; bench records them in its JSON):\n"
-          "  NI_FUSED=0|1       the fused decode step off, or on for every batch of up to 8 rows\n"
-          "                     (default: up to 2 rows of models with n_embd >= 1600)\n"
+          "  NI_FUSED=1         the fused decode step (one persistent kernel) for every batch of\n"
+          "                     up to 8 rows, bf16 (default off: the per-kernel path is faster)\n"
           "  NI_GRAPH_STEPS=N   cuda_graphs: decode steps between host wake-ups (default 8)\n"
           "  NI_NO_PDL=1        launch kernels without programmatic dependent launch\n"
           "  NI_GEMV_MAX_ROWS=N the most rows a matmul gives our GEMV kernel (default: 16, and\n"

@@ -108,8 +108,7 @@ __global__ void __launch_bounds__(NT)
                                   const uint16_t *qkv, // (B, 3C) 16-bit
                                   const int32_t *slot, // (B)
                                   const int32_t *pos,  // (B)
-                                  int NH, int HS, int T, int NCH, float scale_log2, int append,
-                                  int early) {
+                                  int NH, int HS, int T, int NCH, float scale_log2, int append) {
     typedef ad_vec<W> V;
     typedef typename V::t vec_t;
     constexpr int KPS = NT / L; /* rows per step of the block */
@@ -123,7 +122,7 @@ __global__ void __launch_bounds__(NT)
     __shared__ float s_score[AD_SPLIT];
     __shared__ float s_red[NW][AD_MAX_HS];
 
-    if (early) ni_pdl_launch_dependents();     /* the next product streams weights first */
+    ni_pdl_launch_dependents(); /* the next product loads weights before its wait (pdl.cuh) */
     if (W == 8 && append && threadIdx.x < 2) { /* W == 8: 16-byte aligned rows (bulk copies) */
         /* the decode step: pos, slot and the cached rows before pos were written before the
          * step began (pdl.cuh), so the chunk's rows are requested into L2 before the wait and
@@ -238,7 +237,6 @@ __global__ void __launch_bounds__(NT)
         }
         if (s0 + U < STEPS) ad_copy_rows<W, CPL, U>(vb, vn);
     }
-    ni_pdl_launch_dependents(); /* the cache reads are done; only reductions and stores left */
     /* reduce over the groups of a warp (lanes gl, gl + L, ...), then over the warps */
 #pragma unroll
     for (int o = L; o < 32; o <<= 1)
@@ -322,15 +320,15 @@ template <typename D, int W, int L, int CPL, int NT = 128>
 static cudaError_t ad_launch(dim3 grid, uint16_t *out, float *partial, uint16_t *k_cache,
                              uint16_t *v_cache, const uint16_t *qkv, const int32_t *slot,
                              const int32_t *pos, int NH, int HS, int T, int NCH, float scale_log2,
-                             int append, int early, cudaStream_t s) {
+                             int append, cudaStream_t s) {
     return ni_launch_pdl(attention_decode_chunk_kernel<D, W, L, CPL, NT>, grid, dim3(NT), 0, s, out,
                          partial, k_cache, v_cache, qkv, slot, pos, NH, HS, T, NCH, scale_log2,
-                         append, early);
+                         append);
 }
 
 typedef cudaError_t (*ad_launch_fn)(dim3, uint16_t *, float *, uint16_t *, uint16_t *,
                                     const uint16_t *, const int32_t *, const int32_t *, int, int,
-                                    int, int, float, int, int, cudaStream_t);
+                                    int, int, float, int, cudaStream_t);
 
 /* Lanes per cached row for nck loads per row: the smallest power of two >= nck, at most 32. */
 static int ad_lanes(size_t nck) {
@@ -426,12 +424,10 @@ static int ad_run(ni_half16 *out, float *partial, ni_half16 *k_cache, ni_half16 
     const int NT = ad_threads(W, ad_lanes(nck), NH);
     ad_launch_fn fn =
         dt == NI_CUDA_F16 ? ad_pick<ni_dt_f16>(W, nck, NT) : ad_pick<ni_dt_bf16>(W, nck, NT);
-    /* more than 16 rows: the projection after is gemm_stream, which streams its weights before
-     * it waits, so let it launch now (kernels.h; +2 % at batch 17-32, gpt2 and gpt2-xl, H200) */
-    cudaError_t e = fn(dim3((unsigned int)grid_chunks, (unsigned int)NH, (unsigned int)B),
-                       (uint16_t *)out, partial, (uint16_t *)k_cache, (uint16_t *)v_cache,
-                       (const uint16_t *)qkv, slot, pos, (int)NH, (int)HS, (int)T, (int)nch,
-                       scale_log2, append, B > NI_CUDA_EARLY_LAUNCH_ROWS, st);
+    cudaError_t e =
+        fn(dim3((unsigned int)grid_chunks, (unsigned int)NH, (unsigned int)B), (uint16_t *)out,
+           partial, (uint16_t *)k_cache, (uint16_t *)v_cache, (const uint16_t *)qkv, slot, pos,
+           (int)NH, (int)HS, (int)T, (int)nch, scale_log2, append, st);
     if (e == cudaSuccess && grid_chunks > 1) {
         unsigned int threads = (unsigned int)((HS + 31) / 32 * 32);
         dim3 grid((unsigned int)NH, (unsigned int)B);

@@ -129,14 +129,14 @@ __global__ void __launch_bounds__(AP_THREADS)
                              const int32_t *seq_len,   // (n_seq)
                              const int32_t *seq_slot,  // (n_seq)
                              const int32_t *seq_pos0,  // (n_seq)
-                             int NH, int HS, int T, float scale_log2, int W, int qvec, int early) {
+                             int NH, int HS, int T, float scale_log2, int W, int qvec) {
     constexpr int LD = DP + 8;  /* 16 bytes of padding per row: conflict-free ldmatrix */
     constexpr int NKT = BK / 8; /* key n-tiles of S */
     constexpr int NDT = DP / 8; /* head-dim n-tiles of O */
     __shared__ __align__(16) uint16_t sK[2][BK * LD];
     __shared__ __align__(16) uint16_t sV[2][BK * LD];
 
-    if (early) ni_pdl_launch_dependents(); /* the next kernel streams weights first (launcher) */
+    ni_pdl_launch_dependents(); /* the next product loads weights before its wait (pdl.cuh) */
     ni_pdl_wait(); /* the sequence lists, qkv and the caches come from earlier kernels */
     const int sq = blockIdx.z, h = blockIdx.y;
     const int len = seq_len[sq];
@@ -290,7 +290,6 @@ __global__ void __launch_bounds__(AP_THREADS)
         }
         __syncthreads(); /* the next iteration's loads overwrite this stage */
     }
-    ni_pdl_launch_dependents(); /* the key loop is done; only the output stores are left */
 
     /* normalize and write rows r0, r1 */
     l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
@@ -325,8 +324,6 @@ static cudaError_t ap_launch(ni_half16 *out, const ni_half16 *qkv, const ni_half
                              const int32_t *seq_len, const int32_t *seq_slot,
                              const int32_t *seq_pos0, size_t n_seq, size_t max_len, size_t NH,
                              size_t HS, size_t T, int W, int qvec, cudaStream_t s) {
-    /* a chunk that may hold more than 16 tokens goes on to gemm_stream (see layernorm.cu) */
-    const int early = n_seq * max_len > NI_CUDA_EARLY_LAUNCH_ROWS;
     /* 64 keys per tile up to DP 64; 32 above, to keep both stages under 48 KB */
     constexpr int BK = DP <= 64 ? 64 : 32;
     dim3 grid((unsigned int)((max_len + AP_BQ - 1) / AP_BQ), (unsigned int)NH, (unsigned int)n_seq);
@@ -334,7 +331,7 @@ static cudaError_t ap_launch(ni_half16 *out, const ni_half16 *qkv, const ni_half
     return ni_launch_pdl(attention_prefill_kernel<D, DP, BK>, grid, dim3(AP_THREADS), 0, s,
                          (uint16_t *)out, (const uint16_t *)qkv, (const uint16_t *)k_cache,
                          (const uint16_t *)v_cache, seq_start, seq_len, seq_slot, seq_pos0, (int)NH,
-                         (int)HS, (int)T, scale_log2, W, qvec, early);
+                         (int)HS, (int)T, scale_log2, W, qvec);
 }
 
 /* Contract beyond kernels.h: seq_pos0[q] + seq_len[q] <= T; max_len >= every seq_len (larger

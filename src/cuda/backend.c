@@ -95,7 +95,7 @@ struct ni_backend_ctx {
     int32_t *d_next; /* (S) sampled tokens */
     /* the fused decode step (decode_fused.cu): off when fused_blocks == 0 */
     size_t fused_blocks, fused_warps;
-    int fused_policy; /* 0 off, 1 every supported batch, 2 where measured faster */
+    int fused_policy; /* 0 off (the default), 1 every supported batch (NI_FUSED=1) */
     unsigned fused_ring[NI_CUDA_DECODE_FUSED_MAX_ROWS + 1]; /* ring slots per row count, 0: no */
     cuda_layer *d_layers;                                   /* (L) device copy of `layers` */
     unsigned *fused_sync;
@@ -390,9 +390,8 @@ static ni_status cuda_create(ni_model *m, const ni_engine_opts *o, ni_backend_ct
     b->blk_bytes = block_layout(&probe, NULL, S, b->chunk);
     b->sample_ws_bytes = b->flags->rejection_sampler ? 0 : ni_cuda_sample_sorted_workspace(S, V);
     b->lt_ws_bytes = (size_t)32 << 20;
-    /* the fused decode step: NI_FUSED=0 turns it off, NI_FUSED=1 uses it for every batch it
-     * supports, unset: where it was measured faster (fused_ok) */
-    b->fused_policy = ni_env_int("NI_FUSED", 0, 1, NULL, 0, &env) ? (int)env : 2;
+    /* the fused decode step: only with NI_FUSED=1, for every batch it supports (fused_ok) */
+    b->fused_policy = ni_env_int("NI_FUSED", 0, 1, NULL, 0, &env) ? (int)env : 0;
     if (s == NI_OK && b->fused_policy &&
         ni_cuda_decode_fused_grid(&b->fused_blocks, &b->fused_warps) != 0) {
         cudaGetLastError(); /* not available: the per-kernel path */
@@ -595,17 +594,14 @@ static void trace_print(const ni_backend_ctx *b) {
     fprintf(stderr, " | total %.1f\n", all / (double)b->trace_runs * 1e-3);
 }
 
-/* Whether the fused decode step takes a chunk of N single-token rows, all wanting logits. By
- * default only where it measured faster than the per-kernel path under CUDA graphs (H200): up to
- * 2 rows of a model with large layers (gpt2-xl: +4 % at batch 1, +2 % at 2; -1 % at 3 and -3 % at
- * 4, where eager launches still gain +3 % and 0 %: one policy for every engine, so that the
- * presets give the same tokens); its five grid barriers, two LayerNorms and the attention per
- * layer cost more than the kernel boundaries they replace for small models (gpt2 batch 1: -13 %)
- * and for more rows. */
+/* Whether the fused decode step takes a chunk of N single-token rows, all wanting logits: only
+ * when NI_FUSED=1 asks for it. It used to be the default for up to 2 rows of gpt2-xl (+4 % and
+ * +2 % under CUDA graphs), until the per-kernel path let its kernels launch at their start and
+ * the GEMV load weights before its wait (pdl.cuh): that path now leads it at every batch size
+ * (H200, gpt2-xl batch 1: 650 against 613 tokens/s, batch 2: 1,275 against 1,136). */
 static int fused_ok(const ni_backend_ctx *b, size_t N) {
-    if (b->fused_policy == 2 && (N > 2 || b->cfg->n_embd < 1600)) return 0;
-    return b->fused_blocks && b->dt == NI_CUDA_BF16 && N <= NI_CUDA_DECODE_FUSED_MAX_ROWS &&
-           b->fused_ring[N] != 0;
+    return b->fused_policy && b->fused_blocks && b->dt == NI_CUDA_BF16 &&
+           N <= NI_CUDA_DECODE_FUSED_MAX_ROWS && b->fused_ring[N] != 0;
 }
 
 /* The whole forward pass of N single-token rows (tokens, slots, positions on the device) into

@@ -15,7 +15,7 @@
  * 2D tensor copy each) into a ring of 12 shared-memory slots in the order they are consumed,
  * column of slabs by column, starting before the programmatic-launch wait (the weights never
  * depend on the previous kernel). The LayerNorm and the attention let this kernel launch at
- * their start (NI_CUDA_EARLY_LAUNCH_ROWS), so the ring fills while they run.
+ * their start (pdl.cuh), so the ring fills while they run.
  * The consumer warps stage all the inputs (32 rows) in shared memory at once, then take every
  * slab together: warp w multiplies columns 32 w .. 32 w + 31 of each, for all the block's tiles,
  * on the tensor cores (mma.m16n8k16, the rows as the A operand in two 16-row tiles, the weights

@@ -203,6 +203,13 @@ __global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, (VEC && NT <= 2) ? 2 : 1)
     const uint32_t ic = (uint32_t)IC, nkb = (ic + 31) / 32;
     const uint32_t kb0 = (uint32_t)((uint64_t)nkb * (uint32_t)s / (uint32_t)S);
     const uint32_t kb1 = (uint32_t)((uint64_t)nkb * (uint32_t)(s + 1) / (uint32_t)S);
+    /* the first round of weights before the wait too (no kernel writes them, pdl.cuh): their
+     * HBM latency then overlaps the kernels before instead of following them; not with RT = 2
+     * (the logits), whose 64-register instances would spill */
+    constexpr bool PRELOAD = RT == 1;
+    uint4 wv[U][RT];
+    if (PRELOAD) gemv_load_round<VEC, true, RT, U>(wv, wrow, wok, kb0, kb1, ic, IC, t);
+    ni_pdl_launch_dependents(); /* the next kernel's own early work may start too (pdl.cuh) */
     ni_pdl_wait(); /* inp comes from the previous kernel, which may also still read out */
 
     float acc[RT][MT][4];
@@ -223,14 +230,14 @@ __global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, (VEC && NT <= 2) ? 2 : 1)
             xrow[nt] = inp + (size_t)(xok[nt] ? n : 0) * IC;
         }
         for (uint32_t kb = kb0; kb < kb1; kb += U) {
-            uint4 wv[U][RT], xv[U][NT];
+            uint4 xv[U][NT];
             /* all loads of the round first, then the math */
-            gemv_load_round<VEC, true, RT, U>(wv, wrow, wok, kb, kb1, ic, IC, t);
+            if (!PRELOAD || kb != kb0)
+                gemv_load_round<VEC, true, RT, U>(wv, wrow, wok, kb, kb1, ic, IC, t);
             gemv_load_round<VEC, false, NT, U>(xv, xrow, xok, kb, kb1, ic, IC, t);
             gemv_round_math<D, NT, RT, U, MT>(acc, wv, xv);
         }
     }
-    ni_pdl_launch_dependents(); /* the weights are read; only the reduction and stores are left */
 
     if (S > 1) {
         /* fixed-order reduction of the S slices: slice 0 + slice 1 + ... */

@@ -187,14 +187,6 @@ int ni_cuda_gemm_stream_setup(size_t *sms);
 int ni_cuda_gemm_stream_plan_for(ni_cuda_gemm_stream_plan *out, size_t IC, size_t OC, size_t sms,
                                  size_t want_parts);
 #define NI_CUDA_GEMM_STREAM_MAX_ROWS 32
-/* Above this many rows the kernels that feed a matrix product (LayerNorm, attention) let
- * the next kernel launch at their start (programmatic launch), not at their end: the product is
- * then gemm_stream, whose producer streams weights before it waits for them, cuBLASLt, which
- * ignores it, or (ln_f, 17-32 rows) the logits GEMV, which just waits longer. At 16 rows and
- * below the GEMV follows, which gained nothing from it. The prefill attention counts the
- * chunk's padded size (sequences x longest), an upper bound of its rows. */
-#define NI_CUDA_EARLY_LAUNCH_ROWS 16
-
 /* ---- the fused decode step (decode_fused.cu) ------------------------------------------------ */
 
 /* Everything one fused decode step reads and writes; all pointers are device memory. */

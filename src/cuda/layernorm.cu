@@ -81,7 +81,7 @@ __global__ void residual_layernorm_kernel(ni_half16 *out,         // (N, C)
                                           const ni_half16 *w,     // (C)
                                           const ni_half16 *b,     // (C)
                                           const int32_t *rows,    // (N) or NULL
-                                          size_t C, float eps, int vec, int cached, int early) {
+                                          size_t C, float eps, int vec, int cached) {
     /* the first column group's scale and shift before the wait (no kernel writes them,
      * pdl.cuh), so that the normalize does not wait on a load after the statistics */
     const size_t c_first = (size_t)threadIdx.x * 8;
@@ -90,8 +90,8 @@ __global__ void residual_layernorm_kernel(ni_half16 *out,         // (N, C)
         w_first = __ldg(reinterpret_cast<const uint4 *>(w + c_first));
         b_first = __ldg(reinterpret_cast<const uint4 *>(b + c_first));
     }
-    if (early) ni_pdl_launch_dependents(); /* the next kernel streams weights first (launcher) */
-    ni_pdl_wait();                         /* x, delta and rows come from earlier kernels */
+    ni_pdl_launch_dependents(); /* the next product loads weights before its wait (pdl.cuh) */
+    ni_pdl_wait();              /* x, delta and rows come from earlier kernels */
     extern __shared__ float4 ln_smem[];
     __shared__ float red[32];
     size_t r = blockIdx.x;
@@ -157,7 +157,6 @@ __global__ void residual_layernorm_kernel(ni_half16 *out,         // (N, C)
     }
     float var = ln_block_sum(sq, red) / (float)C;
     float rstd = 1.0f / sqrtf(var + eps);
-    ni_pdl_launch_dependents(); /* only the normalized row's stores are left */
 
     /* pass 3: normalize, scale, shift */
     if (vec) {
@@ -240,15 +239,11 @@ extern "C" int ni_cuda_residual_layernorm(ni_half16 *out, float *x, const ni_hal
     size_t smem = cached ? C * sizeof(float) : 0;
     dim3 grid((unsigned int)N), block((unsigned int)nt);
     cudaStream_t st = (cudaStream_t)s;
-    /* rows that go on to gemm_stream, whose weights stream before its wait: let it launch at
-     * once, beside this small grid (prefill TTFT and decode at batch 17-32, H200) */
-    const int early = N > NI_CUDA_EARLY_LAUNCH_ROWS;
-    cudaError_t e =
-        dt == NI_CUDA_F16
-            ? ni_launch_pdl(residual_layernorm_kernel<ni_dt_f16>, grid, block, smem, st, out, x,
-                            delta, sm, w, b, rows, C, eps, vec, cached, early)
-            : ni_launch_pdl(residual_layernorm_kernel<ni_dt_bf16>, grid, block, smem, st, out, x,
-                            delta, sm, w, b, rows, C, eps, vec, cached, early);
+    cudaError_t e = dt == NI_CUDA_F16
+                        ? ni_launch_pdl(residual_layernorm_kernel<ni_dt_f16>, grid, block, smem, st,
+                                        out, x, delta, sm, w, b, rows, C, eps, vec, cached)
+                        : ni_launch_pdl(residual_layernorm_kernel<ni_dt_bf16>, grid, block, smem,
+                                        st, out, x, delta, sm, w, b, rows, C, eps, vec, cached);
     return ni_launch_status(e);
 }
 
