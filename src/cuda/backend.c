@@ -479,6 +479,7 @@ static ni_status enqueue_layers(ni_backend_ctx *b, const layer_args *a) {
     size_t kv_layer = b->max_batch * T * C;
     ni_stream st = (ni_stream)b->stream;
     float eps = c->ln_eps;
+    b->mm.decode = a->single;
     NI_CUDA_TRY(ni_cuda_embedding(b->x, a->tok, a->pos, b->wte, b->wpe, N, C, b->dt, st),
                 "embedding kernel");
     for (size_t l = 0; l < c->n_layer; l++) {

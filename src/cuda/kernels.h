@@ -161,6 +161,8 @@ typedef struct {
     int defer;        /* set by the caller, parts > 1 only: the sums stay in ws for the next
                          kernel (ni_cuda_partial_sums {ws, parts, N, 16 x tiles, bias}), out is
                          not written, no counters; no kv, no GELU */
+    int early;        /* set by the caller: the next kernel may launch at this one's start
+                         (pdl.cuh); the decode step's products, not the prefill's */
 } ni_cuda_gemm_stream_plan;
 
 /* out (N, OC) 16-bit = inp (N, IC) @ w^T + bias, then GELU if gelu, and with kv the keys and

@@ -180,6 +180,7 @@ static ni_status matmul(ni_matmul_ctx *m, ni_half16 *out16, float *out_f32,
         !(m->stream_parts_off && gp.parts > 1) && gp.ws_floats <= m->stream_ws_floats &&
         gp.counters <= NI_MATMUL_COUNTERS) {
         gp.defer = sums && gp.parts > 1 && !kv && !gelu;
+        gp.early = m->decode;
         NI_CUDA_TRY(ni_cuda_gemm_stream(out16, m->stream_ws, m->stream_counters, kv, inp, w_tmap,
                                         bias, N, IC, OC, gelu, dt, &gp, (ni_stream)stream),
                     "gemm_stream kernel");

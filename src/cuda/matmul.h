@@ -38,6 +38,7 @@ typedef struct {
     unsigned *stream_counters; /* device, NI_MATMUL_COUNTERS zeros: gemm_stream's parts */
     float *stream_ws;          /* device: gemm_stream's partial sums (not cuBLASLt's) */
     size_t stream_ws_floats;
+    int decode; /* set by the caller: the products are a decode step's (gemm_stream's early) */
 } ni_matmul_ctx;
 
 /* workspace: device memory for cuBLASLt and gemm_stream, of which the first
