@@ -20,8 +20,10 @@ __global__ void embedding_kernel(float *x,              // (N, C)
                                  const ni_half16 *wte,  // (V, C)
                                  const ni_half16 *wpe,  // (P, C)
                                  size_t C, int vec) {
-    ni_pdl_wait();              /* tokens and pos may come from the previous kernel */
-    ni_pdl_launch_dependents(); /* a single short pass: let the next kernel queue up now */
+    ni_pdl_wait(); /* tokens and pos may come from the previous kernel */
+    /* a single short pass: let the next kernel queue up now. The trigger must stay after the
+     * wait: the decode attention's early reads of pos and slot rest on it (pdl.cuh) */
+    ni_pdl_launch_dependents();
     size_t i = blockIdx.x;
     const ni_half16 *te = wte + (size_t)tokens[i] * C;
     const ni_half16 *pe = wpe + (size_t)pos[i] * C;

@@ -22,6 +22,9 @@ typedef struct CUstream_st *ni_stream;
 
 /* ---- weights ------------------------------------------------------------------------------ */
 
+/* Both writers below: synchronize the stream after them before any product reads the weights;
+ * the GEMV and gemm_stream load weights before their programmatic-launch wait (pdl.cuh). */
+
 /* out[i] = 16-bit(std * ni_rng_normal(seed, tensor, i)) for i < n (common/philox.h), or the
  * constant `value` when std == 0. The same numbers as the CPU's random init. */
 int ni_cuda_init_random(ni_half16 *out, size_t n, uint64_t seed, uint32_t tensor, float std,

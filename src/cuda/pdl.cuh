@@ -8,7 +8,11 @@
  * writes must not be read with ld.global.nc / __ldg after the wait (the non-coherent path lies
  * outside the memory model that the wait orders, and ptxas may schedule such loads before it):
  * only weights, written before the last stream synchronization, go that way, and only they may
- * be loaded before the wait (the GEMV's biases and the LayerNorm's scale and shift are). One
+ * be loaded before the wait: the GEMV's biases and first round of weights, gemm_stream's TMA
+ * stream and bias, the LayerNorm's scale and shift. Before its wait a kernel may run beside any
+ * earlier kernel still in flight, not only the one just before it (see "Where to trigger"), so
+ * the rule holds against all of them; the weights' writers (weights_init.cu) are followed by a
+ * stream synchronization before any forward pass. One
  * exception, with plain loads: the decode attention that appends the step's keys and values
  * (attention_decode.cu) reads pos and slot before its wait, to request the cached rows before pos
  * into L2. No kernel of a decode step writes them before it: every step begins with the
@@ -20,8 +24,11 @@
  * resident together, each held at its wait, while their pre-wait work runs: the GEMV's first
  * round of weights, gemm_stream's producer, the attention's cache prefetch. That is safe for
  * every chain: a dependent's wait returns only once its predecessor has completed, which it
- * cannot before its own wait returned, and so on up the stream. It cannot deadlock either: a
- * grid's dependents launch only once every block of it has triggered, i.e. is resident. On the
+ * cannot before its own wait returned, and so on up the stream. That needs every kernel launched
+ * here to execute ni_pdl_wait() unconditionally in at least one thread of each block (all do;
+ * gemm_stream's producer warp skips it, its consumer warps do not). It cannot deadlock either: a
+ * grid's dependents launch only once every block of it has triggered or exited, so every grid in
+ * flight but the newest is wholly resident and the oldest always finishes. On the
  * H200 this took gpt2 batch 1 from 3,760 to 4,280 tokens/s and batch 8 +13 % (the preload alone,
  * with the triggers where they were, lost 3 %). The embedding, the sampler and the advance
  * trigger after their wait (no gain measured the other way).

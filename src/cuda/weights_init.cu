@@ -29,8 +29,8 @@ template <typename D>
 __global__ void init_random_kernel(ni_half16 *out, // (n)
                                    size_t n, uint64_t seed, uint32_t tensor, float std, float value,
                                    int vec) {
-    ni_pdl_wait(); /* out may still be read by the previous kernel */
-    ni_pdl_launch_dependents();
+    ni_pdl_wait();              /* out may still be read by the previous kernel */
+    ni_pdl_launch_dependents(); /* the caller synchronizes before a GEMV preloads (pdl.cuh) */
     size_t stride = (size_t)gridDim.x * blockDim.x;
     size_t groups = (n + 7) / 8;
     for (size_t g = (size_t)blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += stride) {
@@ -60,8 +60,8 @@ template <typename D>
 __global__ void f32_to_half16_kernel(ni_half16 *out,  // (n)
                                      const float *in, // (n)
                                      size_t n, int vec) {
-    ni_pdl_wait(); /* in may come from the previous kernel */
-    ni_pdl_launch_dependents();
+    ni_pdl_wait();              /* in may come from the previous kernel */
+    ni_pdl_launch_dependents(); /* the caller synchronizes before a GEMV preloads (pdl.cuh) */
     size_t stride = (size_t)gridDim.x * blockDim.x;
     size_t groups = (n + 7) / 8;
     for (size_t g = (size_t)blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += stride) {
