@@ -93,9 +93,8 @@ struct ni_backend_ctx {
     float *logits;                          /* (S, V) */
     float *attn_partial;
     int32_t *d_next; /* (S) sampled tokens */
-    /* the fused decode step (decode_fused.cu): off when fused_blocks == 0 */
+    /* the fused decode step (decode_fused.cu), NI_FUSED=1 only: off when fused_blocks == 0 */
     size_t fused_blocks, fused_warps;
-    int fused_policy; /* 0 off (the default), 1 every supported batch (NI_FUSED=1) */
     unsigned fused_ring[NI_CUDA_DECODE_FUSED_MAX_ROWS + 1]; /* ring slots per row count, 0: no */
     cuda_layer *d_layers;                                   /* (L) device copy of `layers` */
     unsigned *fused_sync;
@@ -391,8 +390,7 @@ static ni_status cuda_create(ni_model *m, const ni_engine_opts *o, ni_backend_ct
     b->sample_ws_bytes = b->flags->rejection_sampler ? 0 : ni_cuda_sample_sorted_workspace(S, V);
     b->lt_ws_bytes = (size_t)32 << 20;
     /* the fused decode step: only with NI_FUSED=1, for every batch it supports (fused_ok) */
-    b->fused_policy = ni_env_int("NI_FUSED", 0, 1, NULL, 0, &env) ? (int)env : 0;
-    if (s == NI_OK && b->fused_policy &&
+    if (s == NI_OK && ni_env_int("NI_FUSED", 0, 1, NULL, 0, &env) && env == 1 &&
         ni_cuda_decode_fused_grid(&b->fused_blocks, &b->fused_warps) != 0) {
         cudaGetLastError(); /* not available: the per-kernel path */
         b->fused_blocks = b->fused_warps = 0;
@@ -601,8 +599,8 @@ static void trace_print(const ni_backend_ctx *b) {
  * the GEMV load weights before its wait (pdl.cuh): that path now leads it at every batch size
  * (H200, gpt2-xl batch 1: 650 against 613 tokens/s, batch 2: 1,275 against 1,136). */
 static int fused_ok(const ni_backend_ctx *b, size_t N) {
-    return b->fused_policy && b->fused_blocks && b->dt == NI_CUDA_BF16 &&
-           N <= NI_CUDA_DECODE_FUSED_MAX_ROWS && b->fused_ring[N] != 0;
+    return b->fused_blocks && b->dt == NI_CUDA_BF16 && N <= NI_CUDA_DECODE_FUSED_MAX_ROWS &&
+           b->fused_ring[N] != 0;
 }
 
 /* The whole forward pass of N single-token rows (tokens, slots, positions on the device) into
