@@ -1,9 +1,9 @@
 /* The matrix product for 17 to 32 rows: a prefill of a 17-32-token chunk, a decode batch of
  * 17-32. out (N, OC) = inp (N, IC) @ w^T + bias [then GELU], 16-bit in and out, f32 accumulate.
- * A block's inputs stay in shared memory: at most 2048 columns (8 slab columns) of the 32 rows.
- * Wider inputs (the MLP's second product of gpt2 to gpt2-xl, 3072-6400 columns) are split into
- * column ranges ("parts") of the grid's blocks, whose sums meet in a workspace and are added in
- * part order by the last part to arrive (a fence and an atomic; ni_cuda_gemm_stream_plan_for
+ * A block takes at most 2048 columns (8 slab columns) of the inputs: wider inputs (the MLP's
+ * second product of gpt2 to gpt2-xl, 3072-6400 columns) are split into column ranges ("parts") of
+ * the grid's blocks, so that every SM takes a share, whose sums meet in a workspace and are added
+ * in part order by the last part to arrive (a fence and an atomic; ni_cuda_gemm_stream_plan_for
  * picks the parts), or, for the product before a LayerNorm, by that LayerNorm (defer). Against
  * cuBLASLt there (H200, same call, 32-token prompt): TTFT gpt2 0.40 / 0.41 -> 0.37 / 0.38 ms,
  * decode at batch 17 +6 %, 24 +4 %, 32 +3 %; gpt2-medium, -large and -xl even (xl's fcproj: 5 parts
@@ -12,22 +12,28 @@
  * the weights through their registers, loses to it above 16 rows. Here the weights go by TMA, as in
  * the fused decode step: one block per SM owns consecutive tiles of 16 output features (split
  * evenly, at most 4), and a producer warp copies the block's slabs (16 rows x 256 columns, one
- * 2D tensor copy each) into a ring of 12 shared-memory slots in the order they are consumed,
+ * 2D tensor copy each) into a ring of 6 shared-memory slots in the order they are consumed,
  * column of slabs by column, starting before the programmatic-launch wait (the weights never
  * depend on the previous kernel). The LayerNorm and the attention let this kernel launch at
  * their start (pdl.cuh), so the ring fills while they run.
- * The consumer warps stage all the inputs (32 rows) in shared memory at once, then take every
- * slab together: warp w multiplies columns 32 w .. 32 w + 31 of each, for all the block's tiles,
- * on the tensor cores (mma.m16n8k16, the rows as the A operand in two 16-row tiles, the weights
- * as B). Then the warps' partial tiles are added in warp order. Every sum's order depends only
- * on (IC, OC) and the grid, never on N: a row's output is the same in any batch. For the qkv
- * product of a prefill chunk the epilogue also stores the keys and values into the caches (the
- * KV append kernel's copy, saved: TTFT gpt2 0.48 -> 0.44 ms, H200).
- * Measured in the engine against cuBLASLt (H200, same call): TTFT with a 32-token prompt gpt2
- * 0.53 -> 0.47 ms, gpt2-medium 1.00 -> 0.91, gpt2-large 1.55 -> 1.44, gpt2-xl even; decode at
- * batch 32 gpt2 +13 %, medium +10 %, large +6 %, xl even (+3 % at batch 17). For gpt2-xl's
- * matrices the kernel alone is slower than cuBLASLt (qkv 11.3-12.7 us against 8.7-9.2, ncu):
- * the slabs land in no useful order, so the warps' work bunches up after the stream
+ * The consumer warps take every slab together: warp w multiplies columns 32 w .. 32 w + 31 of
+ * each, for all the block's tiles, on the tensor cores (mma.m16n8k16, the rows as the A operand
+ * in two 16-row tiles, the weights as B), with those columns of the 32 input rows in registers,
+ * loaded from L2 one slab column ahead (no warp reads another's inputs, so none are staged in
+ * shared memory). Then the warps' partial tiles are added in warp order. Every sum's order
+ * depends only on (IC, OC) and the grid, never on N: a row's output is the same in any batch.
+ * For the qkv product of a prefill chunk the epilogue also stores the keys and values into the
+ * caches (the KV append kernel's copy, saved: TTFT gpt2 0.48 -> 0.44 ms, H200).
+ * The ring is small on purpose. Measured on the H200 in one call, against the inputs staged in
+ * shared memory all at once with a 12-slot ring: inputs in registers, 12 slots: TTFT gpt2-xl
+ * 2.22 -> 2.12 ms, decode batch 17 / 32 +3 / +5 %; with 26 slots (every slab of a block requested
+ * at once) 2.20 ms; 8 slots 2.00-2.04; 7 slots 1.99-2.02; 6 slots 1.99 ms, batch 17 / 32 +9 / +10 %
+ * (gpt2: TTFT 0.36 -> 0.34 ms, +3 / +4 %); 5 slots 2.02-2.05; 4 slots 2.08-2.10; 3 slots 2.25.
+ * With fewer copies in flight per SM the slabs land closer to the order the warps take them, and
+ * the inputs' L2 loads queue behind fewer of them.
+ * Measured in the engine against cuBLASLt (H200, same call, before the above): TTFT with a
+ * 32-token prompt gpt2 0.53 -> 0.47 ms, gpt2-medium 1.00 -> 0.91, gpt2-large 1.55 -> 1.44, gpt2-xl
+ * even; decode at batch 32 gpt2 +13 %, medium +10 %, large +6 %, xl even (+3 % at batch 17)
  * (docs/engines.md has the variants measured). */
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -46,16 +52,17 @@
 #define GS_ROWS NI_CUDA_GEMM_STREAM_MAX_ROWS
 #define GS_SLAB_PITCH (NI_CUDA_SLAB_COLS * 2)
 #define GS_SLAB_BYTES (NI_CUDA_SLAB_ROWS * GS_SLAB_PITCH)
-#define GS_RING 12    /* weight slots: 96 KB in flight per SM, 12.7 MB on 132 SMs */
-#define GS_MAX_COLS 8 /* slab columns: IC <= 2048, so that the inputs fit in shared memory */
-#define GS_X_COL_BYTES (GS_WARPS * GS_ROWS * 32 * 2) /* one slab column of the 32 rows */
-/* 208 KB for gpt2-xl (7 columns): a LayerNorm block (7 KB) of the kernel before still fits
- * beside it, so that the weights can stream in while that kernel runs */
-#define GS_SMEM(S) (GS_RING * GS_SLAB_BYTES + (S)*GS_X_COL_BYTES + GS_RING * 16)
+#define GS_RING 6     /* weight slots: 48 KB in flight per SM (see above) */
+#define GS_MAX_COLS 8 /* slab columns per block: IC <= 2048, wider inputs in parts */
+/* the partial tiles, [warp][tile][row][feature] */
+#define GS_RED_BYTES (GS_WARPS * GS_MAX_TILES * GS_ROWS * 16 * 4)
+#define GS_RING_BYTES (GS_RING * GS_SLAB_BYTES)
+/* the ring, then the reduction's partial tiles where they do not fit it, then the barriers */
+#define GS_AREA_BYTES (GS_RING_BYTES > GS_RED_BYTES ? GS_RING_BYTES : GS_RED_BYTES)
+#define GS_SMEM (GS_AREA_BYTES + GS_RING * 16)
 
 /* the partial tiles reuse the ring once every slab is consumed */
-static_assert(GS_WARPS * GS_MAX_TILES * GS_ROWS * 16 * 4 <= GS_RING * GS_SLAB_BYTES,
-              "partial sums do not fit the ring");
+static_assert(GS_RED_BYTES <= GS_AREA_BYTES, "partial sums do not fit");
 static_assert(GS_MAX_TILES * 16 <= GS_THREADS, "one thread per bias");
 
 /* The 8 consumer warps only (named barrier 1): the producer warp never joins. */
@@ -63,25 +70,31 @@ static __device__ __forceinline__ void gs_bar(void) {
     asm volatile("bar.sync 1, %0;" ::"n"(GS_THREADS) : "memory");
 }
 
-/* This lane's inputs, slab columns c0 .. c0 + S - 1, into shared memory (cp.async): for column
- * c0 + s, rows r, r + 8, r + 16, r + 24 (zeros past N or IC), matrix columns (c0 + s) * 256 +
- * 32 w + 8 t .. + 7, at xs[(s * 4 + g) * 32 + lane] of the warp's part. Each lane reads back
- * only what it copied. */
-static __device__ __forceinline__ void gs_stage_inputs(uint4 *xs, const uint16_t *inp, uint32_t N,
-                                                       uint32_t IC, uint32_t c0, uint32_t S,
-                                                       uint32_t warp, uint32_t lane) {
-    const uint32_t r = lane >> 2;
-    for (uint32_t s = 0; s < S; s++) {
-        const uint32_t col = (c0 + s) * NI_CUDA_SLAB_COLS + warp * 32 + 8 * (lane & 3);
+/* Coherent 16-byte load (the inputs are the previous kernel's output, pdl.cuh), zeros where
+ * !pred. */
+static __device__ __forceinline__ uint4 gs_ld_input(const uint16_t *p, bool pred) {
+    uint4 v;
+    asm volatile("{\n\t.reg .pred p;\n\t"
+                 "setp.ne.b32 p, %5, 0;\n\t"
+                 "mov.b32 %0, 0;\n\tmov.b32 %1, 0;\n\tmov.b32 %2, 0;\n\tmov.b32 %3, 0;\n\t"
+                 "@p ld.global.v4.u32 {%0, %1, %2, %3}, [%4];\n\t}"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p), "r"((int)pred));
+    return v;
+}
+
+/* This lane's inputs of slab column s: rows r, r + 8, r + 16, r + 24 (zeros past N or IC),
+ * matrix columns s * 256 + 32 w + 8 t .. + 7. */
+static __device__ __forceinline__ void gs_load_inputs(uint4 (&xv)[4], const uint16_t *inp,
+                                                      uint32_t N, uint32_t IC, uint32_t s,
+                                                      uint32_t warp, uint32_t lane) {
+    const uint32_t r = lane >> 2, col = s * NI_CUDA_SLAB_COLS + warp * 32 + 8 * (lane & 3);
 #pragma unroll
-        for (uint32_t g = 0; g < 4; g++) {
-            const uint32_t row = r + 8 * g;
-            const bool ok = row < N && col < IC;
-            ni_cp_async16_or_zero(xs + (s * 4 + g) * 32 + lane,
-                                  inp + (ok ? (size_t)row * IC + col : 0), ok);
-        }
+    for (uint32_t g = 0; g < 4; g++) {
+        const uint32_t row = r + 8 * g;
+        const bool ok = row < N && col < IC;
+        xv[g] = gs_ld_input(inp + (ok ? (size_t)row * IC + col : 0), ok);
     }
-    ni_cp_async_commit();
 }
 
 /* Slab column s of every tile of the block: wait for each slab, multiply this warp's 32 columns
@@ -202,9 +215,7 @@ __global__ void __launch_bounds__(GS_BLOCK, 1)
     const uint32_t c0 = (uint32_t)((uint64_t)part * S_all / parts);
     const uint32_t S = (uint32_t)((uint64_t)(part + 1) * S_all / parts) - c0;
     const uint32_t ring_base = ni_smem_addr(gs_smem);
-    const uint32_t bars = ring_base + GS_RING * GS_SLAB_BYTES;
-    uint4 *xs = reinterpret_cast<uint4 *>(gs_smem + GS_RING * GS_SLAB_BYTES + GS_RING * 16) +
-                (size_t)warp * S * (GS_X_COL_BYTES / GS_WARPS / 16);
+    const uint32_t bars = ring_base + GS_AREA_BYTES;
 
     if (threadIdx.x == 0) {
         for (uint32_t k = 0; k < GS_RING; k++) {
@@ -240,8 +251,9 @@ __global__ void __launch_bounds__(GS_BLOCK, 1)
     const uint32_t bias_o = t0 * 16 + threadIdx.x;
     const uint16_t my_bias = bias && threadIdx.x < nt * 16 && bias_o < OC ? bias[bias_o] : 0;
     ni_pdl_wait(); /* inp comes from the previous kernel */
-    /* the inputs all at once: one L2 round trip, while the weights stream */
-    gs_stage_inputs(xs, inp, N, IC, c0, S, warp, lane);
+    /* the first slab column's inputs now, each next one while this one is multiplied */
+    uint4 xv[4];
+    gs_load_inputs(xv, inp, N, IC, c0, warp, lane);
     float acc[GS_MAX_TILES][2][2][4]; /* [tile][16-row tile][8-feature half][fragment] */
 #pragma unroll
     for (int i = 0; i < GS_MAX_TILES; i++)
@@ -251,13 +263,13 @@ __global__ void __launch_bounds__(GS_BLOCK, 1)
             for (int h = 0; h < 2; h++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) acc[i][m][h][e] = 0.0f;
-    ni_cp_async_wait<0>();
     uint32_t q = 0;
     for (uint32_t s = 0; s < S; s++) {
-        uint4 xv[4];
-#pragma unroll
-        for (int g = 0; g < 4; g++) xv[g] = xs[(s * 4 + g) * 32 + lane];
+        uint4 xn[4] = {};
+        if (s + 1 < S) gs_load_inputs(xn, inp, N, IC, c0 + s + 1, warp, lane);
         gs_column<D>(acc, xv, c0 + s, nt, q, IC, ring_base, bars, warp, lane);
+#pragma unroll
+        for (int g = 0; g < 4; g++) xv[g] = xn[g];
     }
 
     /* every slab consumed, so landed: the ring now holds the partial tiles,
@@ -341,12 +353,12 @@ extern "C" int ni_cuda_gemm_stream_setup(size_t *sms) {
     if (e == cudaSuccess)
         e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
     if (e != cudaSuccess) return (int)e;
-    if (major < 9 || (size_t)optin < GS_SMEM(GS_MAX_COLS) + GS_MAX_TILES * 16 * 4) return 0;
+    if (major < 9 || (size_t)optin < GS_SMEM + GS_MAX_TILES * 16 * 4) return 0;
     e = cudaFuncSetAttribute(gemm_stream_kernel<ni_dt_bf16>,
-                             cudaFuncAttributeMaxDynamicSharedMemorySize, GS_SMEM(GS_MAX_COLS));
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, GS_SMEM);
     if (e == cudaSuccess)
         e = cudaFuncSetAttribute(gemm_stream_kernel<ni_dt_f16>,
-                                 cudaFuncAttributeMaxDynamicSharedMemorySize, GS_SMEM(GS_MAX_COLS));
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, GS_SMEM);
     if (e != cudaSuccess) return (int)e;
     *sms = (size_t)count;
     return 0;
@@ -431,7 +443,7 @@ extern "C" int ni_cuda_gemm_stream(ni_half16 *out, float *ws, unsigned *counters
     if (N == 0) return (int)cudaGetLastError();
     cudaStream_t st = (cudaStream_t)s;
     const dim3 grid((unsigned)chk.blocks), block(GS_BLOCK);
-    const size_t smem = GS_SMEM(chk.columns);
+    const size_t smem = GS_SMEM;
     const uint32_t n = (uint32_t)N, ic = (uint32_t)IC, oc = (uint32_t)OC;
     const uint32_t parts = (uint32_t)chk.parts;
     const int defer = plan->defer != 0, early = plan->early != 0;

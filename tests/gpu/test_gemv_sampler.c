@@ -496,7 +496,7 @@ static void test_gemm_stream_shapes(void **state) {
     }
 }
 
-/* The shares of other grids: every block 4 tiles, so the 12-slot ring wraps (IC = 2048: 32
+/* The shares of other grids: every block 4 tiles, so the 6-slot ring wraps (IC = 2048: 32
  * slabs a block), whatever this card's SM count, in one part or several; and no bias, which
  * must equal a zero bias. */
 static void test_gemm_stream_small_grid(void **state) {
