@@ -44,6 +44,7 @@ def plot(runs, rows, out, title, engines):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
 
     ok = [r for r in rows if "error" not in r]
     names = sorted({r["engine"] for r in ok}, key=engine_key)
@@ -69,8 +70,13 @@ def plot(runs, rows, out, title, engines):
         axes[2].plot(b, [r["peak_mem_bytes"] / 1e9 for r in pts], label=name, **style)
     labels = [("Decode throughput (tokens/s; dashed: per request)", True),
               ("Time to first token (ms)", True), ("Peak memory (GB)", False)]
+    # every power of two in range, labelled alike whatever matplotlib's version
+    exps = [r["batch_size"].bit_length() - 1 for r in ok]
+    ticks = range(min(exps), max(exps) + 1)
     for ax, (label, logy) in zip(axes, labels):
         ax.set_xscale("log", base=2)
+        ax.set_xticks([2 ** k for k in ticks], ["$2^{%d}$" % k for k in ticks])
+        ax.xaxis.set_minor_locator(NullLocator())
         if logy:
             ax.set_yscale("log")
         ax.set_xlabel("batch size")
