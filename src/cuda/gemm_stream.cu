@@ -19,8 +19,8 @@
  * The consumer warps take every slab together: warp w multiplies columns 32 w .. 32 w + 31 of
  * each, for all the block's tiles, on the tensor cores (mma.m16n8k16, the rows as the A operand
  * in two 16-row tiles, the weights as B), with those columns of the 32 input rows in registers,
- * loaded from L2 one slab column ahead (no warp reads another's inputs, so none are staged in
- * shared memory). Then the warps' partial tiles are added in warp order. Every sum's order
+ * loaded one slab column ahead (no warp reads another's inputs, so none are staged in shared
+ * memory). Then the warps' partial tiles are added in warp order. Every sum's order
  * depends only on (IC, OC) and the grid, never on N: a row's output is the same in any batch.
  * For the qkv product of a prefill chunk the epilogue also stores the keys and values into the
  * caches (the KV append kernel's copy, saved: TTFT gpt2 0.48 -> 0.44 ms, H200).
@@ -30,7 +30,7 @@
  * at once) 2.20 ms; 8 slots 2.00-2.04; 7 slots 1.99-2.02; 6 slots 1.99 ms, batch 17 / 32 +9 / +10 %
  * (gpt2: TTFT 0.36 -> 0.34 ms, +3 / +4 %); 5 slots 2.02-2.05; 4 slots 2.08-2.10; 3 slots 2.25.
  * With fewer copies in flight per SM the slabs land closer to the order the warps take them, and
- * the inputs' L2 loads queue behind fewer of them.
+ * the inputs' loads queue behind fewer of them.
  * Measured in the engine against cuBLASLt (H200, same call, before the above): TTFT with a
  * 32-token prompt gpt2 0.53 -> 0.47 ms, gpt2-medium 1.00 -> 0.91, gpt2-large 1.55 -> 1.44, gpt2-xl
  * even; decode at batch 32 gpt2 +13 %, medium +10 %, large +6 %, xl even (+3 % at batch 17)
@@ -61,8 +61,8 @@
 #define GS_AREA_BYTES (GS_RING_BYTES > GS_RED_BYTES ? GS_RING_BYTES : GS_RED_BYTES)
 #define GS_SMEM (GS_AREA_BYTES + GS_RING * 16)
 
-/* the partial tiles reuse the ring once every slab is consumed */
-static_assert(GS_RED_BYTES <= GS_AREA_BYTES, "partial sums do not fit");
+/* the partial tiles reuse the area once every slab is consumed; the barriers follow it */
+static_assert(GS_AREA_BYTES % 16 == 0, "the barriers must stay aligned");
 static_assert(GS_MAX_TILES * 16 <= GS_THREADS, "one thread per bias");
 
 /* The 8 consumer warps only (named barrier 1): the producer warp never joins. */
@@ -272,7 +272,7 @@ __global__ void __launch_bounds__(GS_BLOCK, 1)
         for (int g = 0; g < 4; g++) xv[g] = xn[g];
     }
 
-    /* every slab consumed, so landed: the ring now holds the partial tiles,
+    /* every slab consumed, so landed: the area now holds the partial tiles,
      * red[warp][tile][row][feature] */
     if (threadIdx.x < nt * 16) sbias[threadIdx.x] = D::to_float(my_bias);
     gs_bar();
@@ -387,7 +387,8 @@ static int gs_plan_parts(ni_cuda_gemm_stream_plan *p, size_t T, size_t S, size_t
 }
 
 /* The planner's cost of a share: a block's first GS_RING slabs are in flight at once, and the
- * parts' handshake (a fence, an atomic, the sums through L2) costs more than 6 slabs: whole
+ * parts' handshake (a fence, an atomic, the sums through L2) costs more than 6 slabs (counted as
+ * 8): whole
  * tiles plus the 4 tiles left over from 132 x 3 spread as single-column pieces, which took
  * gpt2-xl's fc from 28 slabs to 22 for the busiest block, cost 0.2 ms of TTFT. The busiest
  * block sets the kernel's time: gpt2-xl's fcproj in 4 parts gives one block 28 slabs (33

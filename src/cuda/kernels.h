@@ -184,11 +184,11 @@ int ni_cuda_gemm_stream(ni_half16 *out, float *ws, unsigned *counters, const ni_
  * 0 where the kernel cannot run (before sm_90, too little shared memory); 0 or a CUDA error. */
 int ni_cuda_gemm_stream_setup(size_t *sms);
 /* The share of a matrix (OC, IC) over a device of sms multiprocessors (ni_cuda_gemm_stream_
- * setup): each block streams the weight slabs of at most 4 tiles of 16 outputs and stages at
- * most 2048 input columns. From the fewest parts of IC that fit, the count whose busiest block
- * streams the fewest slabs, counting the parts' handshake; want_parts asks for more parts where
- * they are valid. 1 and *out, or 0 when the kernel does not take the shape (IC not a multiple
- * of 8, too many tiles, sms == 0). */
+ * setup): each block streams the weight slabs of at most 4 tiles of 16 outputs and takes at
+ * most 2048 input columns (wider inputs go in parts). From the fewest parts of IC that fit, the
+ * count whose busiest block streams the fewest slabs, counting the parts' handshake; want_parts
+ * asks for more parts where they are valid. 1 and *out, or 0 when the kernel does not take the
+ * shape (IC not a multiple of 8, too many tiles, sms == 0). */
 int ni_cuda_gemm_stream_plan_for(ni_cuda_gemm_stream_plan *out, size_t IC, size_t OC, size_t sms,
                                  size_t want_parts);
 #define NI_CUDA_GEMM_STREAM_MAX_ROWS 32
