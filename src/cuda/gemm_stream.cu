@@ -70,21 +70,8 @@ static __device__ __forceinline__ void gs_bar(void) {
     asm volatile("bar.sync 1, %0;" ::"n"(GS_THREADS) : "memory");
 }
 
-/* Coherent 16-byte load (the inputs are the previous kernel's output, pdl.cuh), zeros where
- * !pred. */
-static __device__ __forceinline__ uint4 gs_ld_input(const uint16_t *p, bool pred) {
-    uint4 v;
-    asm volatile("{\n\t.reg .pred p;\n\t"
-                 "setp.ne.b32 p, %5, 0;\n\t"
-                 "mov.b32 %0, 0;\n\tmov.b32 %1, 0;\n\tmov.b32 %2, 0;\n\tmov.b32 %3, 0;\n\t"
-                 "@p ld.global.v4.u32 {%0, %1, %2, %3}, [%4];\n\t}"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p), "r"((int)pred));
-    return v;
-}
-
 /* This lane's inputs of slab column s: rows r, r + 8, r + 16, r + 24 (zeros past N or IC),
- * matrix columns s * 256 + 32 w + 8 t .. + 7. */
+ * matrix columns s * 256 + 32 w + 8 t .. + 7; the previous kernel's output (pdl.cuh). */
 static __device__ __forceinline__ void gs_load_inputs(uint4 (&xv)[4], const uint16_t *inp,
                                                       uint32_t N, uint32_t IC, uint32_t s,
                                                       uint32_t warp, uint32_t lane) {
@@ -93,7 +80,7 @@ static __device__ __forceinline__ void gs_load_inputs(uint4 (&xv)[4], const uint
     for (uint32_t g = 0; g < 4; g++) {
         const uint32_t row = r + 8 * g;
         const bool ok = row < N && col < IC;
-        xv[g] = gs_ld_input(inp + (ok ? (size_t)row * IC + col : 0), ok);
+        xv[g] = ni_ld_after_wait16(inp + (ok ? (size_t)row * IC + col : 0), ok);
     }
 }
 

@@ -50,20 +50,6 @@ static __device__ __forceinline__ uint4 gemv_ld_stream(const ni_half16 *p, bool 
     return v;
 }
 
-/* The inputs are re-read by every warp: through L1, same predication. A coherent load, not
- * ld.global.nc: the inputs are the previous kernel's output, and with PDL that kernel may still
- * have been running when this one started (pdl.cuh). */
-static __device__ __forceinline__ uint4 gemv_ld_cached(const ni_half16 *p, bool pred) {
-    uint4 v;
-    asm volatile("{\n\t.reg .pred p;\n\t"
-                 "setp.ne.b32 p, %5, 0;\n\t"
-                 "mov.b32 %0, 0;\n\tmov.b32 %1, 0;\n\tmov.b32 %2, 0;\n\tmov.b32 %3, 0;\n\t"
-                 "@p ld.global.v4.u32 {%0, %1, %2, %3}, [%4];\n\t}"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p), "r"((int)pred));
-    return v;
-}
-
 /* Eight 16-bit values at row[col .. col + 8) with zeros past IC, without alignment requirements;
  * NC: through the non-coherent path (weights only, as above). */
 template <bool NC>
@@ -90,7 +76,9 @@ static __device__ __forceinline__ uint4 gemv_ld_w(const ni_half16 *row, size_t c
 template <bool VEC>
 static __device__ __forceinline__ uint4 gemv_ld_x(const ni_half16 *row, size_t col, size_t IC,
                                                   bool pred) {
-    if (VEC) return gemv_ld_cached(row + col, pred);
+    /* the inputs, re-read by every warp: through L1, and coherent, since they are the previous
+     * kernel's output, which with PDL may still have been running when this one started */
+    if (VEC) return ni_ld_after_wait16(row + col, pred);
     return pred ? gemv_ld_scalar<false>(row, col, IC) : make_uint4(0u, 0u, 0u, 0u);
 }
 

@@ -53,6 +53,20 @@ static __device__ __forceinline__ void ni_pdl_launch_dependents(void) {
 #endif
 }
 
+/* 16 bytes at p that an earlier kernel wrote, read after ni_pdl_wait(): a coherent load (not
+ * ld.global.nc, above), through L1. Zeros where !pred, predicated inside the asm so that an
+ * unrolled round of such loads has no branches and ptxas may issue them all at once. */
+static __device__ __forceinline__ uint4 ni_ld_after_wait16(const void *p, bool pred) {
+    uint4 v;
+    asm volatile("{\n\t.reg .pred p;\n\t"
+                 "setp.ne.b32 p, %5, 0;\n\t"
+                 "mov.b32 %0, 0;\n\tmov.b32 %1, 0;\n\tmov.b32 %2, 0;\n\tmov.b32 %3, 0;\n\t"
+                 "@p ld.global.v4.u32 {%0, %1, %2, %3}, [%4];\n\t}"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p), "r"((int)pred));
+    return v;
+}
+
 /* 0 when NI_NO_PDL is set to anything but "" or "0". */
 static inline int ni_pdl_enabled(void) {
     const char *e = getenv("NI_NO_PDL");
