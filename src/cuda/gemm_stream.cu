@@ -361,7 +361,7 @@ static int gs_plan_check(ni_cuda_gemm_stream_plan *p, size_t T, size_t S, size_t
         return 0;
     const size_t bp = G / parts, tb = (T + bp - 1) / bp, cols = (S + parts - 1) / parts;
     if (tb > GS_MAX_TILES || cols > GS_MAX_COLS) return 0;
-    p->blocks = G, p->parts = parts, p->columns = cols, p->max_slabs = tb * cols;
+    p->blocks = G, p->parts = parts, p->max_slabs = tb * cols;
     p->ws_floats = parts > 1 ? parts * GS_ROWS * T * 16 : 0;
     p->counters = parts > 1 ? bp : 0;
     return 1;

@@ -157,7 +157,6 @@ typedef struct {
 typedef struct {
     size_t blocks;    /* the grid */
     size_t parts;     /* IC in this many ranges of 256-column slabs (> 1: sums through ws) */
-    size_t columns;   /* the most slab columns a block stages */
     size_t ws_floats; /* the parts' partial sums (0 for one part) */
     size_t counters;  /* the parts' counters (0 for one part) */
     size_t max_slabs; /* the busiest block's weight slabs */
