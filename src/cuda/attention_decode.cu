@@ -19,8 +19,10 @@
  * its launch: the block whose chunk holds pos[r] reads that position's key and value from qkv
  * instead of the cache (no other block reads it), and the lanes that loaded them store them to
  * the cache from their registers; the result is the same to the bit. In the decode step (with
- * append) the chunk's cached rows are requested into L2 before the programmatic-launch wait:
- * no kernel of the step writes them (pdl.cuh). */
+ * append) the chunk's cached rows are read before the programmatic-launch wait (no kernel of the
+ * step writes them, pdl.cuh): where the qkv product lets the kernel launch at its start and a
+ * chunk fits in registers, all of them into registers (attention_decode_whole_kernel), else
+ * they are requested into L2. */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
@@ -31,6 +33,9 @@
 
 #define AD_SPLIT NI_CUDA_ATTN_DECODE_CHUNK /* positions per chunk */
 #define AD_MAX_HS 128
+#ifndef AD_WHOLE_STEPS
+#define AD_WHOLE_STEPS 8 /* chunks of at most this many steps load whole (the whole kernel) */
+#endif
 
 /* W 16-bit elements as one load */
 template <int W> struct ad_vec;
@@ -96,6 +101,72 @@ static __device__ __forceinline__ void ad_copy_rows(typename ad_vec<W>::t (&dst)
         for (int i = 0; i < CPL; i++) dst[u][i] = src[u][i];
 }
 
+/* The chunk's max and sum of 2^(score - max) over scores[0, n_valid), computed by every warp
+ * alike. */
+static __device__ __forceinline__ void ad_softmax_stats(float &mx, float &sum, const float *scores,
+                                                        int n_valid) {
+    const int lane = threadIdx.x & 31;
+    mx = -INFINITY;
+    for (int t = lane; t < n_valid; t += 32) mx = fmaxf(mx, scores[t]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    sum = 0.0f;
+    for (int t = lane; t < n_valid; t += 32) sum += exp2f(scores[t] - mx);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+}
+
+/* The end of a chunk's block: this thread's p * v sums acc reduced over the groups of a warp
+ * (lanes gl, gl + L, ...), then over the warps in warp order through s_red; a row whose positions
+ * fit one chunk writes its output, a longer one its chunk's (max, sum, acc[HS]) to partial. */
+template <typename D, int W, int L, int CPL, int NT>
+static __device__ __forceinline__ void
+ad_finish(uint16_t *out, float *partial, float (&acc)[CPL][W], float (*s_red)[AD_MAX_HS], float mx,
+          float sum, int p, int r, int h, int c, int NH, int HS, int NCH) {
+    constexpr int NW = NT / 32;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gl = tid % L;
+    const size_t C = (size_t)NH * HS;
+#pragma unroll
+    for (int o = L; o < 32; o <<= 1)
+#pragma unroll
+        for (int i = 0; i < CPL; i++)
+#pragma unroll
+            for (int e = 0; e < W; e++) acc[i][e] += __shfl_xor_sync(0xffffffffu, acc[i][e], o);
+    if (lane < L) {
+#pragma unroll
+        for (int i = 0; i < CPL; i++)
+#pragma unroll
+            for (int e = 0; e < W; e++) {
+                int d = (gl + i * L) * W + e;
+                if (d < HS) s_red[warp][d] = acc[i][e];
+            }
+    }
+    __syncthreads();
+
+    if (p < AD_SPLIT) { /* the only chunk of this row: finish here */
+        uint16_t *o = out + (size_t)r * C + (size_t)h * HS;
+        float inv = 1.0f / sum;
+        for (int d = tid; d < HS; d += NT) {
+            float a = 0.0f;
+#pragma unroll
+            for (int w = 0; w < NW; w++) a += s_red[w][d];
+            o[d] = D::from_float(a * inv);
+        }
+    } else {
+        float *pp = partial + (((size_t)r * NH + h) * NCH + c) * (size_t)(HS + 2);
+        for (int d = tid; d < HS; d += NT) {
+            float a = 0.0f;
+#pragma unroll
+            for (int w = 0; w < NW; w++) a += s_red[w][d];
+            pp[2 + d] = a;
+        }
+        if (tid == 0) {
+            pp[0] = mx;
+            pp[1] = sum;
+        }
+    }
+}
+
 /* One block per (chunk c, head h, row r). D: the 16-bit type (dtype.cuh); W: elements per load;
  * L: lanes per cached row (a power of two up to 32); CPL: loads per lane and row
  * (L * CPL * W >= HS); NT: threads (NT / L rows at a time, at most a chunk). */
@@ -146,7 +217,7 @@ __global__ void __launch_bounds__(NT)
     const size_t C = (size_t)NH * HS;
     const size_t head = ad_chunk_base(slot[r], NH, h, T, t0, HS);
     uint16_t *Kc = k_cache + head, *Vc = v_cache + head;
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int tid = threadIdx.x;
     /* append: the row's own key and value heads, at chunk row cur_t when this chunk holds pos */
     const uint16_t *kcur = qkv + (size_t)r * 3 * C + C + (size_t)h * HS, *vcur = kcur + C;
     const int cur_t = append && p - t0 < AD_SPLIT ? p - t0 : -1;
@@ -199,15 +270,8 @@ __global__ void __launch_bounds__(NT)
     }
     __syncthreads();
 
-    /* the chunk's max and sum, computed by every warp alike */
-    float mx = -INFINITY;
-    for (int t = lane; t < n_valid; t += 32) mx = fmaxf(mx, s_score[t]);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    float sum = 0.0f;
-    for (int t = lane; t < n_valid; t += 32) sum += exp2f(s_score[t] - mx);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    float mx, sum;
+    ad_softmax_stats(mx, sum, s_score, n_valid);
 
     /* phase 2: acc = sum_t p_t v_t over this thread's rows and elements */
     float acc[CPL][W];
@@ -237,46 +301,103 @@ __global__ void __launch_bounds__(NT)
         }
         if (s0 + U < STEPS) ad_copy_rows<W, CPL, U>(vb, vn);
     }
-    /* reduce over the groups of a warp (lanes gl, gl + L, ...), then over the warps */
+    ad_finish<D, W, L, CPL, NT>(out, partial, acc, s_red, mx, sum, p, r, h, c, NH, HS, NCH);
+}
+
+/* The chunk kernel of a decode step (append) whose predecessor lets it launch at its start
+ * (preload), where a whole chunk fits in registers: 16-byte loads (W = 8, CPL = 1) and at most
+ * AD_WHOLE_STEPS steps of NT / L rows (gpt2 to gpt2-xl). Every cached row's key and value is
+ * loaded at once, before the programmatic-launch wait: pos, slot and the cached rows before pos
+ * were written before the step began (pdl.cuh), so only q and the step's own key and value (from
+ * qkv) are read after it, and the rows' latency hides behind the qkv product. The sums are those
+ * of attention_decode_chunk_kernel, in the same order (the same bits, tested). Measured against
+ * that kernel (H200, cuda_graphs, same call): batch 1 / 2 / 4 / 16 / 32 gpt2-xl +2.8 / +2.9 /
+ * +3.5 / +1.8 / +0.5 %, gpt2 +4.8 / +4.8 / +4.6 / +4.7 / +2.2 %, gpt2-medium (16 heads, 256
+ * threads) +5.3 / +5.2 / +1.9 / +1.3 % (batch 2 / 4 / 16 / 32); at 48 rows and more, where
+ * cuBLASLt's qkv product does not let it launch early, the same loads cost 1-2 %. */
+template <typename D, int L, int NT>
+__global__ void __launch_bounds__(NT)
+    attention_decode_whole_kernel(uint16_t *out,       // (B, C) 16-bit
+                                  float *partial,      // (B, NH, NCH, HS + 2)
+                                  uint16_t *k_cache,   // (S, NH, T, HS) 16-bit (written: append)
+                                  uint16_t *v_cache,   // (S, NH, T, HS) 16-bit (written: append)
+                                  const uint16_t *qkv, // (B, 3C) 16-bit
+                                  const int32_t *slot, // (B)
+                                  const int32_t *pos,  // (B)
+                                  int NH, int HS, int T, int NCH, float scale_log2, int append) {
+    constexpr int W = 8, CPL = 1;
+    typedef ad_vec<W>::t vec_t;
+    constexpr int KPS = NT / L, NW = NT / 32, STEPS = AD_SPLIT / KPS;
+    static_assert(KPS <= AD_SPLIT && STEPS <= AD_WHOLE_STEPS, "a chunk fits the registers");
+    __shared__ float s_score[AD_SPLIT];
+    __shared__ float s_red[NW][AD_MAX_HS];
+
+    ni_pdl_launch_dependents(); /* the next product loads weights before its wait (pdl.cuh) */
+    const int c = blockIdx.x, h = blockIdx.y, r = blockIdx.z;
+    const int t0 = c * AD_SPLIT;
+    const int tid = threadIdx.x, gl = tid % L, grp = tid / L;
+    (void)append; /* launched with append only */
+    /* the cached rows before pos, before the wait */
+    const int p = pos[r], sl = slot[r];
+    const int n_pre = p < t0 || sl < 0 ? 0 : min(AD_SPLIT, p - t0);
+    const size_t head = sl < 0 ? 0 : ad_chunk_base(sl, NH, h, T, t0, HS);
+    vec_t kb[STEPS][CPL], vb[STEPS][CPL];
+    ad_load_rows<NT, W, L, CPL, STEPS>(kb, k_cache + head, NULL, -1, 0, grp, gl, n_pre, HS);
+    ad_load_rows<NT, W, L, CPL, STEPS>(vb, v_cache + head, NULL, -1, 0, grp, gl, n_pre, HS);
+    ni_pdl_wait(); /* qkv comes from the previous kernel */
+    if (t0 > p || sl < 0) return;
+    const int n_valid = min(AD_SPLIT, p - t0 + 1);
+    const size_t C = (size_t)NH * HS;
+    uint16_t *Kc = k_cache + head, *Vc = v_cache + head;
+    /* the row's own key and value heads, at chunk row cur_t when this chunk holds pos */
+    const uint16_t *kcur = qkv + (size_t)r * 3 * C + C + (size_t)h * HS, *vcur = kcur + C;
+    const int cur_t = p - t0 < AD_SPLIT ? p - t0 : -1;
+    const int d0 = gl * W;
 #pragma unroll
-    for (int o = L; o < 32; o <<= 1)
+    for (int st = 0; st < STEPS; st++)
+        if (st * KPS + grp == cur_t && d0 < HS) {
+            kb[st][0] = *reinterpret_cast<const vec_t *>(kcur + d0);
+            vb[st][0] = *reinterpret_cast<const vec_t *>(vcur + d0);
+        }
+    float qv[CPL][W];
+    {
+        const uint16_t *q = qkv + (size_t)r * 3 * C + (size_t)h * HS;
+        vec_t u = d0 < HS ? *reinterpret_cast<const vec_t *>(q + d0) : ad_vec<W>::zero();
+        ad_cvt<D>(u, qv[0]);
+    }
+
+    /* phase 1: scores of the chunk's rows (and the appended key to the cache) */
 #pragma unroll
-        for (int i = 0; i < CPL; i++)
+    for (int st = 0; st < STEPS; st++) {
+        const int t = st * KPS + grp;
+        float kf[W], dot = 0.0f;
+        ad_cvt<D>(kb[st][0], kf);
 #pragma unroll
-            for (int e = 0; e < W; e++) acc[i][e] += __shfl_xor_sync(0xffffffffu, acc[i][e], o);
-    if (lane < L) {
+        for (int e = 0; e < W; e++) dot += qv[0][e] * kf[e];
+        if (t == cur_t && d0 < HS) *reinterpret_cast<vec_t *>(Kc + (size_t)t * HS + d0) = kb[st][0];
 #pragma unroll
-        for (int i = 0; i < CPL; i++)
-#pragma unroll
-            for (int e = 0; e < W; e++) {
-                int d = (gl + i * L) * W + e;
-                if (d < HS) s_red[warp][d] = acc[i][e];
-            }
+        for (int o = L / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+        if (gl == 0 && t < n_valid) s_score[t] = dot * scale_log2;
     }
     __syncthreads();
+    float mx, sum;
+    ad_softmax_stats(mx, sum, s_score, n_valid);
 
-    if (p < AD_SPLIT) { /* the only chunk of this row: finish here */
-        uint16_t *o = out + (size_t)r * C + (size_t)h * HS;
-        float inv = 1.0f / sum;
-        for (int d = tid; d < HS; d += NT) {
-            float a = 0.0f;
+    /* phase 2: acc = sum_t p_t v_t (and the appended value to the cache) */
+    float acc[CPL][W];
 #pragma unroll
-            for (int w = 0; w < NW; w++) a += s_red[w][d];
-            o[d] = D::from_float(a * inv);
-        }
-    } else {
-        float *pp = partial + (((size_t)r * NH + h) * NCH + c) * (size_t)(HS + 2);
-        for (int d = tid; d < HS; d += NT) {
-            float a = 0.0f;
+    for (int e = 0; e < W; e++) acc[0][e] = 0.0f;
 #pragma unroll
-            for (int w = 0; w < NW; w++) a += s_red[w][d];
-            pp[2 + d] = a;
-        }
-        if (tid == 0) {
-            pp[0] = mx;
-            pp[1] = sum;
-        }
+    for (int st = 0; st < STEPS; st++) {
+        const int t = st * KPS + grp;
+        const float pw = t < n_valid ? exp2f(s_score[t] - mx) : 0.0f;
+        float vf[W];
+        ad_cvt<D>(vb[st][0], vf);
+#pragma unroll
+        for (int e = 0; e < W; e++) acc[0][e] += pw * vf[e];
+        if (t == cur_t && d0 < HS) *reinterpret_cast<vec_t *>(Vc + (size_t)t * HS + d0) = vb[st][0];
     }
+    ad_finish<D, W, L, CPL, NT>(out, partial, acc, s_red, mx, sum, p, r, h, c, NH, HS, NCH);
 }
 
 /* One block per (head, row) whose positions span several chunks: out = sum_c 2^(m_c - M) acc_c
@@ -320,7 +441,12 @@ template <typename D, int W, int L, int CPL, int NT = 128>
 static cudaError_t ad_launch(dim3 grid, uint16_t *out, float *partial, uint16_t *k_cache,
                              uint16_t *v_cache, const uint16_t *qkv, const int32_t *slot,
                              const int32_t *pos, int NH, int HS, int T, int NCH, float scale_log2,
-                             int append, cudaStream_t s) {
+                             int append, int preload, cudaStream_t s) {
+    if constexpr (W == 8 && CPL == 1 && NT / L <= AD_SPLIT && AD_SPLIT / (NT / L) <= AD_WHOLE_STEPS)
+        if (append && preload)
+            return ni_launch_pdl(attention_decode_whole_kernel<D, L, NT>, grid, dim3(NT), 0, s, out,
+                                 partial, k_cache, v_cache, qkv, slot, pos, NH, HS, T, NCH,
+                                 scale_log2, append);
     return ni_launch_pdl(attention_decode_chunk_kernel<D, W, L, CPL, NT>, grid, dim3(NT), 0, s, out,
                          partial, k_cache, v_cache, qkv, slot, pos, NH, HS, T, NCH, scale_log2,
                          append);
@@ -328,7 +454,7 @@ static cudaError_t ad_launch(dim3 grid, uint16_t *out, float *partial, uint16_t 
 
 typedef cudaError_t (*ad_launch_fn)(dim3, uint16_t *, float *, uint16_t *, uint16_t *,
                                     const uint16_t *, const int32_t *, const int32_t *, int, int,
-                                    int, int, float, int, cudaStream_t);
+                                    int, int, float, int, int, cudaStream_t);
 
 /* Lanes per cached row for nck loads per row: the smallest power of two >= nck, at most 32. */
 static int ad_lanes(size_t nck) {
@@ -408,8 +534,8 @@ template <typename D> static ad_launch_fn ad_pick(int W, size_t nck, int NT) {
  * nothing runs. */
 static int ad_run(ni_half16 *out, float *partial, ni_half16 *k_cache, ni_half16 *v_cache,
                   const ni_half16 *qkv, const int32_t *slot, const int32_t *pos, size_t B,
-                  size_t max_pos, size_t NH, size_t HS, size_t T, int append, ni_cuda_dtype dt,
-                  ni_stream s) {
+                  size_t max_pos, size_t NH, size_t HS, size_t T, int append, int preload,
+                  ni_cuda_dtype dt, ni_stream s) {
     if (dt != NI_CUDA_BF16 && dt != NI_CUDA_F16) return (int)cudaErrorInvalidValue;
     if (B == 0 || NH == 0 || T == 0) return (int)cudaGetLastError();
     if (HS == 0 || HS > AD_MAX_HS || B > 65535 || NH > 65535) return (int)cudaErrorInvalidValue;
@@ -427,7 +553,7 @@ static int ad_run(ni_half16 *out, float *partial, ni_half16 *k_cache, ni_half16 
     cudaError_t e =
         fn(dim3((unsigned int)grid_chunks, (unsigned int)NH, (unsigned int)B), (uint16_t *)out,
            partial, (uint16_t *)k_cache, (uint16_t *)v_cache, (const uint16_t *)qkv, slot, pos,
-           (int)NH, (int)HS, (int)T, (int)nch, scale_log2, append, st);
+           (int)NH, (int)HS, (int)T, (int)nch, scale_log2, append, preload, st);
     if (e == cudaSuccess && grid_chunks > 1) {
         unsigned int threads = (unsigned int)((HS + 31) / 32 * 32);
         dim3 grid((unsigned int)NH, (unsigned int)B);
@@ -449,13 +575,14 @@ extern "C" int ni_cuda_attention_decode(ni_half16 *out, float *partial, const ni
                                         ni_cuda_dtype dt, ni_stream s) {
     /* append = 0: the caches are only read */
     return ad_run(out, partial, (ni_half16 *)k_cache, (ni_half16 *)v_cache, qkv, slot, pos, B,
-                  max_pos, NH, HS, T, 0, dt, s);
+                  max_pos, NH, HS, T, 0, 0, dt, s);
 }
 
 extern "C" int ni_cuda_attention_decode_append(ni_half16 *out, float *partial, ni_half16 *k_cache,
                                                ni_half16 *v_cache, const ni_half16 *qkv,
                                                const int32_t *slot, const int32_t *pos, size_t B,
                                                size_t max_pos, size_t NH, size_t HS, size_t T,
-                                               ni_cuda_dtype dt, ni_stream s) {
-    return ad_run(out, partial, k_cache, v_cache, qkv, slot, pos, B, max_pos, NH, HS, T, 1, dt, s);
+                                               int preload, ni_cuda_dtype dt, ni_stream s) {
+    return ad_run(out, partial, k_cache, v_cache, qkv, slot, pos, B, max_pos, NH, HS, T, 1, preload,
+                  dt, s);
 }

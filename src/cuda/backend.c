@@ -104,6 +104,7 @@ struct ni_backend_ctx {
     size_t fused_steps;              /* decode steps run by the fused kernel */
     int went_fused;                  /* the last forward pass was the fused kernel */
     int graph_state_pending;         /* cuda_graphs: a prefill ran, init_graph_state not yet */
+    int attn_preload;                /* NI_ATTN_PRELOAD (default 1) */
     double trace_ns[8];
     size_t trace_runs;
     void *sample_ws, *lt_ws;
@@ -365,6 +366,10 @@ static ni_status cuda_create(ni_model *m, const ni_engine_opts *o, ni_backend_ct
     long env = 0;
     if (ni_env_int("NI_GRAPH_STEPS", 1, NI_GRAPH_STEPS_MAX, NULL, 0, &env))
         b->graph_steps = (size_t)env;
+    /* NI_ATTN_PRELOAD=0: the decode attention loads its cached rows after its wait even where
+     * the qkv product lets it launch early (to compare both on one binary) */
+    b->attn_preload = 1;
+    if (ni_env_int("NI_ATTN_PRELOAD", 0, 1, NULL, 0, &env)) b->attn_preload = (int)env;
     size_t S = b->max_batch, T = b->max_seq, V = b->cfg->vocab_size;
     /* a chunk holds a whole decode step; 4096 tokens bound prefill activations */
     b->chunk = S * T < 4096 ? S * T : 4096;
@@ -489,9 +494,9 @@ static ni_status enqueue_layers(ni_backend_ctx *b, const layer_args *a) {
         if (a->single) { /* one token per sequence: the KV append rides in the attention */
             NI_TRY(ni_matmul(&b->mm, b->qkv, NULL, b->ln, y->qkv_w, weight_tmap(b, 4 * l), y->qkv_b,
                              N, C, 3 * C, 0, b->dt, b->stream));
-            NI_CUDA_TRY(ni_cuda_attention_decode_append(b->att, b->attn_partial, kc, vc, b->qkv,
-                                                        a->slot, a->pos, N, a->max_pos, NH, HS, T,
-                                                        b->dt, st),
+            NI_CUDA_TRY(ni_cuda_attention_decode_append(
+                            b->att, b->attn_partial, kc, vc, b->qkv, a->slot, a->pos, N, a->max_pos,
+                            NH, HS, T, b->attn_preload && b->mm.last_early, b->dt, st),
                         "attention_decode kernel");
         } else { /* the append in the qkv product's epilogue where it can, else a kernel */
             const ni_cuda_kv_dest kv = {kc, vc, a->slot, a->pos, NH, HS, T};

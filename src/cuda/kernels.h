@@ -94,11 +94,14 @@ int ni_cuda_attention_decode(ni_half16 *out, float *partial, const ni_half16 *qk
                              size_t NH, size_t HS, size_t T, ni_cuda_dtype dt, ni_stream s);
 /* ni_cuda_attention_decode that first appends each row's key and value (from qkv) at cache
  * position pos[r], as ni_cuda_kv_append would: the decode step's append and attention in one
- * launch, the same output bit for bit. The rows' slots must be distinct. */
+ * launch, the same output bit for bit. The rows' slots must be distinct. preload != 0 says that
+ * the kernel before lets this one launch at its start (pdl.cuh): its blocks then load their
+ * cached rows before their wait (the same output). */
 int ni_cuda_attention_decode_append(ni_half16 *out, float *partial, ni_half16 *k_cache,
                                     ni_half16 *v_cache, const ni_half16 *qkv, const int32_t *slot,
                                     const int32_t *pos, size_t B, size_t max_pos, size_t NH,
-                                    size_t HS, size_t T, ni_cuda_dtype dt, ni_stream s);
+                                    size_t HS, size_t T, int preload, ni_cuda_dtype dt,
+                                    ni_stream s);
 size_t ni_cuda_attention_decode_partial_floats(size_t B, size_t NH, size_t HS, size_t T);
 /* Positions per block of decode attention: a launch for max_pos covers max_pos / this + 1 of
  * them per head and row. */

@@ -165,6 +165,7 @@ static ni_status matmul(ni_matmul_ctx *m, ni_half16 *out16, float *out_f32,
                         ni_cuda_dtype dt, cudaStream_t stream) {
     if (appended) *appended = 0;
     if (sums) memset(sums, 0, sizeof *sums);
+    m->last_early = 0;
     if (N == 0) return NI_OK;
     if (dt != NI_CUDA_BF16 && dt != NI_CUDA_F16)
         return ni_fail(NI_ERR_INTERNAL, "matmul: unknown 16-bit type %d", (int)dt);
@@ -172,6 +173,7 @@ static ni_status matmul(ni_matmul_ctx *m, ni_half16 *out16, float *out_f32,
         NI_CUDA_TRY(
             ni_cuda_gemv(out16, out_f32, inp, w, bias, N, IC, OC, gelu, dt, (ni_stream)stream),
             "gemv kernel");
+        m->last_early = 1; /* the GEMV triggers at its start */
         return NI_OK;
     }
     ni_cuda_gemm_stream_plan gp;
@@ -192,6 +194,7 @@ static ni_status matmul(ni_matmul_ctx *m, ni_half16 *out16, float *out_f32,
             sums->bias = bias;
         }
         if (appended) *appended = kv != NULL;
+        m->last_early = gp.early;
         return NI_OK;
     }
     if (gelu && !bias) return ni_fail(NI_ERR_INTERNAL, "matmul: GELU needs a bias here");

@@ -38,7 +38,8 @@ typedef struct {
     unsigned *stream_counters; /* device, NI_MATMUL_COUNTERS zeros: gemm_stream's parts */
     float *stream_ws;          /* device: gemm_stream's partial sums (not cuBLASLt's) */
     size_t stream_ws_floats;
-    int decode; /* set by the caller: the products are a decode step's (gemm_stream's early) */
+    int decode;     /* set by the caller: the products are a decode step's (gemm_stream's early) */
+    int last_early; /* the last product lets the next kernel launch at its start (pdl.cuh) */
 } ni_matmul_ctx;
 
 /* workspace: device memory for cuBLASLt and gemm_stream, of which the first

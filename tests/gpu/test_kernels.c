@@ -971,27 +971,32 @@ static void check_decode(size_t NH, size_t HS, size_t T, const int32_t *pos, siz
     d2h(again, d_out, C * 2);
     assert_memory_equal(got, again, C * 2);
     /* with the append: each row's own position poisoned in the caches, the kernel writes it
-     * from qkv (the caches must come back equal to the full ones) and the output is the same */
+     * from qkv (the caches must come back equal to the full ones) and the output is the same,
+     * with the cached rows loaded after the wait (preload 0) or before it (1: where a chunk fits
+     * the registers, another kernel, whose sums must give the same bits) */
     uint16_t *hk = xmalloc(cn * 2), *hv = xmalloc(cn * 2);
-    memcpy(hk, a.kc, cn * 2);
-    memcpy(hv, a.vc, cn * 2);
-    for (size_t i = 0; i < B; i++)
-        for (size_t h = 0; h < NH; h++) {
-            size_t at = (((size_t)h_slot[i] * NH + h) * T + (size_t)pos[i]) * HS;
-            for (size_t d = 0; d < HS; d++) hk[at + d] = hv[at + d] = 0x7FC1; /* NaN, both types */
-        }
-    h2d(d_k, hk, cn * 2);
-    h2d(d_v, hv, cn * 2);
-    poison(d_out, B * C * 2);
-    CK(ni_cuda_attention_decode_append(d_out, d_partial, d_k, d_v, d_qkv, d_slot, d_pos, B, max_pos,
-                                       NH, HS, T, g_dt, NULL));
-    sync_ok();
-    d2h(again, d_out, B * C * 2);
-    assert_memory_equal(got, again, B * C * 2);
-    d2h(hk, d_k, cn * 2);
-    d2h(hv, d_v, cn * 2);
-    assert_memory_equal(hk, a.kc, cn * 2);
-    assert_memory_equal(hv, a.vc, cn * 2);
+    for (int preload = 0; preload < 2; preload++) {
+        memcpy(hk, a.kc, cn * 2);
+        memcpy(hv, a.vc, cn * 2);
+        for (size_t i = 0; i < B; i++)
+            for (size_t h = 0; h < NH; h++) {
+                size_t at = (((size_t)h_slot[i] * NH + h) * T + (size_t)pos[i]) * HS;
+                for (size_t d = 0; d < HS; d++)
+                    hk[at + d] = hv[at + d] = 0x7FC1; /* NaN, both types */
+            }
+        h2d(d_k, hk, cn * 2);
+        h2d(d_v, hv, cn * 2);
+        poison(d_out, B * C * 2);
+        CK(ni_cuda_attention_decode_append(d_out, d_partial, d_k, d_v, d_qkv, d_slot, d_pos, B,
+                                           max_pos, NH, HS, T, preload, g_dt, NULL));
+        sync_ok();
+        d2h(again, d_out, B * C * 2);
+        assert_memory_equal(got, again, B * C * 2);
+        d2h(hk, d_k, cn * 2);
+        d2h(hv, d_v, cn * 2);
+        assert_memory_equal(hk, a.kc, cn * 2);
+        assert_memory_equal(hv, a.vc, cn * 2);
+    }
     free(hk);
     free(hv);
     free(ref);
