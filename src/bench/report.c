@@ -100,8 +100,8 @@ ni_status ni_bench_write_json(const char *path, const ni_bench_opts *o, const ni
     json_object_set_new(run, "git_commit", json_string(NI_GIT_COMMIT));
     /* the switches that change what the engines run (README, Limits) */
     static const char *const env_names[] = {
-        "NI_FUSED",       "NI_GRAPH_STEPS",       "NI_NO_PDL",     "NI_GEMV_MAX_ROWS",
-        "NI_GEMM_STREAM", "NI_GEMM_STREAM_PARTS", "NI_FUSED_TRACE"};
+        "NI_FUSED",       "NI_GRAPH_STEPS",       "NI_NO_PDL",      "NI_GEMV_MAX_ROWS",
+        "NI_GEMM_STREAM", "NI_GEMM_STREAM_PARTS", "NI_FUSED_TRACE", "NI_ATTN_PRELOAD"};
     json_t *env = json_object();
     for (size_t i = 0; i < sizeof env_names / sizeof *env_names; i++) {
         const char *v = getenv(env_names[i]);

@@ -37,6 +37,8 @@ static void usage(FILE *f) {
           "  NI_GEMM_STREAM=0   cuBLASLt instead of our TMA-streamed product for 17-32 rows\n"
           "  NI_GEMM_STREAM_PARTS=off|P  cuBLASLt where that product would split its inputs\n"
           "                     (past 2048 columns), or P column ranges where they fit\n"
+          "  NI_ATTN_PRELOAD=0  the decode attention loads its cached keys and values only after\n"
+          "                     the kernel before it has finished\n"
           "  NI_FUSED_TRACE=1   print the fused step's phase times when an engine closes\n"
           "  NI_FUSED_TRACE_FILE=F  with a -DDF_TRACE_DETAIL build: append each eager fused\n"
           "                     step's per-block trace to F (tools/fused_trace.py reads it)\n",

@@ -20,9 +20,9 @@
  * instead of the cache (no other block reads it), and the lanes that loaded them store them to
  * the cache from their registers; the result is the same to the bit. In the decode step (with
  * append) the chunk's cached rows are read before the programmatic-launch wait (no kernel of the
- * step writes them, pdl.cuh): where the qkv product lets the kernel launch at its start and a
- * chunk fits in registers, all of them into registers (attention_decode_whole_kernel), else
- * they are requested into L2. */
+ * step writes them, pdl.cuh): where the caller says the qkv product lets the kernel launch at its
+ * start (preload) and a chunk fits in registers, all of them into registers
+ * (attention_decode_whole_kernel), else, with 16-byte loads, they are requested into L2. */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
@@ -67,7 +67,7 @@ template <typename D> static __device__ __forceinline__ void ad_cvt(uint16_t u, 
 /* Rows (s0 + u) * KPS + grp (u < U) of a chunk, this lane's loads of each; rows at or past
  * n_valid and elements at or past HS are never read (zeros instead); row cur_t (the step's own
  * token when the kernel appends it, else -1) is read from cur instead of the cache. */
-template <int NT, int W, int L, int CPL, int U>
+template <int NT, int W, int L, int CPL, int U, bool CG = false>
 static __device__ __forceinline__ void
 ad_load_rows(typename ad_vec<W>::t (&buf)[U][CPL], const uint16_t *base, const uint16_t *cur,
              int cur_t, int s0, int grp, int gl, int n_valid, int HS) {
@@ -79,9 +79,9 @@ ad_load_rows(typename ad_vec<W>::t (&buf)[U][CPL], const uint16_t *base, const u
 #pragma unroll
         for (int i = 0; i < CPL; i++) {
             int d = (gl + i * L) * W;
-            buf[u][i] = (t < n_valid && d < HS)
-                            ? *reinterpret_cast<const typename ad_vec<W>::t *>(row + d)
-                            : ad_vec<W>::zero();
+            const typename ad_vec<W>::t *src =
+                reinterpret_cast<const typename ad_vec<W>::t *>(row + d);
+            buf[u][i] = (t < n_valid && d < HS) ? (CG ? __ldcg(src) : *src) : ad_vec<W>::zero();
         }
     }
 }
@@ -337,14 +337,16 @@ __global__ void __launch_bounds__(NT)
     const int t0 = c * AD_SPLIT;
     const int tid = threadIdx.x, gl = tid % L, grp = tid / L;
     (void)append; /* launched with append only */
-    /* the cached rows before pos, before the wait */
+    /* the cached rows before pos, before the wait, through L2 only (each is read once, and they
+     * were written by earlier grids on other SMs) */
     const int p = pos[r], sl = slot[r];
     const int n_pre = p < t0 || sl < 0 ? 0 : min(AD_SPLIT, p - t0);
     const size_t head = sl < 0 ? 0 : ad_chunk_base(sl, NH, h, T, t0, HS);
     vec_t kb[STEPS][CPL], vb[STEPS][CPL];
-    ad_load_rows<NT, W, L, CPL, STEPS>(kb, k_cache + head, NULL, -1, 0, grp, gl, n_pre, HS);
-    ad_load_rows<NT, W, L, CPL, STEPS>(vb, v_cache + head, NULL, -1, 0, grp, gl, n_pre, HS);
+    ad_load_rows<NT, W, L, CPL, STEPS, true>(kb, k_cache + head, NULL, -1, 0, grp, gl, n_pre, HS);
+    ad_load_rows<NT, W, L, CPL, STEPS, true>(vb, v_cache + head, NULL, -1, 0, grp, gl, n_pre, HS);
     ni_pdl_wait(); /* qkv comes from the previous kernel */
+    /* a row without a slot is outside the contract (kernels.h): nothing is written for it */
     if (t0 > p || sl < 0) return;
     const int n_valid = min(AD_SPLIT, p - t0 + 1);
     const size_t C = (size_t)NH * HS;
@@ -355,7 +357,7 @@ __global__ void __launch_bounds__(NT)
     const int d0 = gl * W;
 #pragma unroll
     for (int st = 0; st < STEPS; st++)
-        if (st * KPS + grp == cur_t && d0 < HS) {
+        if (st * KPS + grp == cur_t && d0 < HS) { /* the own row, from qkv */
             kb[st][0] = *reinterpret_cast<const vec_t *>(kcur + d0);
             vb[st][0] = *reinterpret_cast<const vec_t *>(vcur + d0);
         }
@@ -442,7 +444,9 @@ static cudaError_t ad_launch(dim3 grid, uint16_t *out, float *partial, uint16_t 
                              uint16_t *v_cache, const uint16_t *qkv, const int32_t *slot,
                              const int32_t *pos, int NH, int HS, int T, int NCH, float scale_log2,
                              int append, int preload, cudaStream_t s) {
-    if constexpr (W == 8 && CPL == 1 && NT / L <= AD_SPLIT && AD_SPLIT / (NT / L) <= AD_WHOLE_STEPS)
+    /* L <= 8: heads of up to 64 (every GPT-2); the 16-lane instances spill in f16 */
+    if constexpr (W == 8 && CPL == 1 && L <= 8 && NT / L <= AD_SPLIT &&
+                  AD_SPLIT / (NT / L) <= AD_WHOLE_STEPS)
         if (append && preload)
             return ni_launch_pdl(attention_decode_whole_kernel<D, L, NT>, grid, dim3(NT), 0, s, out,
                                  partial, k_cache, v_cache, qkv, slot, pos, NH, HS, T, NCH,

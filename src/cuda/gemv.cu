@@ -8,9 +8,10 @@
  * inputs are small, read by every warp, and served by L1/L2, so no shared-memory staging, which
  * could not hold 16 x 6400 inputs anyway; not the non-coherent path, which the wait of a
  * programmatic launch does not order, see pdl.cuh), four such 32-column blocks in flight per
- * round (two for N > 16); up to 8 rows, a warp whose slice spans more than one round rolls them:
- * block u of the next round is requested as soon as block u of this one is multiplied, so that
- * four stay in flight, not four, then none while the round is finished (H200, cuda_graphs,
+ * round (two for N > 16); in the 8-feature instances of up to 8 rows with 16-byte loads, a warp
+ * whose slice spans more than one round rolls them: block u of the next round is requested as
+ * soon as block u of this one is multiplied, so that four stay in flight all along instead of
+ * dropping to none at the end of each round (H200, cuda_graphs,
  * batch 1 / 2 / 4 / 8: gpt2-large +6.8 / +5.7 / +2.5 / +0.4 %, gpt2-xl +1.8 / +2.9 / +2.8 /
  * +2.7 %, gpt2 and gpt2-medium within 1.4 % either way; the same sums in the same order). The
  * product runs on the tensor cores with mma.m16n8k16 (16-bit in, f32
@@ -212,7 +213,7 @@ __global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, (VEC && NT <= 2) ? 2 : 1)
      * (the logits), whose 64-register instances would spill */
     constexpr bool PRELOAD = RT == 1;
     /* rolling rounds (below) where the registers allow: the 8-feature instances of up to 8 rows
-     * (62 registers; with 16 rows or 16 features they spill) */
+     * (64 registers without spills; with 16 rows or 16 features they spill) */
     constexpr bool ROLL = RT == 1 && NT == 1 && VEC;
     uint4 wv[U][RT];
     if (PRELOAD) gemv_load_round<VEC, true, RT, U>(wv, wrow, wok, kb0, kb1, ic, IC, t);

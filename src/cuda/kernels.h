@@ -94,9 +94,11 @@ int ni_cuda_attention_decode(ni_half16 *out, float *partial, const ni_half16 *qk
                              size_t NH, size_t HS, size_t T, ni_cuda_dtype dt, ni_stream s);
 /* ni_cuda_attention_decode that first appends each row's key and value (from qkv) at cache
  * position pos[r], as ni_cuda_kv_append would: the decode step's append and attention in one
- * launch, the same output bit for bit. The rows' slots must be distinct. preload != 0 says that
- * the kernel before lets this one launch at its start (pdl.cuh): its blocks then load their
- * cached rows before their wait (the same output). */
+ * launch, the same output bit for bit. The rows' slots must be distinct. preload != 0: where a
+ * chunk fits in registers, the blocks read pos, slot and the cached rows before pos before their
+ * programmatic-launch wait and use them (the same output). The caller must then guarantee that
+ * no kernel still in flight writes any of them, as a decode step does (pdl.cuh); it pays where
+ * the kernel before lets this one launch at its start. */
 int ni_cuda_attention_decode_append(ni_half16 *out, float *partial, ni_half16 *k_cache,
                                     ni_half16 *v_cache, const ni_half16 *qkv, const int32_t *slot,
                                     const int32_t *pos, size_t B, size_t max_pos, size_t NH,

@@ -15,9 +15,9 @@
  * stream synchronization before any forward pass. One
  * exception, with plain loads: the decode attention that appends the step's keys and values
  * (attention_decode.cu) reads pos and slot before its wait, and with them the cached rows before
- * pos (into registers where its chunk fits them, else requested into L2). No kernel of a decode
- * step writes them before it: every step begins with the
- * embedding kernel, which waits before it triggers its successor, so no kernel of the step
+ * pos (into registers where the caller allows it and its chunk fits them, else, with 16-byte
+ * loads, requested into L2). No kernel of a decode step writes them before it: every step begins
+ * with the embedding kernel, which waits before it triggers its successor, so no kernel of the step
  * starts before every earlier writer (the copies before the step, the previous step's advance)
  * is done; the step's own advance writes pos after its wait. A prefetch changes no data.
  * Where to trigger. The kernels that feed a matrix product (the LayerNorm, both attentions) and

@@ -987,6 +987,7 @@ static void check_decode(size_t NH, size_t HS, size_t T, const int32_t *pos, siz
         h2d(d_k, hk, cn * 2);
         h2d(d_v, hv, cn * 2);
         poison(d_out, B * C * 2);
+        poison(d_partial, pf * 4); /* the chunks of long rows must write their partials again */
         CK(ni_cuda_attention_decode_append(d_out, d_partial, d_k, d_v, d_qkv, d_slot, d_pos, B,
                                            max_pos, NH, HS, T, preload, g_dt, NULL));
         sync_ok();
@@ -1035,6 +1036,8 @@ static void test_attention_decode(void **state) {
     check_decode(2, 64, 450, mid, 3, 400);        /* T not a multiple of the chunk */
     check_decode(2, 64, 1024, spread + 3, 1, 63); /* B = 1, one chunk */
     check_decode(16, 64, 1024, spread, ns, 1023); /* 16 heads: the most at 256 threads */
+    check_decode(25, 64, 1024, spread, ns, 1023); /* gpt2-xl's heads: 128 threads, 8 lanes a row */
+    check_decode(17, 32, 1024, spread, ns, 1023); /* 128 threads, 4 lanes a row */
     check_decode(2, 86, 450, mid, 3, 400);        /* 4-byte loads, rows not 16-byte aligned */
 }
 
