@@ -101,6 +101,63 @@ static __device__ __forceinline__ void ad_copy_rows(typename ad_vec<W>::t (&dst)
         for (int i = 0; i < CPL; i++) dst[u][i] = src[u][i];
 }
 
+/* This lane's slice of q: elements (gl + i * L) * W .. + W of the head's HS, in f32. */
+template <typename D, int W, int L, int CPL>
+static __device__ __forceinline__ void ad_load_q(float (&qv)[CPL][W], const uint16_t *q, int gl,
+                                                 int HS) {
+#pragma unroll
+    for (int i = 0; i < CPL; i++) {
+        int d = (gl + i * L) * W;
+        typename ad_vec<W>::t u =
+            d < HS ? *reinterpret_cast<const typename ad_vec<W>::t *>(q + d) : ad_vec<W>::zero();
+        ad_cvt<D>(u, qv[i]);
+    }
+}
+
+/* Phase 1 for chunk row t, whose key this lane holds in k: its q . k score (the lanes' parts
+ * added over the row's L lanes) to scores[t], and the key to the cache at Kc when t is the
+ * appended row cur_t (from the registers that hold it). */
+template <typename D, int W, int L, int CPL>
+static __device__ __forceinline__ void
+ad_score_row(float *scores, uint16_t *Kc, const float (&qv)[CPL][W],
+             const typename ad_vec<W>::t (&k)[CPL], int t, int cur_t, int gl, int n_valid, int HS,
+             float scale_log2) {
+    float dot = 0.0f;
+#pragma unroll
+    for (int i = 0; i < CPL; i++) {
+        float kf[W];
+        ad_cvt<D>(k[i], kf);
+#pragma unroll
+        for (int e = 0; e < W; e++) dot += qv[i][e] * kf[e];
+        const int d = (gl + i * L) * W;
+        if (t == cur_t && d < HS)
+            *reinterpret_cast<typename ad_vec<W>::t *>(Kc + (size_t)t * HS + d) = k[i];
+    }
+#pragma unroll
+    for (int o = L / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+    if (gl == 0 && t < n_valid) scores[t] = dot * scale_log2;
+}
+
+/* Phase 2 for chunk row t, whose value this lane holds in v: acc += p_t v (p_t from the row's
+ * score and the chunk's max), and the value to the cache at Vc when t is the appended row. */
+template <typename D, int W, int L, int CPL>
+static __device__ __forceinline__ void
+ad_accumulate_row(float (&acc)[CPL][W], uint16_t *Vc, const float *scores, float mx,
+                  const typename ad_vec<W>::t (&v)[CPL], int t, int cur_t, int gl, int n_valid,
+                  int HS) {
+    float pw = t < n_valid ? exp2f(scores[t] - mx) : 0.0f;
+#pragma unroll
+    for (int i = 0; i < CPL; i++) {
+        float vf[W];
+        ad_cvt<D>(v[i], vf);
+#pragma unroll
+        for (int e = 0; e < W; e++) acc[i][e] += pw * vf[e];
+        const int d = (gl + i * L) * W;
+        if (t == cur_t && d < HS)
+            *reinterpret_cast<typename ad_vec<W>::t *>(Vc + (size_t)t * HS + d) = v[i];
+    }
+}
+
 /* The chunk's max and sum of 2^(score - max) over scores[0, n_valid), computed by every warp
  * alike. */
 static __device__ __forceinline__ void ad_softmax_stats(float &mx, float &sum, const float *scores,
@@ -223,17 +280,8 @@ __global__ void __launch_bounds__(NT)
     const int cur_t = append && p - t0 < AD_SPLIT ? p - t0 : -1;
     const int gl = tid % L, grp = tid / L;
 
-    /* this lane's slice of q: elements (gl + i * L) * W .. + W */
     float qv[CPL][W];
-    {
-        const uint16_t *q = qkv + (size_t)r * 3 * C + (size_t)h * HS;
-#pragma unroll
-        for (int i = 0; i < CPL; i++) {
-            int d = (gl + i * L) * W;
-            vec_t u = d < HS ? *reinterpret_cast<const vec_t *>(q + d) : V::zero();
-            ad_cvt<D>(u, qv[i]);
-        }
-    }
+    ad_load_q<D, W, L, CPL>(qv, qkv + (size_t)r * 3 * C + (size_t)h * HS, gl, HS);
 
     /* Software pipeline: the loads of U steps are in flight while the previous U steps are
      * used, and the first value batch is issued with the first key batch so that its latency
@@ -249,23 +297,9 @@ __global__ void __launch_bounds__(NT)
         if (s0 + U < STEPS)
             ad_load_rows<NT, W, L, CPL, U>(kn, Kc, kcur, cur_t, s0 + U, grp, gl, n_valid, HS);
 #pragma unroll
-        for (int u = 0; u < U; u++) {
-            float dot = 0.0f;
-            const int t = (s0 + u) * KPS + grp;
-#pragma unroll
-            for (int i = 0; i < CPL; i++) {
-                float kf[W];
-                ad_cvt<D>(kb[u][i], kf);
-#pragma unroll
-                for (int e = 0; e < W; e++) dot += qv[i][e] * kf[e];
-                const int d = (gl + i * L) * W;
-                if (t == cur_t && d < HS) /* the appended key, from the registers that hold it */
-                    *reinterpret_cast<vec_t *>(Kc + (size_t)t * HS + d) = kb[u][i];
-            }
-#pragma unroll
-            for (int o = L / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-            if (gl == 0 && t < n_valid) s_score[t] = dot * scale_log2;
-        }
+        for (int u = 0; u < U; u++)
+            ad_score_row<D, W, L, CPL>(s_score, Kc, qv, kb[u], (s0 + u) * KPS + grp, cur_t, gl,
+                                       n_valid, HS, scale_log2);
         if (s0 + U < STEPS) ad_copy_rows<W, CPL, U>(kb, kn);
     }
     __syncthreads();
@@ -285,20 +319,9 @@ __global__ void __launch_bounds__(NT)
         if (s0 + U < STEPS)
             ad_load_rows<NT, W, L, CPL, U>(vn, Vc, vcur, cur_t, s0 + U, grp, gl, n_valid, HS);
 #pragma unroll
-        for (int u = 0; u < U; u++) {
-            int t = (s0 + u) * KPS + grp;
-            float pw = t < n_valid ? exp2f(s_score[t] - mx) : 0.0f;
-#pragma unroll
-            for (int i = 0; i < CPL; i++) {
-                float vf[W];
-                ad_cvt<D>(vb[u][i], vf);
-#pragma unroll
-                for (int e = 0; e < W; e++) acc[i][e] += pw * vf[e];
-                const int d = (gl + i * L) * W;
-                if (t == cur_t && d < HS) /* the appended value */
-                    *reinterpret_cast<vec_t *>(Vc + (size_t)t * HS + d) = vb[u][i];
-            }
-        }
+        for (int u = 0; u < U; u++)
+            ad_accumulate_row<D, W, L, CPL>(acc, Vc, s_score, mx, vb[u], (s0 + u) * KPS + grp,
+                                            cur_t, gl, n_valid, HS);
         if (s0 + U < STEPS) ad_copy_rows<W, CPL, U>(vb, vn);
     }
     ad_finish<D, W, L, CPL, NT>(out, partial, acc, s_red, mx, sum, p, r, h, c, NH, HS, NCH);
@@ -362,25 +385,13 @@ __global__ void __launch_bounds__(NT)
             vb[st][0] = *reinterpret_cast<const vec_t *>(vcur + d0);
         }
     float qv[CPL][W];
-    {
-        const uint16_t *q = qkv + (size_t)r * 3 * C + (size_t)h * HS;
-        vec_t u = d0 < HS ? *reinterpret_cast<const vec_t *>(q + d0) : ad_vec<W>::zero();
-        ad_cvt<D>(u, qv[0]);
-    }
+    ad_load_q<D, W, L, CPL>(qv, qkv + (size_t)r * 3 * C + (size_t)h * HS, gl, HS);
 
     /* phase 1: scores of the chunk's rows (and the appended key to the cache) */
 #pragma unroll
-    for (int st = 0; st < STEPS; st++) {
-        const int t = st * KPS + grp;
-        float kf[W], dot = 0.0f;
-        ad_cvt<D>(kb[st][0], kf);
-#pragma unroll
-        for (int e = 0; e < W; e++) dot += qv[0][e] * kf[e];
-        if (t == cur_t && d0 < HS) *reinterpret_cast<vec_t *>(Kc + (size_t)t * HS + d0) = kb[st][0];
-#pragma unroll
-        for (int o = L / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-        if (gl == 0 && t < n_valid) s_score[t] = dot * scale_log2;
-    }
+    for (int st = 0; st < STEPS; st++)
+        ad_score_row<D, W, L, CPL>(s_score, Kc, qv, kb[st], st * KPS + grp, cur_t, gl, n_valid, HS,
+                                   scale_log2);
     __syncthreads();
     float mx, sum;
     ad_softmax_stats(mx, sum, s_score, n_valid);
@@ -390,15 +401,9 @@ __global__ void __launch_bounds__(NT)
 #pragma unroll
     for (int e = 0; e < W; e++) acc[0][e] = 0.0f;
 #pragma unroll
-    for (int st = 0; st < STEPS; st++) {
-        const int t = st * KPS + grp;
-        const float pw = t < n_valid ? exp2f(s_score[t] - mx) : 0.0f;
-        float vf[W];
-        ad_cvt<D>(vb[st][0], vf);
-#pragma unroll
-        for (int e = 0; e < W; e++) acc[0][e] += pw * vf[e];
-        if (t == cur_t && d0 < HS) *reinterpret_cast<vec_t *>(Vc + (size_t)t * HS + d0) = vb[st][0];
-    }
+    for (int st = 0; st < STEPS; st++)
+        ad_accumulate_row<D, W, L, CPL>(acc, Vc, s_score, mx, vb[st], st * KPS + grp, cur_t, gl,
+                                        n_valid, HS);
     ad_finish<D, W, L, CPL, NT>(out, partial, acc, s_red, mx, sum, p, r, h, c, NH, HS, NCH);
 }
 
