@@ -30,6 +30,7 @@
 #include "cuda/dtype.cuh"
 #include "cuda/kernels.h"
 #include "cuda/pdl.cuh"
+#include "cuda/timeline.cuh"
 
 #define AD_SPLIT NI_CUDA_ATTN_DECODE_CHUNK /* positions per chunk */
 #define AD_MAX_HS 128
@@ -237,6 +238,7 @@ __global__ void __launch_bounds__(NT)
                                   const int32_t *slot, // (B)
                                   const int32_t *pos,  // (B)
                                   int NH, int HS, int T, int NCH, float scale_log2, int append) {
+    NI_TL_SCOPE(NI_TL_ATTN_CHUNK, 0);
     typedef ad_vec<W> V;
     typedef typename V::t vec_t;
     constexpr int KPS = NT / L; /* rows per step of the block */
@@ -266,6 +268,7 @@ __global__ void __launch_bounds__(NT)
         }
     }
     ni_pdl_wait(); /* pos, qkv and the caches come from earlier kernels */
+    NI_TL_WAITED();
     const int c = blockIdx.x, h = blockIdx.y, r = blockIdx.z;
     const int p = pos[r];
     const int t0 = c * AD_SPLIT;
@@ -348,6 +351,7 @@ __global__ void __launch_bounds__(NT)
                                   const int32_t *slot, // (B)
                                   const int32_t *pos,  // (B)
                                   int NH, int HS, int T, int NCH, float scale_log2, int append) {
+    NI_TL_SCOPE(NI_TL_ATTN_WHOLE, 0);
     constexpr int W = 8, CPL = 1;
     typedef ad_vec<W>::t vec_t;
     constexpr int KPS = NT / L, NW = NT / 32, STEPS = AD_SPLIT / KPS;
@@ -369,6 +373,7 @@ __global__ void __launch_bounds__(NT)
     ad_load_rows<NT, W, L, CPL, STEPS, true>(kb, k_cache + head, NULL, -1, 0, grp, gl, n_pre, HS);
     ad_load_rows<NT, W, L, CPL, STEPS, true>(vb, v_cache + head, NULL, -1, 0, grp, gl, n_pre, HS);
     ni_pdl_wait(); /* qkv comes from the previous kernel */
+    NI_TL_WAITED();
     /* a row without a slot is outside the contract (kernels.h): nothing is written for it */
     if (t0 > p || sl < 0) return;
     const int n_valid = min(AD_SPLIT, p - t0 + 1);
@@ -414,7 +419,9 @@ __global__ void attention_decode_merge_kernel(uint16_t *out,        // (B, C) 16
                                               const float *partial, // (B, NH, NCH, HS + 2)
                                               const int32_t *pos,   // (B)
                                               int NH, int HS, int NCH) {
-    ni_pdl_wait();              /* partial comes from the chunk kernel */
+    NI_TL_SCOPE(NI_TL_ATTN_MERGE, 0);
+    ni_pdl_wait(); /* partial comes from the chunk kernel */
+    NI_TL_WAITED();
     ni_pdl_launch_dependents(); /* a short pass */
     const int h = blockIdx.x, r = blockIdx.y;
     const int p = pos[r];
@@ -595,3 +602,5 @@ extern "C" int ni_cuda_attention_decode_append(ni_half16 *out, float *partial, n
     return ad_run(out, partial, k_cache, v_cache, qkv, slot, pos, B, max_pos, NH, HS, T, 1, preload,
                   dt, s);
 }
+
+NI_TL_SETTER(attention_decode)

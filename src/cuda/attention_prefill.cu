@@ -25,6 +25,7 @@
 #include "cuda/dtype.cuh"
 #include "cuda/kernels.h"
 #include "cuda/pdl.cuh"
+#include "cuda/timeline.cuh"
 
 #define AP_WARPS 4
 #define AP_THREADS (AP_WARPS * 32)
@@ -130,6 +131,7 @@ __global__ void __launch_bounds__(AP_THREADS)
                              const int32_t *seq_slot,  // (n_seq)
                              const int32_t *seq_pos0,  // (n_seq)
                              int NH, int HS, int T, float scale_log2, int W, int qvec) {
+    NI_TL_SCOPE(NI_TL_ATTN_PREFILL, 0);
     constexpr int LD = DP + 8;  /* 16 bytes of padding per row: conflict-free ldmatrix */
     constexpr int NKT = BK / 8; /* key n-tiles of S */
     constexpr int NDT = DP / 8; /* head-dim n-tiles of O */
@@ -138,6 +140,7 @@ __global__ void __launch_bounds__(AP_THREADS)
 
     ni_pdl_launch_dependents(); /* the next product loads weights before its wait (pdl.cuh) */
     ni_pdl_wait(); /* the sequence lists, qkv and the caches come from earlier kernels */
+    NI_TL_WAITED();
     const int sq = blockIdx.z, h = blockIdx.y;
     const int len = seq_len[sq];
     const int qt0 = (int)(gridDim.x - 1 - blockIdx.x) * AP_BQ; /* heavy tiles start first */
@@ -376,3 +379,5 @@ extern "C" int ni_cuda_attention_prefill(ni_half16 *out, const ni_half16 *qkv,
 #undef AP_CASE
     return ni_launch_status(e);
 }
+
+NI_TL_SETTER(attention_prefill)

@@ -22,6 +22,7 @@
 #include "common/env.h"
 #include "cuda/kernels.h"
 #include "cuda/matmul.h"
+#include "cuda/timeline.h"
 #include "engine/backend.h"
 #include "engine/token_list.h"
 #include "model/model.h"
@@ -74,6 +75,7 @@ typedef struct {
 } prefill_graph;
 
 struct ni_backend_ctx {
+    ni_timeline tl; /* a -DNI_TIMELINE build's kernel records (timeline.h) */
     ni_model *model;
     const ni_config *cfg;
     const ni_preset_flags *flags;
@@ -330,6 +332,7 @@ static void trace_print(const ni_backend_ctx *b);
 static void cuda_destroy(ni_backend_ctx *b) {
     if (!b) return;
     trace_print(b);
+    ni_timeline_close(&b->tl);
     for (size_t i = 0; i < b->n_graphs; i++) cudaGraphExecDestroy(b->graphs[i].exec);
     for (size_t i = 0; i < b->n_pgraphs; i++)
         if (b->pgraphs[i].exec) cudaGraphExecDestroy(b->pgraphs[i].exec);
@@ -390,6 +393,7 @@ static ni_status cuda_create(ni_model *m, const ni_engine_opts *o, ni_backend_ct
     if (s == NI_OK)
         s = ni_cuda_status(cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking),
                            "cudaStreamCreate");
+    if (s == NI_OK) s = ni_timeline_open(&b->tl);
     chunk_block probe;
     b->blk_bytes = block_layout(&probe, NULL, S, b->chunk);
     b->sample_ws_bytes = b->flags->rejection_sampler ? 0 : ni_cuda_sample_sorted_workspace(S, V);

@@ -6,10 +6,13 @@
 
 #include "cuda/kernels.h"
 #include "cuda/pdl.cuh"
+#include "cuda/timeline.cuh"
 
 __global__ void decode_advance_kernel(int32_t *tok, int32_t *pos, uint32_t *steps, int32_t *hist,
                                       const int32_t *next, size_t B, size_t hist_rows) {
+    NI_TL_SCOPE(NI_TL_ADVANCE, 0);
     ni_pdl_wait(); /* next comes from the sampler */
+    NI_TL_WAITED();
     size_t r = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     if (r >= B) return;
     uint32_t s = steps[r];
@@ -28,3 +31,5 @@ extern "C" int ni_cuda_decode_advance(int32_t *tok, int32_t *pos, uint32_t *step
                                           (cudaStream_t)s, tok, pos, steps, hist, next, B,
                                           hist_rows));
 }
+
+NI_TL_SETTER(decode_advance)

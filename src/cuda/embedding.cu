@@ -10,6 +10,7 @@
 #include "cuda/dtype.cuh"
 #include "cuda/kernels.h"
 #include "cuda/pdl.cuh"
+#include "cuda/timeline.cuh"
 
 #define EMB_THREADS 128
 
@@ -20,7 +21,9 @@ __global__ void embedding_kernel(float *x,              // (N, C)
                                  const ni_half16 *wte,  // (V, C)
                                  const ni_half16 *wpe,  // (P, C)
                                  size_t C, int vec) {
+    NI_TL_SCOPE(NI_TL_EMBEDDING, 0);
     ni_pdl_wait(); /* tokens and pos may come from the previous kernel */
+    NI_TL_WAITED();
     /* a single short pass: let the next kernel queue up now. The trigger must stay after the
      * wait: the decode attention's early reads of pos and slot rest on it (pdl.cuh) */
     ni_pdl_launch_dependents();
@@ -67,3 +70,5 @@ extern "C" int ni_cuda_embedding(float *x, const int32_t *tokens, const int32_t 
                                         st, x, tokens, pos, wte, wpe, C, vec);
     return ni_launch_status(e);
 }
+
+NI_TL_SETTER(embedding)

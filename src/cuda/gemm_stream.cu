@@ -43,6 +43,7 @@
 #include "cuda/dtype.cuh"
 #include "cuda/kernels.h"
 #include "cuda/pdl.cuh"
+#include "cuda/timeline.cuh"
 #include "cuda/tma.cuh"
 
 #define GS_WARPS 8 /* consumers; one more warp issues the copies */
@@ -189,6 +190,7 @@ __global__ void __launch_bounds__(GS_BLOCK, 1)
                        const uint16_t *inp, const void *tmap, const uint16_t *__restrict__ bias,
                        uint32_t N, uint32_t IC, uint32_t OC, uint32_t parts, int gelu, int defer,
                        int early) {
+    NI_TL_SCOPE(NI_TL_GEMM_STREAM, 0);
     /* 128-byte aligned: the ring's slots, the TMA copies' destinations, lie at multiples of
      * 8 KB from here */
     extern __shared__ __align__(128) uint8_t gs_smem[];
@@ -238,6 +240,7 @@ __global__ void __launch_bounds__(GS_BLOCK, 1)
     const uint32_t bias_o = t0 * 16 + threadIdx.x;
     const uint16_t my_bias = bias && threadIdx.x < nt * 16 && bias_o < OC ? bias[bias_o] : 0;
     ni_pdl_wait(); /* inp comes from the previous kernel */
+    NI_TL_WAITED();
     /* the first slab column's inputs now, each next one while this one is multiplied */
     uint4 xv[4];
     gs_load_inputs(xv, inp, N, IC, c0, warp, lane);
@@ -443,3 +446,5 @@ extern "C" int ni_cuda_gemm_stream(ni_half16 *out, float *ws, unsigned *counters
                             counters, inp, tmap, bias, n, ic, oc, parts, gelu, defer, early);
     return ni_launch_status(e);
 }
+
+NI_TL_SETTER(gemm_stream)

@@ -34,6 +34,7 @@
 #include "cuda/dtype.cuh"
 #include "cuda/kernels.h"
 #include "cuda/pdl.cuh"
+#include "cuda/timeline.cuh"
 
 #define GEMV_WIDE_TILES 528 /* 16-feature tiles below which a warp takes 8 (4 per SM) */
 #define GEMV_U 4            /* 32-column blocks loaded per round (loads in flight) */
@@ -172,6 +173,7 @@ __global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, (VEC && NT <= 2) ? 2 : 1)
                 const ni_half16 *w,    // (OC, IC)
                 const ni_half16 *bias, // (OC) or NULL
                 int N, size_t IC, size_t OC, int S, int gelu) {
+    NI_TL_SCOPE(NI_TL_GEMV, 0);
     constexpr int MT = (NT + 1) / 2;                 // 16-row A tiles
     constexpr int U = NT > 2 ? GEMV_U_WIDE : GEMV_U; // 32-column blocks per round
     extern __shared__ float gemv_red[]; // (warps, RT * MT * 4, 32) partial sums when S > 1
@@ -219,6 +221,7 @@ __global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, (VEC && NT <= 2) ? 2 : 1)
     if (PRELOAD) gemv_load_round<VEC, true, RT, U>(wv, wrow, wok, kb0, kb1, ic, IC, t);
     ni_pdl_launch_dependents(); /* the next kernel's own early work may start too (pdl.cuh) */
     ni_pdl_wait(); /* inp comes from the previous kernel, which may also still read out */
+    NI_TL_WAITED();
 
     float acc[RT][MT][4];
 #pragma unroll
@@ -411,3 +414,5 @@ extern "C" int ni_cuda_gemv(ni_half16 *out, float *out_f32, const ni_half16 *inp
                                        (int)N, IC, OC, S, gelu);
     return ni_launch_status(e);
 }
+
+NI_TL_SETTER(gemv)

@@ -11,6 +11,7 @@
 
 #include "cuda/kernels.h"
 #include "cuda/pdl.cuh"
+#include "cuda/timeline.cuh"
 
 #define KV_THREADS 256
 
@@ -26,7 +27,9 @@ __global__ void kv_append_kernel(ni_half16 *k_cache,   // (S, NH, T, HS)
                                  const int32_t *slot,  // (N)
                                  const int32_t *pos,   // (N)
                                  size_t N, size_t NH, size_t HS, size_t T) {
-    ni_pdl_wait();              /* qkv comes from the previous kernel */
+    NI_TL_SCOPE(NI_TL_KV_APPEND, 0);
+    ni_pdl_wait(); /* qkv comes from the previous kernel */
+    NI_TL_WAITED();
     ni_pdl_launch_dependents(); /* a single short copy: let attention queue up now */
     typedef typename kv_vec<W>::t vec_t;
     size_t C = NH * HS;
@@ -72,3 +75,5 @@ extern "C" int ni_cuda_kv_append(ni_half16 *k_cache, ni_half16 *v_cache, const n
         e = kv_append_launch<1>(k_cache, v_cache, qkv, slot, pos, N, NH, HS, T, st);
     return ni_launch_status(e);
 }
+
+NI_TL_SETTER(kv_append)

@@ -15,6 +15,7 @@
 #include "cuda/dtype.cuh"
 #include "cuda/kernels.h"
 #include "cuda/pdl.cuh"
+#include "cuda/timeline.cuh"
 
 #define LN_MAX_THREADS 256
 #define LN_SMEM_MAX_C 12288 /* 48 KB of f32: the default dynamic shared-memory limit */
@@ -82,6 +83,7 @@ __global__ void residual_layernorm_kernel(ni_half16 *out,         // (N, C)
                                           const ni_half16 *b,     // (C)
                                           const int32_t *rows,    // (N) or NULL
                                           size_t C, float eps, int vec, int cached) {
+    NI_TL_SCOPE(NI_TL_LAYERNORM, 0);
     /* the first column group's scale and shift before the wait (no kernel writes them,
      * pdl.cuh), so that the normalize does not wait on a load after the statistics */
     const size_t c_first = (size_t)threadIdx.x * 8;
@@ -92,6 +94,7 @@ __global__ void residual_layernorm_kernel(ni_half16 *out,         // (N, C)
     }
     ni_pdl_launch_dependents(); /* the next product loads weights before its wait (pdl.cuh) */
     ni_pdl_wait();              /* x, delta and rows come from earlier kernels */
+    NI_TL_WAITED();
     extern __shared__ float4 ln_smem[];
     __shared__ float red[32];
     size_t r = blockIdx.x;
@@ -191,7 +194,9 @@ template <typename D>
 __global__ void residual_add_kernel(float *x,               // (n)
                                     const ni_half16 *delta, // (n)
                                     size_t n, int vec) {
+    NI_TL_SCOPE(NI_TL_RESIDUAL_ADD, 0);
     ni_pdl_wait();
+    NI_TL_WAITED();
     ni_pdl_launch_dependents(); /* a single short pass */
     size_t stride = (size_t)gridDim.x * blockDim.x;
     size_t groups = (n + 7) / 8;
@@ -263,3 +268,5 @@ extern "C" int ni_cuda_residual_add(float *x, const ni_half16 *delta, size_t N, 
             : ni_launch_pdl(residual_add_kernel<ni_dt_bf16>, grid, block, 0, st, x, delta, n, vec);
     return ni_launch_status(e);
 }
+
+NI_TL_SETTER(layernorm)

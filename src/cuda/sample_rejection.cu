@@ -73,6 +73,7 @@
 
 #include "cuda/kernels.h"
 #include "cuda/pdl.cuh"
+#include "cuda/timeline.cuh"
 #include "sampling/sampling.h"
 
 #define SR_THREADS_ONE 1024 /* threads per block when a row is one block (large B) */
@@ -1154,8 +1155,10 @@ __global__ void __launch_bounds__(NT, 1)
               const uint32_t *steps,          // (B) or NULL (then 0)
               const ni_sample_params *params, // (1)
               size_t V, unsigned max_rounds, unsigned ncl, unsigned cap) {
+    NI_TL_SCOPE(NI_TL_SAMPLER, 0);
     extern __shared__ uint4 sr_dyn[];
     ni_pdl_wait(); /* logits, steps and parameters come from earlier kernels or copies */
+    NI_TL_WAITED();
     sr_smem *sm = (sr_smem *)sr_dyn;
     const size_t r = blockIdx.x / ncl;
     const unsigned rank = blockIdx.x % ncl; /* the cluster is ncl consecutive blocks */
@@ -1712,3 +1715,5 @@ extern "C" int ni_cuda_sample_rejection(int32_t *tokens, const float *logits,
     return ni_cuda_sample_rejection_ex(tokens, logits, seq_ids, steps, params, B, V,
                                        NI_REJECTION_MAX_ROUNDS, 0, s);
 }
+
+NI_TL_SETTER(sample_rejection)
