@@ -1,16 +1,15 @@
 /* A per-block timeline of every kernel of the forward pass and the samplers, for a build with
- * -DNI_TIMELINE (cmake -DCMAKE_CUDA_FLAGS=-DNI_TIMELINE -DCMAKE_C_FLAGS=-DNI_TIMELINE): with
+ * -DNI_TIMELINE (cmake -DCMAKE_CUDA_FLAGS=-DNI_TIMELINE -DCMAKE_C_FLAGS=-DNI_TIMELINE). With
  * NI_TIMELINE_FILE=F in the environment, one thread of every block records its kernel's tag,
  * grid size, block, SM and three globaltimer stamps: its start, the return of its programmatic-
- * launch wait, and its end (when that thread leaves the kernel); the backend writes them to F
- * when it is destroyed, and tools/timeline.py reads them. Records go to a share of the buffer
- * per SM (empty slots have tag 0). That shows, inside a replayed graph
- * where kernels overlap, when each kernel's blocks arrived, when its wait released them and when
- * its last block ended, which Nsight Compute (one kernel at a time, serialized) cannot. The
- * record's slot comes from one atomic add at the block's start (a counter per SM), whose
- * result is used only at
- * its end; the recording costs gpt2-xl about 6 % at batch 1 (H200). Without NI_TIMELINE every macro
- * here is empty. */
+ * launch wait, and its end (when that thread leaves the kernel); the backend writes the records
+ * to F when it is destroyed (timeline.h), and tools/timeline.py reads them (its TAGS follow the
+ * enum below). That shows, inside a replayed graph where kernels overlap, when each kernel's
+ * blocks arrived, when its wait released them and when its last block ended, which Nsight
+ * Compute (one kernel at a time, serialized) cannot. A record's slot comes from one atomic add
+ * at the block's start on its SM's counter, into that SM's share of the buffer (empty slots keep
+ * tag 0); the result is needed only at the block's end. The recording slows gpt2-xl's batch-1
+ * step by about 6 % (H200). Without NI_TIMELINE every macro here is empty. */
 #ifndef NI_CUDA_TIMELINE_CUH
 #define NI_CUDA_TIMELINE_CUH
 
