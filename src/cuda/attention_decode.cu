@@ -238,7 +238,7 @@ __global__ void __launch_bounds__(NT)
                                   const int32_t *slot, // (B)
                                   const int32_t *pos,  // (B)
                                   int NH, int HS, int T, int NCH, float scale_log2, int append) {
-    NI_TL_SCOPE(NI_TL_ATTN_CHUNK, 0);
+    NI_TL_SCOPE(NI_TL_ATTN_CHUNK);
     typedef ad_vec<W> V;
     typedef typename V::t vec_t;
     constexpr int KPS = NT / L; /* rows per step of the block */
@@ -351,7 +351,7 @@ __global__ void __launch_bounds__(NT)
                                   const int32_t *slot, // (B)
                                   const int32_t *pos,  // (B)
                                   int NH, int HS, int T, int NCH, float scale_log2, int append) {
-    NI_TL_SCOPE(NI_TL_ATTN_WHOLE, 0);
+    NI_TL_SCOPE(NI_TL_ATTN_WHOLE);
     constexpr int W = 8, CPL = 1;
     typedef ad_vec<W>::t vec_t;
     constexpr int KPS = NT / L, NW = NT / 32, STEPS = AD_SPLIT / KPS;
@@ -419,7 +419,7 @@ __global__ void attention_decode_merge_kernel(uint16_t *out,        // (B, C) 16
                                               const float *partial, // (B, NH, NCH, HS + 2)
                                               const int32_t *pos,   // (B)
                                               int NH, int HS, int NCH) {
-    NI_TL_SCOPE(NI_TL_ATTN_MERGE, 0);
+    NI_TL_SCOPE(NI_TL_ATTN_MERGE);
     ni_pdl_wait(); /* partial comes from the chunk kernel */
     NI_TL_WAITED();
     ni_pdl_launch_dependents(); /* a short pass */

@@ -131,7 +131,7 @@ __global__ void __launch_bounds__(AP_THREADS)
                              const int32_t *seq_slot,  // (n_seq)
                              const int32_t *seq_pos0,  // (n_seq)
                              int NH, int HS, int T, float scale_log2, int W, int qvec) {
-    NI_TL_SCOPE(NI_TL_ATTN_PREFILL, 0);
+    NI_TL_SCOPE(NI_TL_ATTN_PREFILL);
     constexpr int LD = DP + 8;  /* 16 bytes of padding per row: conflict-free ldmatrix */
     constexpr int NKT = BK / 8; /* key n-tiles of S */
     constexpr int NDT = DP / 8; /* head-dim n-tiles of O */

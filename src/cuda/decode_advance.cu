@@ -10,7 +10,7 @@
 
 __global__ void decode_advance_kernel(int32_t *tok, int32_t *pos, uint32_t *steps, int32_t *hist,
                                       const int32_t *next, size_t B, size_t hist_rows) {
-    NI_TL_SCOPE(NI_TL_ADVANCE, 0);
+    NI_TL_SCOPE(NI_TL_ADVANCE);
     ni_pdl_wait(); /* next comes from the sampler */
     NI_TL_WAITED();
     size_t r = blockIdx.x * (size_t)blockDim.x + threadIdx.x;

@@ -21,7 +21,7 @@ __global__ void embedding_kernel(float *x,              // (N, C)
                                  const ni_half16 *wte,  // (V, C)
                                  const ni_half16 *wpe,  // (P, C)
                                  size_t C, int vec) {
-    NI_TL_SCOPE(NI_TL_EMBEDDING, 0);
+    NI_TL_SCOPE(NI_TL_EMBEDDING);
     ni_pdl_wait(); /* tokens and pos may come from the previous kernel */
     NI_TL_WAITED();
     /* a single short pass: let the next kernel queue up now. The trigger must stay after the

@@ -190,7 +190,7 @@ __global__ void __launch_bounds__(GS_BLOCK, 1)
                        const uint16_t *inp, const void *tmap, const uint16_t *__restrict__ bias,
                        uint32_t N, uint32_t IC, uint32_t OC, uint32_t parts, int gelu, int defer,
                        int early) {
-    NI_TL_SCOPE(NI_TL_GEMM_STREAM, 0);
+    NI_TL_SCOPE(NI_TL_GEMM_STREAM);
     /* 128-byte aligned: the ring's slots, the TMA copies' destinations, lie at multiples of
      * 8 KB from here */
     extern __shared__ __align__(128) uint8_t gs_smem[];

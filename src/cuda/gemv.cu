@@ -173,7 +173,7 @@ __global__ void __launch_bounds__(GEMV_MAX_SPLIT * 32, (VEC && NT <= 2) ? 2 : 1)
                 const ni_half16 *w,    // (OC, IC)
                 const ni_half16 *bias, // (OC) or NULL
                 int N, size_t IC, size_t OC, int S, int gelu) {
-    NI_TL_SCOPE(NI_TL_GEMV, 0);
+    NI_TL_SCOPE(NI_TL_GEMV);
     constexpr int MT = (NT + 1) / 2;                 // 16-row A tiles
     constexpr int U = NT > 2 ? GEMV_U_WIDE : GEMV_U; // 32-column blocks per round
     extern __shared__ float gemv_red[]; // (warps, RT * MT * 4, 32) partial sums when S > 1

@@ -27,7 +27,7 @@ __global__ void kv_append_kernel(ni_half16 *k_cache,   // (S, NH, T, HS)
                                  const int32_t *slot,  // (N)
                                  const int32_t *pos,   // (N)
                                  size_t N, size_t NH, size_t HS, size_t T) {
-    NI_TL_SCOPE(NI_TL_KV_APPEND, 0);
+    NI_TL_SCOPE(NI_TL_KV_APPEND);
     ni_pdl_wait(); /* qkv comes from the previous kernel */
     NI_TL_WAITED();
     ni_pdl_launch_dependents(); /* a single short copy: let attention queue up now */

@@ -83,7 +83,7 @@ __global__ void residual_layernorm_kernel(ni_half16 *out,         // (N, C)
                                           const ni_half16 *b,     // (C)
                                           const int32_t *rows,    // (N) or NULL
                                           size_t C, float eps, int vec, int cached) {
-    NI_TL_SCOPE(NI_TL_LAYERNORM, 0);
+    NI_TL_SCOPE(NI_TL_LAYERNORM);
     /* the first column group's scale and shift before the wait (no kernel writes them,
      * pdl.cuh), so that the normalize does not wait on a load after the statistics */
     const size_t c_first = (size_t)threadIdx.x * 8;
@@ -194,7 +194,7 @@ template <typename D>
 __global__ void residual_add_kernel(float *x,               // (n)
                                     const ni_half16 *delta, // (n)
                                     size_t n, int vec) {
-    NI_TL_SCOPE(NI_TL_RESIDUAL_ADD, 0);
+    NI_TL_SCOPE(NI_TL_RESIDUAL_ADD);
     ni_pdl_wait();
     NI_TL_WAITED();
     ni_pdl_launch_dependents(); /* a single short pass */

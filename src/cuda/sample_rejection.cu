@@ -1155,7 +1155,7 @@ __global__ void __launch_bounds__(NT, 1)
               const uint32_t *steps,          // (B) or NULL (then 0)
               const ni_sample_params *params, // (1)
               size_t V, unsigned max_rounds, unsigned ncl, unsigned cap) {
-    NI_TL_SCOPE(NI_TL_SAMPLER, 0);
+    NI_TL_SCOPE(NI_TL_SAMPLER);
     extern __shared__ uint4 sr_dyn[];
     ni_pdl_wait(); /* logits, steps and parameters come from earlier kernels or copies */
     NI_TL_WAITED();

@@ -1,7 +1,6 @@
 /* The kernel timeline's buffer and file (timeline.h). */
 #include "cuda/timeline.h"
 
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,19 +33,17 @@ static const ni_tl_setter ni_tl_setters[] = {
     ni_tl_set_sample_rejection,
 };
 
-#define NI_TL_RECORD_BYTES 48 /* sizeof(ni_tl_record), timeline.cuh */
 #define NI_TL_CAP ((size_t)16 << 20)
-#define NI_TL_COUNTERS 256 /* NI_TL_SMS, timeline.cuh: a share of the buffer per SM */
 
 ni_status ni_timeline_open(ni_timeline *t) {
     memset(t, 0, sizeof *t);
     t->path = getenv("NI_TIMELINE_FILE");
     if (!t->path || !t->path[0]) return NI_OK;
     t->cap = NI_TL_CAP;
-    if (cudaMalloc(&t->buf, t->cap * NI_TL_RECORD_BYTES) != cudaSuccess ||
-        cudaMalloc((void **)&t->count, NI_TL_COUNTERS * sizeof *t->count) != cudaSuccess ||
-        cudaMemset(t->count, 0, NI_TL_COUNTERS * sizeof *t->count) != cudaSuccess ||
-        cudaMemset(t->buf, 0, t->cap * NI_TL_RECORD_BYTES) != cudaSuccess)
+    if (cudaMalloc(&t->buf, t->cap * sizeof(ni_tl_record)) != cudaSuccess ||
+        cudaMalloc((void **)&t->count, NI_TL_SMS * sizeof *t->count) != cudaSuccess ||
+        cudaMemset(t->count, 0, NI_TL_SMS * sizeof *t->count) != cudaSuccess ||
+        cudaMemset(t->buf, 0, t->cap * sizeof(ni_tl_record)) != cudaSuccess)
         return ni_fail(NI_ERR_NO_MEMORY, "timeline: no device memory for %zu records", t->cap);
     int e = 0;
     for (size_t k = 0; k < sizeof ni_tl_setters / sizeof *ni_tl_setters && e == 0; k++)
@@ -59,13 +56,13 @@ void ni_timeline_close(ni_timeline *t) {
     if (!t->buf) return;
     const unsigned long long n = t->cap; /* every share, the empty slots' tags 0 */
     cudaDeviceSynchronize();
-    void *h = malloc(n * NI_TL_RECORD_BYTES + 1);
+    void *h = malloc(n * sizeof(ni_tl_record) + 1);
     FILE *f = fopen(t->path, "ab");
     if (h && f &&
-        cudaMemcpy(h, t->buf, n * NI_TL_RECORD_BYTES, cudaMemcpyDeviceToHost) == cudaSuccess) {
-        const uint64_t head[3] = {0x4c54494eull /* "NITL" */, NI_TL_RECORD_BYTES, n};
+        cudaMemcpy(h, t->buf, n * sizeof(ni_tl_record), cudaMemcpyDeviceToHost) == cudaSuccess) {
+        const uint64_t head[3] = {0x4c54494eull /* "NITL" */, sizeof(ni_tl_record), n};
         fwrite(head, sizeof head, 1, f);
-        fwrite(h, NI_TL_RECORD_BYTES, n, f);
+        fwrite(h, sizeof(ni_tl_record), n, f);
     } else {
         fprintf(stderr, "timeline: could not write %s\n", t->path);
     }

@@ -15,6 +15,8 @@
 
 #include <stdint.h>
 
+#include "cuda/timeline.h"
+
 enum {
     NI_TL_EMBEDDING = 1,
     NI_TL_LAYERNORM,
@@ -30,14 +32,7 @@ enum {
     NI_TL_RESIDUAL_ADD
 };
 
-typedef struct {
-    uint32_t tag, grid, block, sm;
-    uint64_t t_start, t_wait, t_end; /* ns; t_wait 0: the recording thread did not wait */
-    uint64_t pad;
-} ni_tl_record;
-static_assert(sizeof(ni_tl_record) == 48, "timeline.c writes 48-byte records");
-
-#define NI_TL_SMS 256 /* counters (SM ids are below this) */
+static_assert(sizeof(ni_tl_record) == 48, "tools/timeline.py reads 48-byte records");
 
 #ifdef NI_TIMELINE
 
@@ -52,25 +47,26 @@ static __device__ __forceinline__ uint64_t ni_tl_now(void) {
     return t;
 }
 
+/* Thread 0 of the block records (every kernel's thread 0 waits; gemm_stream's producer warp,
+ * which does not, is its last). */
 struct ni_tl_scope {
     bool on;
-    uint32_t tag;
+    uint32_t tag, sm;
     unsigned long long slot;
     uint64_t t0, t1;
-    __device__ ni_tl_scope(uint32_t tag_, unsigned thread) {
-        on = threadIdx.x == thread && threadIdx.y == 0 && threadIdx.z == 0 && ni_tl_buf != NULL;
+    __device__ ni_tl_scope(uint32_t tag_) {
+        on = threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0 && ni_tl_buf != NULL;
         tag = tag_;
         t1 = 0;
         if (on) {
             t0 = ni_tl_now();
             /* a counter and a share of the buffer per SM: one counter for all blocks slowed
              * the step by a sixth */
-            unsigned sm;
             asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
-            sm &= NI_TL_SMS - 1;
+            const unsigned counter = sm & (NI_TL_SMS - 1);
             const unsigned long long share = ni_tl_cap / NI_TL_SMS;
-            const unsigned long long i = atomicAdd(ni_tl_count + sm, 1ull);
-            slot = i < share ? sm * share + i : ni_tl_cap;
+            const unsigned long long i = atomicAdd(ni_tl_count + counter, 1ull);
+            slot = i < share ? counter * share + i : ni_tl_cap;
         }
     }
     __device__ void waited(void) {
@@ -78,8 +74,6 @@ struct ni_tl_scope {
     }
     __device__ ~ni_tl_scope() {
         if (!on || slot >= ni_tl_cap) return;
-        unsigned sm;
-        asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
         const uint32_t grid = gridDim.x * gridDim.y * gridDim.z;
         const uint32_t block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
         ni_tl_record r = {tag, grid, block, sm, t0, t1, ni_tl_now(), 0};
@@ -87,7 +81,7 @@ struct ni_tl_scope {
     }
 };
 
-#define NI_TL_SCOPE(tag, thread) ni_tl_scope ni_tl_(tag, thread)
+#define NI_TL_SCOPE(tag) ni_tl_scope ni_tl_(tag)
 #define NI_TL_WAITED() ni_tl_.waited()
 #define NI_TL_SETTER(name)                                                                         \
     extern "C" int ni_tl_set_##name(void *buf, unsigned long long *count,                          \
@@ -100,7 +94,7 @@ struct ni_tl_scope {
 
 #else
 
-#define NI_TL_SCOPE(tag, thread) ((void)0)
+#define NI_TL_SCOPE(tag) ((void)0)
 #define NI_TL_WAITED() ((void)0)
 #define NI_TL_SETTER(name)
 

@@ -7,8 +7,18 @@
 #define NI_CUDA_TIMELINE_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "nanoinfer.h"
+
+/* One block's record, as the kernels write it (timeline.cuh) and the file holds it. */
+typedef struct {
+    uint32_t tag, grid, block, sm;
+    uint64_t t_start, t_wait, t_end; /* ns; t_wait 0: the recording thread did not wait */
+    uint64_t pad;
+} ni_tl_record;
+
+#define NI_TL_SMS 256 /* record counters, one per SM (SM ids are below this) */
 
 typedef struct {
     void *buf;                 /* device: cap records */
