@@ -124,15 +124,6 @@ int ni_cuda_gemv(ni_half16 *out, float *out_f32, const ni_half16 *inp, const ni_
  * takes any N <= 32). */
 size_t ni_cuda_gemv_rows(size_t OC);
 
-/* out (N, OC) = inp (N, IC) @ w^T + bias [GELU] for N <= 8 with the weights copied into shared
- * memory before the programmatic-launch wait (gemv_preload.cu): one block on each of sms SMs,
- * at most 16 weight rows a block, IC % 32 == 0; at most smem_budget bytes of shared memory a
- * block. The same bits for every N. */
-int ni_cuda_gemv_preload_fits(size_t N, size_t IC, size_t OC, size_t sms);
-int ni_cuda_gemv_preload(ni_half16 *out, const ni_half16 *inp, const ni_half16 *w,
-                         const ni_half16 *bias, size_t N, size_t IC, size_t OC, size_t sms,
-                         size_t smem_budget, int gelu, ni_cuda_dtype dt, ni_stream s);
-
 /* ---- weights streamed by TMA (tensor_maps.cu) --------------------------------------------- */
 
 /* One layer's weights on the device. */

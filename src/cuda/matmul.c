@@ -57,16 +57,6 @@ ni_status ni_matmul_init(ni_matmul_ctx *m, void *workspace, size_t workspace_byt
         else
             m->stream_parts = (size_t)v;
     }
-    m->preload_budget = (size_t)110 << 10;
-    if (ni_env_int("NI_GEMVP", 0, 2, NULL, 0, &v)) m->preload_mode = (int)v;
-    if (ni_env_int("NI_GEMVP_KB", 8, 227, NULL, 0, &v)) m->preload_budget = (size_t)v << 10;
-    {
-        int dev = 0, count = 0;
-        if (cudaGetDevice(&dev) == cudaSuccess &&
-            cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess)
-            m->sms = (size_t)count;
-        cudaGetLastError();
-    }
     if (stream_on && ni_cuda_gemm_stream_setup(&m->stream_sms) != 0) {
         cudaGetLastError(); /* not available: cuBLASLt above the GEMV's rows */
         m->stream_sms = 0;
@@ -179,15 +169,6 @@ static ni_status matmul(ni_matmul_ctx *m, ni_half16 *out16, float *out_f32,
     if (N == 0) return NI_OK;
     if (dt != NI_CUDA_BF16 && dt != NI_CUDA_F16)
         return ni_fail(NI_ERR_INTERNAL, "matmul: unknown 16-bit type %d", (int)dt);
-    if (out16 && m->preload_mode && (m->preload_mode == 2 || IC > OC) &&
-        ni_cuda_gemv_preload_fits(N, IC, OC, m->sms) && ((uintptr_t)w & 15u) == 0 &&
-        ((uintptr_t)inp & 15u) == 0) {
-        NI_CUDA_TRY(ni_cuda_gemv_preload(out16, inp, w, bias, N, IC, OC, m->sms, m->preload_budget,
-                                         gelu, dt, (ni_stream)stream),
-                    "gemv_preload kernel");
-        m->last_early = 1;
-        return NI_OK;
-    }
     if (N <= m->gemv_max_rows && N <= ni_cuda_gemv_rows(OC)) {
         NI_CUDA_TRY(
             ni_cuda_gemv(out16, out_f32, inp, w, bias, N, IC, OC, gelu, dt, (ni_stream)stream),

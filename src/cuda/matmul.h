@@ -38,9 +38,6 @@ typedef struct {
     unsigned *stream_counters; /* device, NI_MATMUL_COUNTERS zeros: gemm_stream's parts */
     float *stream_ws;          /* device: gemm_stream's partial sums (not cuBLASLt's) */
     size_t stream_ws_floats;
-    int preload_mode;      /* NI_GEMVP: 0 off, 1 wide products (IC > OC), 2 all that fit */
-    size_t preload_budget; /* NI_GEMVP_KB: shared memory a gemv_preload block may take */
-    size_t sms;            /* the device's SMs */
     int decode;     /* set by the caller: the products are a decode step's (gemm_stream's early) */
     int last_early; /* the last product lets the next kernel launch at its start (pdl.cuh) */
 } ni_matmul_ctx;

@@ -95,12 +95,6 @@ static inline cudaError_t ni_launch_pdl_cluster(void (*kernel)(KArgs...), dim3 g
         attr[n].val.clusterDim.z = 1;
         n++;
     }
-    { /* EXPERIMENT: NI_CARVEOUT=P sets every kernel's preferred shared-memory carveout */
-        const char *cv = getenv("NI_CARVEOUT");
-        if (cv && cv[0])
-            (void)cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                       atoi(cv));
-    }
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;

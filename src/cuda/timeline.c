@@ -13,7 +13,6 @@
 /* the setters of the files whose kernels record (NI_TL_SETTER) */
 typedef int (*ni_tl_setter)(void *buf, unsigned long long *count, unsigned long long cap);
 int ni_tl_set_gemv(void *buf, unsigned long long *count, unsigned long long cap);
-int ni_tl_set_gemv_preload(void *buf, unsigned long long *count, unsigned long long cap);
 int ni_tl_set_layernorm(void *buf, unsigned long long *count, unsigned long long cap);
 int ni_tl_set_attention_decode(void *buf, unsigned long long *count, unsigned long long cap);
 int ni_tl_set_attention_prefill(void *buf, unsigned long long *count, unsigned long long cap);
@@ -24,7 +23,6 @@ int ni_tl_set_kv_append(void *buf, unsigned long long *count, unsigned long long
 int ni_tl_set_sample_rejection(void *buf, unsigned long long *count, unsigned long long cap);
 static const ni_tl_setter ni_tl_setters[] = {
     ni_tl_set_gemv,
-    ni_tl_set_gemv_preload,
     ni_tl_set_layernorm,
     ni_tl_set_attention_decode,
     ni_tl_set_attention_prefill,

@@ -76,7 +76,6 @@ typedef struct {
     float *dws;                    /* gemm_stream's partial sums, room for any share */
     unsigned *dcnt;                /* and its counters */
     const char *kernel;
-    size_t pre_sms, pre_budget; /* gemv_preload's grid and shared-memory budget */
 } gemv_case;
 
 static uint16_t h16_from(ni_cuda_dtype dt, float x) {
@@ -136,8 +135,6 @@ static void gemv_case_init(gemv_case *c, size_t IC, size_t OC, uint64_t seed, ni
     CK(cudaMemcpy(c->dw, c->w, OC * IC * sizeof *c->w, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(c->db, c->b, OC * sizeof *c->b, cudaMemcpyHostToDevice));
     c->kernel = "gemv";
-    c->pre_sms = 0;
-    c->pre_budget = 0;
     c->dtmap = NULL;
     memset(&c->plan, 0, sizeof c->plan);
     c->dws = NULL;
@@ -210,9 +207,6 @@ static void gemv_run(const gemv_case *c, size_t N, int f32, int gelu, float *res
     CK(cudaMemset(c->dout_f32, 0xFF, R1 * OC * sizeof *c->dout_f32));
     if (strcmp(c->kernel, "gemm_stream") == 0)
         CK(stream_launch(c, c->dout, NULL, c->db, N, gelu));
-    else if (strcmp(c->kernel, "gemv_preload") == 0)
-        CK(ni_cuda_gemv_preload(c->dout, c->dx, c->dw, c->db, N, c->IC, OC, c->pre_sms,
-                                c->pre_budget, gelu, c->dt, NULL));
     else
         CK(ni_cuda_gemv(f32 ? NULL : c->dout, f32 ? c->dout_f32 : NULL, c->dx, c->dw, c->db, N,
                         c->IC, OC, gelu, c->dt, NULL));
@@ -361,69 +355,6 @@ static void test_gemv_batch_invariance(void **state) {
         gemv_case_check_invariance(&c, 1, 0);
         gemv_case_free(&c);
     }
-}
-
-/* ---- gemv_preload (weights in shared memory before the wait), checked the same way -------- */
-
-/* Every N = 1 .. 8, plain and GELU, against the reference; a row's bits the same for every N
- * and for every grid and shared-memory budget (the sums' order depends on IC alone). */
-static void test_gemv_preload(void **state) {
-    (void)state;
-    static const size_t shapes[][2] = {{6400, 1600}, {3072, 768}, {1600, 1600}, {5120, 1280},
-                                       {256, 132},   {288, 200},  {6400, 2000}, {4096, 1024}};
-    static const size_t grids[][2] = {{132, 100 << 10}, {132, 8 << 10}, {97, 227 << 10}};
-    const size_t R = NI_CUDA_GEMV_MAX_ROWS;
-    uint64_t seed = 500;
-    for (int k = 0; k < 2; k++) {
-        const ni_cuda_dtype dt = k ? NI_CUDA_F16 : NI_CUDA_BF16;
-        for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
-            gemv_case c;
-            gemv_case_init(&c, shapes[i][0], shapes[i][1], seed++, dt);
-            c.kernel = "gemv_preload";
-            float *res = hmalloc((R + 1) * c.OC * sizeof *res);
-            uint8_t *first[2] = {hmalloc((R + 1) * c.OC * 2), hmalloc((R + 1) * c.OC * 2)};
-            uint8_t *bits = hmalloc((R + 1) * c.OC * 2);
-            double worst = 0;
-            for (size_t gi = 0; gi < sizeof grids / sizeof *grids; gi++) {
-                c.pre_sms = grids[gi][0];
-                c.pre_budget = grids[gi][1];
-                if (!ni_cuda_gemv_preload_fits(1, c.IC, c.OC, c.pre_sms)) continue;
-                for (int gelu = 0; gelu < 2; gelu++) {
-                    for (size_t N = 8; N >= 1; N--) {
-                        gemv_run(&c, N, 0, gelu, res, bits);
-                        const double q = gemv_check(&c, N, 0, gelu, res, bits);
-                        if (q > worst) worst = q;
-                        if (gi == 0 && N == 8) memcpy(first[gelu], bits, 8 * c.OC * 2);
-                        if (memcmp(bits, first[gelu], N * c.OC * 2) != 0) {
-                            fprintf(stderr,
-                                    "gemv_preload %s IC=%zu OC=%zu: N=%zu on %zu blocks, %zu KB "
-                                    "differs from N=8 on %zu blocks\n",
-                                    dt_name(dt), c.IC, c.OC, N, c.pre_sms, c.pre_budget >> 10,
-                                    grids[0][0]);
-                            fail();
-                        }
-                    }
-                }
-            }
-            printf("  gemv_preload %-4s IC=%-5zu OC=%-5zu N=1..8 plain/gelu, 3 grids: worst "
-                   "err/tol %.3f\n",
-                   dt_name(dt), c.IC, c.OC, worst);
-            free(res);
-            free(first[0]);
-            free(first[1]);
-            free(bits);
-            gemv_case_free(&c);
-        }
-    }
-    /* what it does not take */
-    assert_false(ni_cuda_gemv_preload_fits(9, 6400, 1600, 132));
-    assert_false(ni_cuda_gemv_preload_fits(1, 6401, 1600, 132));
-    assert_false(ni_cuda_gemv_preload_fits(1, 6400, 4800, 132)); /* 37 rows a block */
-    assert_false(ni_cuda_gemv_preload_fits(1, 96, 1600, 132));   /* 3 column blocks, 4 slices */
-    assert_false(ni_cuda_gemv_preload_fits(0, 6400, 1600, 132));
-    assert_int_equal(ni_cuda_gemv_preload(NULL, NULL, NULL, NULL, 1, 6400, 1600, 132, 100 << 10, 0,
-                                          NI_CUDA_BF16, NULL),
-                     (int)cudaErrorInvalidValue);
 }
 
 /* ---- gemm_stream (the TMA-streamed product for up to 32 rows), checked the same way ------- */
@@ -1274,7 +1205,6 @@ int main(void) {
         cmocka_unit_test(test_gemv_args),
         cmocka_unit_test(test_gemv_shapes),
         cmocka_unit_test(test_gemv_batch_invariance),
-        cmocka_unit_test(test_gemv_preload),
         cmocka_unit_test(test_gemm_stream_args),
         cmocka_unit_test(test_gemm_stream_shapes),
         cmocka_unit_test(test_gemm_stream_small_grid),
