@@ -42,21 +42,38 @@ typedef struct {
     const ni_half16 *bias;
 } ln_sums;
 
+#define LN_PARTS_BATCH 8 /* parts whose loads are issued together (then added in order) */
+
 /* Columns c .. c + 7 of row i of the sums' delta, rounded to 16 bits as the product would have
- * stored them (pairs, as gemm_stream packs them), back in f32. */
+ * stored them (pairs, as gemm_stream packs them), back in f32. bias8: the bias of those columns
+ * (16-bit, as loaded). The parts' loads go out LN_PARTS_BATCH at a time before any is added
+ * (one L2 round trip for up to that many parts, not one each), and are added in part order. */
 template <typename D>
 static __device__ __forceinline__ void ln_sums_delta8(const ln_sums &sm, size_t i, size_t c,
-                                                      float *d) {
+                                                      uint4 bias8, float *d) {
     float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f), v2 = v;
-    for (uint32_t p = 0; p < sm.parts; p++) {
-        const float4 *q =
-            reinterpret_cast<const float4 *>(sm.ws + ((size_t)p * sm.rows + i) * sm.stride + c);
-        const float4 a = q[0], a2 = q[1];
-        v.x += a.x, v.y += a.y, v.z += a.z, v.w += a.w;
-        v2.x += a2.x, v2.y += a2.y, v2.z += a2.z, v2.w += a2.w;
+    for (uint32_t p0 = 0; p0 < sm.parts; p0 += LN_PARTS_BATCH) {
+        float4 a[LN_PARTS_BATCH], a2[LN_PARTS_BATCH];
+#pragma unroll
+        for (int k = 0; k < LN_PARTS_BATCH; k++) {
+            const uint32_t p = p0 + (uint32_t)k;
+            if (p < sm.parts) {
+                const float4 *q = reinterpret_cast<const float4 *>(
+                    sm.ws + ((size_t)p * sm.rows + i) * sm.stride + c);
+                a[k] = q[0];
+                a2[k] = q[1];
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < LN_PARTS_BATCH; k++) {
+            if (p0 + (uint32_t)k < sm.parts) {
+                v.x += a[k].x, v.y += a[k].y, v.z += a[k].z, v.w += a[k].w;
+                v2.x += a2[k].x, v2.y += a2[k].y, v2.z += a2[k].z, v2.w += a2[k].w;
+            }
+        }
     }
     float bf[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-    if (sm.bias) ni_unpack8<D>(__ldg(reinterpret_cast<const uint4 *>(sm.bias + c)), bf);
+    if (sm.bias) ni_unpack8<D>(bias8, bf);
     uint4 pk;
     pk.x = D::pack2(v.x + bf[0], v.y + bf[1]);
     pk.y = D::pack2(v.z + bf[2], v.w + bf[3]);
@@ -73,8 +90,11 @@ static __device__ __forceinline__ float ln_sums_delta1(const ln_sums &sm, size_t
     return D::to_float(D::from_float(v + (sm.bias ? D::to_float(sm.bias[c]) : 0.0f)));
 }
 
-/* blockDim.x: a multiple of 32, at most 1024. Dynamic shared memory: C floats when cached. */
-template <typename D>
+/* blockDim.x: a multiple of 32, at most 1024. Dynamic shared memory: C floats when cached.
+ * SUMS: the delta comes as partial sums (sm.ws), else from delta or none; an instance of its own,
+ * since the parts' loads in flight take registers that the plain LayerNorm, resident beside the
+ * decode step's products, must not. */
+template <typename D, bool SUMS>
 __global__ void residual_layernorm_kernel(ni_half16 *out,         // (N, C)
                                           float *x,               // (*, C)
                                           const ni_half16 *delta, // (*, C) or NULL
@@ -87,10 +107,12 @@ __global__ void residual_layernorm_kernel(ni_half16 *out,         // (N, C)
     /* the first column group's scale and shift before the wait (no kernel writes them,
      * pdl.cuh), so that the normalize does not wait on a load after the statistics */
     const size_t c_first = (size_t)threadIdx.x * 8;
-    uint4 w_first = make_uint4(0u, 0u, 0u, 0u), b_first = w_first;
+    uint4 w_first = make_uint4(0u, 0u, 0u, 0u), b_first = w_first, sb_first = w_first;
     if (vec && c_first < C) {
         w_first = __ldg(reinterpret_cast<const uint4 *>(w + c_first));
         b_first = __ldg(reinterpret_cast<const uint4 *>(b + c_first));
+        /* the product's bias too, where the partial sums are added here (a weight as well) */
+        if (SUMS && sm.bias) sb_first = __ldg(reinterpret_cast<const uint4 *>(sm.bias + c_first));
     }
     ni_pdl_launch_dependents(); /* the next product loads weights before its wait (pdl.cuh) */
     ni_pdl_wait();              /* x, delta and rows come from earlier kernels */
@@ -111,10 +133,14 @@ __global__ void residual_layernorm_kernel(ni_half16 *out,         // (N, C)
         for (size_t c = tid * 8; c < C; c += nt * 8) {
             float4 a = reinterpret_cast<const float4 *>(xr + c)[0];
             float4 a2 = reinterpret_cast<const float4 *>(xr + c)[1];
-            if (dr || sm.ws) {
+            if (dr || SUMS) {
                 float d[8];
-                if (sm.ws)
-                    ln_sums_delta8<D>(sm, i, c, d);
+                if (SUMS)
+                    ln_sums_delta8<D>(sm, i, c,
+                                      c == c_first || !sm.bias
+                                          ? sb_first
+                                          : __ldg(reinterpret_cast<const uint4 *>(sm.bias + c)),
+                                      d);
                 else
                     ni_unpack8<D>(*reinterpret_cast<const uint4 *>(dr + c), d);
                 a.x += d[0], a.y += d[1], a.z += d[2], a.w += d[3];
@@ -131,8 +157,8 @@ __global__ void residual_layernorm_kernel(ni_half16 *out,         // (N, C)
     } else {
         for (size_t c = tid; c < C; c += nt) {
             float v = xr[c];
-            if (dr || sm.ws) {
-                v += sm.ws ? ln_sums_delta1<D>(sm, i, c) : D::to_float(dr[c]);
+            if (dr || SUMS) {
+                v += SUMS ? ln_sums_delta1<D>(sm, i, c) : D::to_float(dr[c]);
                 xr[c] = v;
             }
             if (cached) buf[c] = v;
@@ -244,11 +270,17 @@ extern "C" int ni_cuda_residual_layernorm(ni_half16 *out, float *x, const ni_hal
     size_t smem = cached ? C * sizeof(float) : 0;
     dim3 grid((unsigned int)N), block((unsigned int)nt);
     cudaStream_t st = (cudaStream_t)s;
-    cudaError_t e = dt == NI_CUDA_F16
-                        ? ni_launch_pdl(residual_layernorm_kernel<ni_dt_f16>, grid, block, smem, st,
-                                        out, x, delta, sm, w, b, rows, C, eps, vec, cached)
-                        : ni_launch_pdl(residual_layernorm_kernel<ni_dt_bf16>, grid, block, smem,
-                                        st, out, x, delta, sm, w, b, rows, C, eps, vec, cached);
+    cudaError_t e;
+    if (dt == NI_CUDA_F16)
+        e = sm.ws ? ni_launch_pdl(residual_layernorm_kernel<ni_dt_f16, true>, grid, block, smem, st,
+                                  out, x, delta, sm, w, b, rows, C, eps, vec, cached)
+                  : ni_launch_pdl(residual_layernorm_kernel<ni_dt_f16, false>, grid, block, smem,
+                                  st, out, x, delta, sm, w, b, rows, C, eps, vec, cached);
+    else
+        e = sm.ws ? ni_launch_pdl(residual_layernorm_kernel<ni_dt_bf16, true>, grid, block, smem,
+                                  st, out, x, delta, sm, w, b, rows, C, eps, vec, cached)
+                  : ni_launch_pdl(residual_layernorm_kernel<ni_dt_bf16, false>, grid, block, smem,
+                                  st, out, x, delta, sm, w, b, rows, C, eps, vec, cached);
     return ni_launch_status(e);
 }
 

@@ -608,6 +608,11 @@ static void test_residual_layernorm_sums(void **state) {
     check_layernorm_sums(20, 768, 2, 0, 0);
     check_layernorm_sums(17, 1601, 3, 1, 1);
     check_layernorm_sums(3, 13, 1, 0, 1);
+    /* the parts' loads go out 8 at a time: exactly 8, and 11 (a second batch); 4096 columns
+     * give a thread two groups (the bias of the second loaded after the wait) */
+    check_layernorm_sums(5, 1600, 8, 1, 0);
+    check_layernorm_sums(9, 1600, 11, 0, 1);
+    check_layernorm_sums(4, 4096, 3, 0, 1);
 }
 
 static void check_residual_add(size_t N, size_t C, size_t offset) {
