@@ -139,17 +139,19 @@ __global__ void __launch_bounds__(AP_THREADS)
     __shared__ __align__(16) uint16_t sV[2][BK * LD];
 
     ni_pdl_launch_dependents(); /* the next product loads weights before its wait (pdl.cuh) */
-    ni_pdl_wait(); /* the sequence lists, qkv and the caches come from earlier kernels */
-    NI_TL_WAITED();
+    /* the sequence lists before the wait: the host copies them before the forward pass and no
+     * kernel writes them (pdl.cuh), so that after it only q and the cached rows are a round trip
+     * away (read after the wait, the lists were two more in a row) */
     const int sq = blockIdx.z, h = blockIdx.y;
-    const int len = seq_len[sq];
+    const int len = seq_len[sq], start = seq_start[sq], pos0 = seq_pos0[sq], slot = seq_slot[sq];
+    ni_pdl_wait(); /* qkv and the caches come from earlier kernels */
+    NI_TL_WAITED();
     const int qt0 = (int)(gridDim.x - 1 - blockIdx.x) * AP_BQ; /* heavy tiles start first */
     if (qt0 >= len) return;
-    const int start = seq_start[sq], pos0 = seq_pos0[sq];
     const size_t C = (size_t)NH * HS;
     const int n_keys = pos0 + min(len, qt0 + AP_BQ); /* the block sees keys [0, n_keys) */
     const int n_tiles = (n_keys + BK - 1) / BK;
-    const size_t head = ((size_t)seq_slot[sq] * NH + h) * (size_t)T * HS;
+    const size_t head = ((size_t)slot * NH + h) * (size_t)T * HS;
     const uint16_t *Kh = k_cache + head, *Vh = v_cache + head;
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;

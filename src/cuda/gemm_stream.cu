@@ -196,6 +196,7 @@ __global__ void __launch_bounds__(GS_BLOCK, 1)
     extern __shared__ __align__(128) uint8_t gs_smem[];
     __shared__ float sbias[GS_MAX_TILES * 16];
     __shared__ uint32_t last_part;
+    __shared__ int32_t s_slot[GS_ROWS], s_pos[GS_ROWS];
     const uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const uint32_t tiles = (OC + 15) / 16, S_all = (IC + NI_CUDA_SLAB_COLS - 1) / NI_CUDA_SLAB_COLS;
     const uint32_t bp = gridDim.x / parts, part = blockIdx.x / bp, bi = blockIdx.x % bp;
@@ -212,6 +213,18 @@ __global__ void __launch_bounds__(GS_BLOCK, 1)
             ni_mbar_init(bars + k * 16 + 8, GS_WARPS); /* empty: every consumer warp */
         }
         ni_mbar_init_fence();
+    }
+    /* the rows' cache slots and positions for the keys' and values' stores, before the wait: the
+     * host copies them before the forward pass and no kernel of it writes them (pdl.cuh), so that
+     * the epilogue's stores do not wait on their loads */
+    gs_kv kvs = kv;
+    if (kv.k) {
+        if (threadIdx.x < N) {
+            s_slot[threadIdx.x] = kv.slot[threadIdx.x];
+            s_pos[threadIdx.x] = kv.pos[threadIdx.x];
+        }
+        kvs.slot = s_slot;
+        kvs.pos = s_pos;
     }
     __syncthreads();
 
@@ -303,7 +316,7 @@ __global__ void __launch_bounds__(GS_BLOCK, 1)
             v.x += p.x, v.y += p.y, v.z += p.z, v.w += p.w;
         }
         if (parts == 1)
-            gs_finish<D>(out, kv, v, sbias, tl, f, n, o, OC, gelu);
+            gs_finish<D>(out, kvs, v, sbias, tl, f, n, o, OC, gelu);
         else
             *reinterpret_cast<float4 *>(ws + ((size_t)part * N + n) * OCp + o) = v;
     }
@@ -324,7 +337,7 @@ __global__ void __launch_bounds__(GS_BLOCK, 1)
                 __ldcg(reinterpret_cast<const float4 *>(ws + ((size_t)p * N + n) * OCp + o));
             v.x += w.x, v.y += w.y, v.z += w.z, v.w += w.w;
         }
-        gs_finish<D>(out, kv, v, sbias, tl, f, n, o, OC, gelu);
+        gs_finish<D>(out, kvs, v, sbias, tl, f, n, o, OC, gelu);
     }
     if (threadIdx.x == 0) counters[bi] = 0u; /* every part has counted: ready for the next launch */
 }

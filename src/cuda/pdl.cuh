@@ -19,7 +19,11 @@
  * loads, requested into L2). No kernel of a decode step writes them before it: every step begins
  * with the embedding kernel, which waits before it triggers its successor, so no kernel of the step
  * starts before every earlier writer (the copies before the step, the previous step's advance)
- * is done; the step's own advance writes pos after its wait. A prefetch changes no data.
+ * is done; the step's own advance writes pos after its wait. Likewise the prefill attention
+(attention_prefill.cu) reads its sequence lists (start, length, slot, first position of each
+piece) before its wait, and gemm_stream the rows' slots and positions where it stores keys and
+values: the host copies them before the forward pass, no kernel of the pass writes them, and
+the pass's first kernel waits before it triggers. A prefetch changes no data.
  * Where to trigger. The kernels that feed a matrix product (the LayerNorm, both attentions) and
  * the GEMV trigger at their start, before their own wait, so a decode layer's kernels are
  * resident together, each held at its wait, while their pre-wait work runs: the GEMV's first
