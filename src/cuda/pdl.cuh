@@ -12,18 +12,18 @@
  * stream and bias, the LayerNorm's scale and shift. Before its wait a kernel may run beside any
  * earlier kernel still in flight, not only the one just before it (see "Where to trigger"), so
  * the rule holds against all of them; the weights' writers (weights_init.cu) are followed by a
- * stream synchronization before any forward pass. One
- * exception, with plain loads: the decode attention that appends the step's keys and values
+ * stream synchronization before any forward pass.
+ * Exceptions, with plain loads: the decode attention that appends the step's keys and values
  * (attention_decode.cu) reads pos and slot before its wait, and with them the cached rows before
  * pos (into registers where the caller allows it and its chunk fits them, else, with 16-byte
  * loads, requested into L2). No kernel of a decode step writes them before it: every step begins
  * with the embedding kernel, which waits before it triggers its successor, so no kernel of the step
  * starts before every earlier writer (the copies before the step, the previous step's advance)
  * is done; the step's own advance writes pos after its wait. Likewise the prefill attention
-(attention_prefill.cu) reads its sequence lists (start, length, slot, first position of each
-piece) before its wait, and gemm_stream the rows' slots and positions where it stores keys and
-values: the host copies them before the forward pass, no kernel of the pass writes them, and
-the pass's first kernel waits before it triggers. A prefetch changes no data.
+ * (attention_prefill.cu) reads its sequence lists (start, length, slot, first position of each
+ * piece) before its wait, and gemm_stream the rows' slots and positions where it stores keys and
+ * values: the host copies them before the forward pass, no kernel of the pass writes them, and
+ * the pass's first kernel (the embedding) waits before it triggers. A prefetch changes no data.
  * Where to trigger. The kernels that feed a matrix product (the LayerNorm, both attentions) and
  * the GEMV trigger at their start, before their own wait, so a decode layer's kernels are
  * resident together, each held at its wait, while their pre-wait work runs: the GEMV's first
