@@ -35,7 +35,6 @@
  * 32-token prompt gpt2 0.53 -> 0.47 ms, gpt2-medium 1.00 -> 0.91, gpt2-large 1.55 -> 1.44, gpt2-xl
  * even; decode at batch 32 gpt2 +13 %, medium +10 %, large +6 %, xl even (+3 % at batch 17)
  * (docs/engines.md has the variants measured). */
-#include <cuda.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
 #include <string.h>
@@ -130,46 +129,6 @@ static __device__ __forceinline__ void gs_column(float (&acc)[GS_MAX_TILES][2][2
     }
 }
 
-/* Row mode: slab column s is one slab of the block's nrows rows (one box of the rows map); the
- * same products as gs_column, n8-tile j of the rows in acc[j / 2][m][j % 2], so the sums are those
- * of tile mode, bit for bit. ring: the slots (slab_b bytes each). */
-template <typename D>
-static __device__ __forceinline__ void
-gs_column_rows(float (&acc)[GS_MAX_TILES][2][2][4], const uint4 (&xv)[4], uint32_t s,
-               uint32_t nrows, uint32_t &q, uint32_t IC, uint32_t ring_base, uint32_t ring,
-               uint32_t slab_b, uint32_t bars, uint32_t warp, uint32_t lane) {
-    const uint32_t r = lane >> 2, t = lane & 3;
-    const bool live = s * NI_CUDA_SLAB_COLS + warp * 32 < IC; /* warp-uniform */
-    /* warps 0-3 take the slab column's first 128 columns (even copies), 4-7 the other half */
-    const uint32_t qq = 2 * q + (warp >> 2), slot = qq % ring, full = bars + slot * 16;
-    ni_mbar_wait(full, (qq / ring) & 1u);
-    q++;
-    if (live) {
-        const uint32_t base = ring_base + slot * slab_b + (warp & 3) * 64 + t * 16;
-#pragma unroll
-        for (uint32_t j = 0; j < 2 * GS_MAX_TILES; j++) {
-            if (8 * j >= nrows) break;
-            /* a row past the block's is read from its last row and never stored */
-            const uint32_t row = 8 * j + r < nrows ? 8 * j + r : nrows - 1;
-            const uint4 w = ni_ld_shared16(base + row * (GS_SLAB_PITCH / 2));
-#pragma unroll
-            for (int ks = 0; ks < 2; ks++) {
-#pragma unroll
-                for (int m = 0; m < 2; m++) {
-                    const uint32_t a0 = ni_u4_word(xv[2 * m], 2 * ks),
-                                   a1 = ni_u4_word(xv[2 * m + 1], 2 * ks),
-                                   a2 = ni_u4_word(xv[2 * m], 2 * ks + 1),
-                                   a3 = ni_u4_word(xv[2 * m + 1], 2 * ks + 1);
-                    D::mma(acc[j >> 1][m][j & 1], a0, a1, a2, a3, ni_u4_word(w, 2 * ks),
-                           ni_u4_word(w, 2 * ks + 1));
-                }
-            }
-        }
-    }
-    __syncwarp();
-    if (lane == 0) ni_mbar_arrive(full + 8); /* this warp is done with the slot */
-}
-
 /* The keys' and values' destination of a qkv product (k == NULL: none), sizes in 32 bits. */
 typedef struct {
     uint16_t *k, *v;
@@ -187,9 +146,9 @@ static __device__ __forceinline__ uint16_t *gs_kv_at(const gs_kv &kv, uint32_t n
 /* Bias, GELU and the stores of features o .. o + 3 (v, before the bias) of row n, tile tl of
  * the block. */
 template <typename D>
-static __device__ __forceinline__ void
-gs_finish(uint16_t *out, const gs_kv &kv, float4 v, const float *sbias, uint32_t tl, uint32_t f,
-          uint32_t n, uint32_t o, uint32_t OC, uint32_t o_end, int gelu) {
+static __device__ __forceinline__ void gs_finish(uint16_t *out, const gs_kv &kv, float4 v,
+                                                 const float *sbias, uint32_t tl, uint32_t f,
+                                                 uint32_t n, uint32_t o, uint32_t OC, int gelu) {
     float e[4] = {v.x + sbias[tl * 16 + f], v.y + sbias[tl * 16 + f + 1],
                   v.z + sbias[tl * 16 + f + 2], v.w + sbias[tl * 16 + f + 3]};
     if (gelu)
@@ -199,18 +158,18 @@ gs_finish(uint16_t *out, const gs_kv &kv, float4 v, const float *sbias, uint32_t
     const uint16_t hv[4] = {(uint16_t)(w01 & 0xffffu), (uint16_t)(w01 >> 16),
                             (uint16_t)(w23 & 0xffffu), (uint16_t)(w23 >> 16)};
     uint16_t *dst = out + (size_t)n * OC + o;
-    if (o + 4 <= o_end && ((uintptr_t)dst & 7u) == 0) {
+    if (o + 4 <= OC && ((uintptr_t)dst & 7u) == 0) {
         *reinterpret_cast<uint2 *>(dst) = make_uint2(w01, w23);
     } else {
-        for (uint32_t k = 0; k < 4 && o + k < o_end; k++) dst[k] = hv[k];
+        for (uint32_t k = 0; k < 4 && o + k < OC; k++) dst[k] = hv[k];
     }
     if (kv.k && o + 3 >= kv.C) {
         /* the key or value: four features of one head in one 8-byte store where they can be */
         uint16_t *c0 = gs_kv_at(kv, n, o >= kv.C ? o : kv.C);
-        if (o >= kv.C && o + 4 <= o_end && kv.HS % 4 == 0 && ((uintptr_t)c0 & 7u) == 0) {
+        if (o >= kv.C && o + 4 <= OC && kv.HS % 4 == 0 && ((uintptr_t)c0 & 7u) == 0) {
             *reinterpret_cast<uint2 *>(c0) = make_uint2(w01, w23);
         } else {
-            for (uint32_t k = 0; k < 4 && o + k < o_end; k++)
+            for (uint32_t k = 0; k < 4 && o + k < OC; k++)
                 if (o + k >= kv.C) *gs_kv_at(kv, n, o + k) = hv[k];
         }
     }
@@ -230,7 +189,7 @@ __global__ void __launch_bounds__(GS_BLOCK, 1)
     gemm_stream_kernel(uint16_t *__restrict__ out, gs_kv kv, float *ws, unsigned *counters,
                        const uint16_t *inp, const void *tmap, const uint16_t *__restrict__ bias,
                        uint32_t N, uint32_t IC, uint32_t OC, uint32_t parts, int gelu, int defer,
-                       int early, const __grid_constant__ CUtensorMap rmap, uint32_t R) {
+                       int early) {
     NI_TL_SCOPE(NI_TL_GEMM_STREAM);
     /* 128-byte aligned: the ring's slots, the TMA copies' destinations, lie at multiples of
      * 8 KB from here */
@@ -241,21 +200,8 @@ __global__ void __launch_bounds__(GS_BLOCK, 1)
     const uint32_t warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const uint32_t tiles = (OC + 15) / 16, S_all = (IC + NI_CUDA_SLAB_COLS - 1) / NI_CUDA_SLAB_COLS;
     const uint32_t bp = gridDim.x / parts, part = blockIdx.x / bp, bi = blockIdx.x % bp;
-    /* tile mode (R == 0): tiles t0 .. t0 + nt - 1 of 16 rows, a slab each per column; row mode:
-     * rows R bi .. R bi + R - 1, one slab of them per column (parts == 1) */
-    uint32_t t0 = (uint32_t)((uint64_t)bi * tiles / bp);
-    uint32_t nt = (uint32_t)((uint64_t)(bi + 1) * tiles / bp) - t0;
-    uint32_t r0 = t0 * 16, nrows = OC - r0 < nt * 16 ? OC - r0 : nt * 16;
-    if (R) {
-        r0 = bi * R, nrows = OC - r0 < R ? OC - r0 : R;
-        nt = (nrows + 15) / 16, t0 = 0;
-    }
-    const uint32_t o_end = r0 + nrows;
-    /* row mode: each slab column in two copies of 128 columns, an even number of slots so that
-     * each half's warps only ever see their own half's copies */
-    const uint32_t slab_b = R ? R * (GS_SLAB_PITCH / 2) : GS_SLAB_BYTES;
-    const uint32_t ring =
-        R ? (GS_AREA_BYTES / slab_b < GS_RING ? GS_AREA_BYTES / slab_b : GS_RING) & ~1u : GS_RING;
+    const uint32_t t0 = (uint32_t)((uint64_t)bi * tiles / bp);
+    const uint32_t nt = (uint32_t)((uint64_t)(bi + 1) * tiles / bp) - t0;
     const uint32_t c0 = (uint32_t)((uint64_t)part * S_all / parts);
     const uint32_t S = (uint32_t)((uint64_t)(part + 1) * S_all / parts) - c0;
     const uint32_t ring_base = ni_smem_addr(gs_smem);
@@ -263,9 +209,8 @@ __global__ void __launch_bounds__(GS_BLOCK, 1)
 
     if (threadIdx.x == 0) {
         for (uint32_t k = 0; k < GS_RING; k++) {
-            ni_mbar_init(bars + k * 16, 1); /* full: the producer's expect_tx */
-            /* empty: every consumer warp (row mode: the 4 of the slot's half) */
-            ni_mbar_init(bars + k * 16 + 8, R ? GS_WARPS / 2 : GS_WARPS);
+            ni_mbar_init(bars + k * 16, 1);            /* full: the producer's expect_tx */
+            ni_mbar_init(bars + k * 16 + 8, GS_WARPS); /* empty: every consumer warp */
         }
         ni_mbar_init_fence();
     }
@@ -292,29 +237,21 @@ __global__ void __launch_bounds__(GS_BLOCK, 1)
     if (warp == GS_WARPS) {
         /* slab q = (s - c0) nt + tile: column s of every tile, then the next column. Slot
          * q % ring's previous fill was consumed by all 8 warps before it is refilled. */
-        if (lane == 0) {
-            const uint32_t nq = R ? 2 * S : S * nt;
-            for (uint32_t q = 0; q < nq; q++) {
-                const uint32_t slot = q % ring, full = bars + slot * 16;
-                if (q >= ring) ni_mbar_wait(full + 8, ((q / ring) & 1u) ^ 1u);
-                ni_mbar_expect(full, slab_b);
-                if (R)
-                    ni_tma_load_2d(ring_base + slot * slab_b, &rmap,
-                                   (c0 + q / 2) * NI_CUDA_SLAB_COLS +
-                                       (q & 1) * (NI_CUDA_SLAB_COLS / 2),
-                                   r0, full);
-                else
-                    ni_tma_load_2d(ring_base + slot * slab_b, tmap,
-                                   (c0 + q / nt) * NI_CUDA_SLAB_COLS, (t0 + q % nt) * 16, full);
+        if (lane == 0)
+            for (uint32_t q = 0; q < S * nt; q++) {
+                const uint32_t slot = q % GS_RING, full = bars + slot * 16;
+                if (q >= GS_RING) ni_mbar_wait(full + 8, ((q / GS_RING) & 1u) ^ 1u);
+                ni_mbar_expect(full, GS_SLAB_BYTES);
+                ni_tma_load_2d(ring_base + slot * GS_SLAB_BYTES, tmap,
+                               (c0 + q / nt) * NI_CUDA_SLAB_COLS, (t0 + q % nt) * 16, full);
             }
-        }
         return;
     }
 
     /* weights (the bias too) may be read before the wait; kept in a register until the
      * epilogue, so that the load's latency (an HBM miss) hides behind the whole product */
-    const uint32_t bias_o = r0 + threadIdx.x;
-    const uint16_t my_bias = bias && threadIdx.x < nrows ? bias[bias_o] : 0;
+    const uint32_t bias_o = t0 * 16 + threadIdx.x;
+    const uint16_t my_bias = bias && threadIdx.x < nt * 16 && bias_o < OC ? bias[bias_o] : 0;
     ni_pdl_wait(); /* inp comes from the previous kernel */
     NI_TL_WAITED();
     /* the first slab column's inputs now, each next one while this one is multiplied */
@@ -333,11 +270,7 @@ __global__ void __launch_bounds__(GS_BLOCK, 1)
     for (uint32_t s = 0; s < S; s++) {
         uint4 xn[4] = {};
         if (s + 1 < S) gs_load_inputs(xn, inp, N, IC, c0 + s + 1, warp, lane);
-        if (R)
-            gs_column_rows<D>(acc, xv, c0 + s, nrows, q, IC, ring_base, ring, slab_b, bars, warp,
-                              lane);
-        else
-            gs_column<D>(acc, xv, c0 + s, nt, q, IC, ring_base, bars, warp, lane);
+        gs_column<D>(acc, xv, c0 + s, nt, q, IC, ring_base, bars, warp, lane);
 #pragma unroll
         for (int g = 0; g < 4; g++) xv[g] = xn[g];
     }
@@ -374,7 +307,7 @@ __global__ void __launch_bounds__(GS_BLOCK, 1)
      * each warp's partials, added in warp order */
     const size_t OCp = (size_t)tiles * 16; /* a row of a part's sums in ws */
     for (uint32_t i = threadIdx.x; i < nt * N * 4; i += GS_THREADS) {
-        const uint32_t tl = i / (N * 4), n = i / 4 % N, f = 4 * (i % 4), o = r0 + tl * 16 + f;
+        const uint32_t tl = i / (N * 4), n = i / 4 % N, f = 4 * (i % 4), o = (t0 + tl) * 16 + f;
         float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
         for (int w = 0; w < GS_WARPS; w++) {
@@ -383,7 +316,7 @@ __global__ void __launch_bounds__(GS_BLOCK, 1)
             v.x += p.x, v.y += p.y, v.z += p.z, v.w += p.w;
         }
         if (parts == 1)
-            gs_finish<D>(out, kvs, v, sbias, tl, f, n, o, OC, o_end, gelu);
+            gs_finish<D>(out, kvs, v, sbias, tl, f, n, o, OC, gelu);
         else
             *reinterpret_cast<float4 *>(ws + ((size_t)part * N + n) * OCp + o) = v;
     }
@@ -397,14 +330,14 @@ __global__ void __launch_bounds__(GS_BLOCK, 1)
     if (!last_part) return;
     __threadfence();
     for (uint32_t i = threadIdx.x; i < nt * N * 4; i += GS_THREADS) {
-        const uint32_t tl = i / (N * 4), n = i / 4 % N, f = 4 * (i % 4), o = r0 + tl * 16 + f;
+        const uint32_t tl = i / (N * 4), n = i / 4 % N, f = 4 * (i % 4), o = (t0 + tl) * 16 + f;
         float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         for (uint32_t p = 0; p < parts; p++) {
             const float4 w =
                 __ldcg(reinterpret_cast<const float4 *>(ws + ((size_t)p * N + n) * OCp + o));
             v.x += w.x, v.y += w.y, v.z += w.z, v.w += w.w;
         }
-        gs_finish<D>(out, kvs, v, sbias, tl, f, n, o, OC, o_end, gelu);
+        gs_finish<D>(out, kvs, v, sbias, tl, f, n, o, OC, gelu);
     }
     if (threadIdx.x == 0) counters[bi] = 0u; /* every part has counted: ready for the next launch */
 }
@@ -485,19 +418,13 @@ extern "C" int ni_cuda_gemm_stream_plan_for(ni_cuda_gemm_stream_plan *out, size_
     for (size_t P = P0; P <= S && P <= P0 + 8 && P <= sms; P++)
         if (gs_plan_parts(&c, T, S, sms, P) && (!found || gs_plan_cost(&c) < gs_plan_cost(out)))
             *out = c, found = 1;
-    /* row mode where whole tiles leave some blocks a tile more than others: one part, more
-     * tiles than blocks, and a block's share of rows within the 4 tiles it can hold */
-    if (found && out->parts == 1 && T > out->blocks && T % out->blocks != 0) {
-        const size_t R = (OC + sms - 1) / sms;
-        if (R > 16 && R <= GS_MAX_TILES * 16) out->rows = R;
-    }
     return found;
 }
 
 extern "C" int ni_cuda_gemm_stream(ni_half16 *out, float *ws, unsigned *counters,
                                    const ni_cuda_kv_dest *kv, const ni_half16 *inp,
-                                   const void *tmap, const ni_half16 *w, const ni_half16 *bias,
-                                   size_t N, size_t IC, size_t OC, int gelu, ni_cuda_dtype dt,
+                                   const void *tmap, const ni_half16 *bias, size_t N, size_t IC,
+                                   size_t OC, int gelu, ni_cuda_dtype dt,
                                    const ni_cuda_gemm_stream_plan *plan, ni_stream s) {
     if (dt != NI_CUDA_BF16 && dt != NI_CUDA_F16) return (int)cudaErrorInvalidValue;
     ni_cuda_gemm_stream_plan chk;
@@ -517,33 +444,19 @@ extern "C" int ni_cuda_gemm_stream(ni_half16 *out, float *ws, unsigned *counters
         k.k = kv->k_cache, k.v = kv->v_cache, k.slot = kv->slot, k.pos = kv->pos;
         k.C = (uint32_t)C, k.NH = (uint32_t)kv->NH, k.HS = (uint32_t)kv->HS, k.T = (uint32_t)kv->T;
     }
-    /* row mode: the rows' boxes through a tensor map made here, passed by value */
-    CUtensorMap rmap;
-    memset(&rmap, 0, sizeof rmap);
-    uint32_t R = 0;
-    size_t blocks = chk.blocks;
-    if (plan->use_rows && plan->rows) {
-        if (plan->rows > GS_MAX_TILES * 16 || chk.parts != 1 || !w || ((uintptr_t)w & 15u) != 0)
-            return (int)cudaErrorInvalidValue;
-        const int em = ni_cuda_weight_tensor_map_rows(&rmap, w, IC, OC, plan->rows, dt);
-        if (em) return em;
-        R = (uint32_t)plan->rows;
-        blocks = (OC + R - 1) / R;
-    }
     if (N == 0) return (int)cudaGetLastError();
     cudaStream_t st = (cudaStream_t)s;
-    const dim3 grid((unsigned)blocks), block(GS_BLOCK);
+    const dim3 grid((unsigned)chk.blocks), block(GS_BLOCK);
     const size_t smem = GS_SMEM;
     const uint32_t n = (uint32_t)N, ic = (uint32_t)IC, oc = (uint32_t)OC;
     const uint32_t parts = (uint32_t)chk.parts;
     const int defer = plan->defer != 0, early = plan->early != 0;
-    cudaError_t e = dt == NI_CUDA_F16
-                        ? ni_launch_pdl(gemm_stream_kernel<ni_dt_f16>, grid, block, smem, st, out,
-                                        k, ws, counters, inp, tmap, bias, n, ic, oc, parts, gelu,
-                                        defer, early, rmap, R)
-                        : ni_launch_pdl(gemm_stream_kernel<ni_dt_bf16>, grid, block, smem, st, out,
-                                        k, ws, counters, inp, tmap, bias, n, ic, oc, parts, gelu,
-                                        defer, early, rmap, R);
+    cudaError_t e =
+        dt == NI_CUDA_F16
+            ? ni_launch_pdl(gemm_stream_kernel<ni_dt_f16>, grid, block, smem, st, out, k, ws,
+                            counters, inp, tmap, bias, n, ic, oc, parts, gelu, defer, early)
+            : ni_launch_pdl(gemm_stream_kernel<ni_dt_bf16>, grid, block, smem, st, out, k, ws,
+                            counters, inp, tmap, bias, n, ic, oc, parts, gelu, defer, early);
     return ni_launch_status(e);
 }
 

@@ -143,10 +143,6 @@ typedef struct {
 int ni_cuda_weight_tensor_maps(void *out, const ni_cuda_layer_weights *layers, size_t L,
                                const ni_half16 *wte, size_t C, size_t V, ni_cuda_dtype dt);
 /* The same for one matrix w (OC, IC): 128 bytes at out (host, 64-byte aligned). */
-/* The same with boxes of half a slab's columns (NI_CUDA_SLAB_COLS / 2) and box_rows rows
- * (1 .. 256): gemm_stream's row mode. */
-int ni_cuda_weight_tensor_map_rows(void *out, const ni_half16 *w, size_t IC, size_t OC,
-                                   size_t box_rows, ni_cuda_dtype dt);
 int ni_cuda_weight_tensor_map(void *out, const ni_half16 *w, size_t IC, size_t OC,
                               ni_cuda_dtype dt);
 
@@ -174,10 +170,6 @@ typedef struct {
                          not written, no counters; no kv, no GELU */
     int early;        /* set by the caller: the next kernel may launch at this one's start
                          (pdl.cuh); the decode step's products, not the prefill's */
-    size_t rows;      /* row mode (planner; 0: not offered): a block takes this many rows, one
-                         TMA box of them a slab column, over ceil(OC / rows) blocks, so that no
-                         block streams a whole tile more than another; one part only */
-    int use_rows;     /* set by the caller: take row mode where the planner offers it */
 } ni_cuda_gemm_stream_plan;
 
 /* out (N, OC) 16-bit = inp (N, IC) @ w^T + bias, then GELU if gelu, and with kv the keys and
@@ -189,9 +181,9 @@ typedef struct {
  * kernel leaves zero; launches that share them must run in stream order (any kernel between is
  * fine). */
 int ni_cuda_gemm_stream(ni_half16 *out, float *ws, unsigned *counters, const ni_cuda_kv_dest *kv,
-                        const ni_half16 *inp, const void *tmap, const ni_half16 *w,
-                        const ni_half16 *bias, size_t N, size_t IC, size_t OC, int gelu,
-                        ni_cuda_dtype dt, const ni_cuda_gemm_stream_plan *plan, ni_stream s);
+                        const ni_half16 *inp, const void *tmap, const ni_half16 *bias, size_t N,
+                        size_t IC, size_t OC, int gelu, ni_cuda_dtype dt,
+                        const ni_cuda_gemm_stream_plan *plan, ni_stream s);
 /* Prepares the kernels on the current device and sets *sms to its multiprocessor count, or to
  * 0 where the kernel cannot run (before sm_90, too little shared memory); 0 or a CUDA error. */
 int ni_cuda_gemm_stream_setup(size_t *sms);

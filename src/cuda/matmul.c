@@ -57,7 +57,6 @@ ni_status ni_matmul_init(ni_matmul_ctx *m, void *workspace, size_t workspace_byt
         else
             m->stream_parts = (size_t)v;
     }
-    if (ni_env_int("NI_GEMM_STREAM_ROWS", 0, 1, NULL, 0, &v)) m->stream_rows = (int)v;
     if (stream_on && ni_cuda_gemm_stream_setup(&m->stream_sms) != 0) {
         cudaGetLastError(); /* not available: cuBLASLt above the GEMV's rows */
         m->stream_sms = 0;
@@ -184,8 +183,7 @@ static ni_status matmul(ni_matmul_ctx *m, ni_half16 *out16, float *out_f32,
         gp.counters <= NI_MATMUL_COUNTERS) {
         gp.defer = sums && gp.parts > 1 && !kv && !gelu;
         gp.early = m->decode;
-        gp.use_rows = m->stream_rows;
-        NI_CUDA_TRY(ni_cuda_gemm_stream(out16, m->stream_ws, m->stream_counters, kv, inp, w_tmap, w,
+        NI_CUDA_TRY(ni_cuda_gemm_stream(out16, m->stream_ws, m->stream_counters, kv, inp, w_tmap,
                                         bias, N, IC, OC, gelu, dt, &gp, (ni_stream)stream),
                     "gemm_stream kernel");
         if (gp.defer) {

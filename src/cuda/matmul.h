@@ -35,7 +35,6 @@ typedef struct {
     size_t stream_sms;         /* ni_cuda_gemm_stream_setup's; 0: gemm_stream off */
     size_t stream_parts;       /* NI_GEMM_STREAM_PARTS: IC ranges wanted (0: the planner's) */
     int stream_parts_off;      /* NI_GEMM_STREAM_PARTS=off: cuBLASLt where IC must be split */
-    int stream_rows;           /* NI_GEMM_STREAM_ROWS=1: gemm_stream's row mode where offered */
     unsigned *stream_counters; /* device, NI_MATMUL_COUNTERS zeros: gemm_stream's parts */
     float *stream_ws;          /* device: gemm_stream's partial sums (not cuBLASLt's) */
     size_t stream_ws_floats;

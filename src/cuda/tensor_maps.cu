@@ -24,11 +24,11 @@ static int get_encode(encode_fn *encode) {
 }
 
 static int encode_one(encode_fn encode, void *out, const ni_half16 *w, size_t IC, size_t OC,
-                      size_t box_cols, size_t box_rows, ni_cuda_dtype dt) {
+                      ni_cuda_dtype dt) {
     const CUtensorMapDataType type =
         dt == NI_CUDA_F16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
     const cuuint64_t dims[2] = {IC, OC}, strides[1] = {IC * 2};
-    const cuuint32_t box[2] = {(cuuint32_t)box_cols, (cuuint32_t)box_rows}, elem[2] = {1, 1};
+    const cuuint32_t box[2] = {NI_CUDA_SLAB_COLS, NI_CUDA_SLAB_ROWS}, elem[2] = {1, 1};
     /* no L2 promotion: each weight is read once per step (measured: +0.6-1 % at gpt2-xl batch
      * 1-4 over 256-byte promotion, H200) */
     CUresult r = encode((CUtensorMap *)out, type, 2, (void *)w, dims, strides, box, elem,
@@ -42,16 +42,7 @@ extern "C" int ni_cuda_weight_tensor_map(void *out, const ni_half16 *w, size_t I
     if (dt != NI_CUDA_BF16 && dt != NI_CUDA_F16) return (int)cudaErrorInvalidValue;
     encode_fn encode;
     int e = get_encode(&encode);
-    return e ? e : encode_one(encode, out, w, IC, OC, NI_CUDA_SLAB_COLS, NI_CUDA_SLAB_ROWS, dt);
-}
-
-extern "C" int ni_cuda_weight_tensor_map_rows(void *out, const ni_half16 *w, size_t IC, size_t OC,
-                                              size_t box_rows, ni_cuda_dtype dt) {
-    if ((dt != NI_CUDA_BF16 && dt != NI_CUDA_F16) || box_rows == 0 || box_rows > 256)
-        return (int)cudaErrorInvalidValue;
-    encode_fn encode;
-    int e = get_encode(&encode);
-    return e ? e : encode_one(encode, out, w, IC, OC, NI_CUDA_SLAB_COLS / 2, box_rows, dt);
+    return e ? e : encode_one(encode, out, w, IC, OC, dt);
 }
 
 extern "C" int ni_cuda_weight_tensor_maps(void *out, const ni_cuda_layer_weights *layers, size_t L,
@@ -83,8 +74,7 @@ extern "C" int ni_cuda_weight_tensor_maps(void *out, const ni_cuda_layer_weights
                 break;
             }
         }
-        e = encode_one(encode, (uint8_t *)out + ph * 128, w, IC, OC, NI_CUDA_SLAB_COLS,
-                       NI_CUDA_SLAB_ROWS, dt);
+        e = encode_one(encode, (uint8_t *)out + ph * 128, w, IC, OC, dt);
         if (e) return e;
     }
     return 0;

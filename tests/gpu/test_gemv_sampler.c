@@ -177,8 +177,8 @@ static const char *plan_name(const ni_cuda_gemm_stream_plan *p, char *buf, size_
 /* The case's gemm_stream launch: out (R + 1, OC) 16-bit, kv or NULL, bias or NULL. */
 static int stream_launch(const gemv_case *c, ni_half16 *out, const ni_cuda_kv_dest *kv,
                          const ni_half16 *bias, size_t N, int gelu) {
-    return ni_cuda_gemm_stream(out, c->dws, c->dcnt, kv, c->dx, c->dtmap, c->dw, bias, N, c->IC,
-                               c->OC, gelu, c->dt, &c->plan, NULL);
+    return ni_cuda_gemm_stream(out, c->dws, c->dcnt, kv, c->dx, c->dtmap, bias, N, c->IC, c->OC,
+                               gelu, c->dt, &c->plan, NULL);
 }
 
 static void gemv_case_free(gemv_case *c) {
@@ -397,8 +397,8 @@ static void stream_check_parts(const gemv_case *c) {
     /* the launch above left the same sums there: poison them (NaN), so that only the deferred
      * launch's writes can pass */
     CK(cudaMemset(c->dws, 0xFF, P * N * stride * sizeof(float)));
-    CK(ni_cuda_gemm_stream(c->dout, c->dws, NULL, NULL, c->dx, c->dtmap, c->dw, c->db, N, c->IC, OC,
-                           0, c->dt, &dp, NULL));
+    CK(ni_cuda_gemm_stream(c->dout, c->dws, NULL, NULL, c->dx, c->dtmap, c->db, N, c->IC, OC, 0,
+                           c->dt, &dp, NULL));
     float *ws = hmalloc(P * N * stride * sizeof *ws);
     uint16_t *bias = hmalloc(OC * 2); /* the device's: the small-grid test zeroes it */
     CK(cudaMemcpy(ws, c->dws, P * N * stride * sizeof *ws, cudaMemcpyDeviceToHost));
@@ -419,8 +419,8 @@ static void stream_check_parts(const gemv_case *c) {
                          c->IC, OC, n, o, h, out[n * OC + o]);
         }
     /* a deferral needs parts and no GELU */
-    assert_int_not_equal(ni_cuda_gemm_stream(c->dout, c->dws, NULL, NULL, c->dx, c->dtmap, c->dw,
-                                             c->db, N, c->IC, OC, 1, c->dt, &dp, NULL),
+    assert_int_not_equal(ni_cuda_gemm_stream(c->dout, c->dws, NULL, NULL, c->dx, c->dtmap, c->db, N,
+                                             c->IC, OC, 1, c->dt, &dp, NULL),
                          0);
     free(ws);
     free(bias);
@@ -611,85 +611,6 @@ static void test_gemm_stream_kv(void **state) {
     }
 }
 
-/* Row mode (a block takes ceil(OC / SMs) rows, one TMA box of them a slab column): the same bits
- * as tile mode for every N, with and without GELU, and the same caches with a kv destination. */
-static void test_gemm_stream_rows(void **state) {
-    (void)state;
-    const size_t sms = stream_sms();
-    if (sms == 0) skip();
-    /* gpt2-xl's qkv and fc, gpt2's, gpt2-medium's fc, and an OC whose last block is short */
-    static const size_t shapes[][2] = {{1600, 4800}, {1600, 6400}, {768, 2304},
-                                       {768, 3072},  {1024, 4096}, {1600, 4510}};
-    const size_t R1 = NI_CUDA_GEMV_MAX_ROWS + 1;
-    for (size_t k = 0; k < 2 * (sizeof shapes / sizeof *shapes); k++) {
-        const size_t sk = k % (sizeof shapes / sizeof *shapes);
-        const ni_cuda_dtype dt = k >= sizeof shapes / sizeof *shapes ? NI_CUDA_F16 : NI_CUDA_BF16;
-        gemv_case c;
-        gemv_case_init(&c, shapes[sk][0], shapes[sk][1], 900 + k, dt);
-        gemv_case_use_stream(&c);
-        if (c.plan.rows == 0) { /* not offered: the share is already even */
-            gemv_case_free(&c);
-            continue;
-        }
-        assert_true(c.plan.parts == 1 && c.plan.rows > 16 && c.plan.rows <= 64);
-        float *res = hmalloc(R1 * c.OC * sizeof *res);
-        uint8_t *tile = hmalloc(R1 * c.OC * 2), *rows = hmalloc(R1 * c.OC * 2);
-        double worst = 0;
-        for (int gelu = 0; gelu < 2; gelu++)
-            for (size_t N = 1; N < R1; N++) {
-                c.plan.use_rows = 0;
-                gemv_run(&c, N, 0, gelu, res, tile);
-                c.plan.use_rows = 1;
-                gemv_run(&c, N, 0, gelu, res, rows);
-                const double q = gemv_check(&c, N, 0, gelu, res, rows);
-                if (q > worst) worst = q;
-                if (memcmp(tile, rows, R1 * c.OC * 2) != 0)
-                    fail_msg("gemm_stream %s IC=%zu OC=%zu N=%zu gelu=%d: row mode's bits differ",
-                             dt_name(dt), c.IC, c.OC, N, gelu);
-            }
-        /* the qkv epilogue: the caches as in tile mode */
-        if (c.OC % 3 == 0 && c.OC / 3 % 64 == 0) {
-            const size_t C = c.OC / 3, HS = 64, NH = C / HS, T = 40, S = 3, N = 32;
-            const size_t cache = S * NH * T * HS;
-            int32_t hs[32], hp[32];
-            for (size_t n = 0; n < N; n++) hs[n] = (int32_t)(n % S), hp[n] = (int32_t)(5 + n);
-            int32_t *ds = dmalloc(N * 4), *dp = dmalloc(N * 4);
-            CK(cudaMemcpy(ds, hs, N * 4, cudaMemcpyHostToDevice));
-            CK(cudaMemcpy(dp, hp, N * 4, cudaMemcpyHostToDevice));
-            ni_half16 *kc = dmalloc(cache * 2), *vc = dmalloc(cache * 2);
-            uint16_t *h[2][2] = {{hmalloc(cache * 2), hmalloc(cache * 2)},
-                                 {hmalloc(cache * 2), hmalloc(cache * 2)}};
-            const ni_cuda_kv_dest kv = {kc, vc, ds, dp, NH, HS, T};
-            for (int m = 0; m < 2; m++) {
-                CK(cudaMemset(kc, 0xFF, cache * 2));
-                CK(cudaMemset(vc, 0xFF, cache * 2));
-                c.plan.use_rows = m;
-                CK(stream_launch(&c, c.dout, &kv, c.db, N, 0));
-                CK(cudaDeviceSynchronize());
-                CK(cudaMemcpy(h[m][0], kc, cache * 2, cudaMemcpyDeviceToHost));
-                CK(cudaMemcpy(h[m][1], vc, cache * 2, cudaMemcpyDeviceToHost));
-            }
-            if (memcmp(h[0][0], h[1][0], cache * 2) != 0 ||
-                memcmp(h[0][1], h[1][1], cache * 2) != 0)
-                fail_msg("gemm_stream IC=%zu OC=%zu: row mode's caches differ", c.IC, c.OC);
-            for (int m = 0; m < 2; m++) free(h[m][0]), free(h[m][1]);
-            cudaFree(ds);
-            cudaFree(dp);
-            cudaFree(kc);
-            cudaFree(vc);
-        }
-        printf(
-            "  gemm_stream rows %-4s IC=%-5zu OC=%-5zu: %zu rows a block on %zu blocks, the bits "
-            "of tile mode for N=1..32; worst err/tol %.3f\n",
-            dt_name(dt), c.IC, c.OC, c.plan.rows, (c.OC + c.plan.rows - 1) / c.plan.rows, worst);
-        c.plan.use_rows = 0;
-        free(res);
-        free(tile);
-        free(rows);
-        gemv_case_free(&c);
-    }
-}
-
 /* As for the GEMV: a row's bits do not depend on the rest of the batch, with any share. */
 static void test_gemm_stream_batch_invariance(void **state) {
     (void)state;
@@ -725,16 +646,16 @@ static void test_gemm_stream_args(void **state) {
      * a grid too small for the tiles or past them, one not a multiple of the parts, more parts
      * than slab columns, too few parts for IC's inputs, parts without a workspace or counters:
      * refused without a launch */
-    assert_int_not_equal(ni_cuda_gemm_stream(o, NULL, NULL, NULL, x, m, NULL, b, R + 1, 264, 129, 0,
+    assert_int_not_equal(ni_cuda_gemm_stream(o, NULL, NULL, NULL, x, m, b, R + 1, 264, 129, 0,
                                              NI_CUDA_BF16, &ok, NULL),
                          0);
-    assert_int_not_equal(ni_cuda_gemm_stream(o, NULL, NULL, NULL, x, NULL, NULL, b, 1, 264, 129, 0,
+    assert_int_not_equal(ni_cuda_gemm_stream(o, NULL, NULL, NULL, x, NULL, b, 1, 264, 129, 0,
                                              NI_CUDA_BF16, &ok, NULL),
                          0);
-    assert_int_not_equal(ni_cuda_gemm_stream(o, NULL, NULL, NULL, x, m, NULL, b, 1, 264, 129, 0,
-                                             NI_CUDA_BF16, NULL, NULL),
-                         0);
-    assert_int_not_equal(ni_cuda_gemm_stream(o, NULL, NULL, NULL, x, m, NULL, b, 1, 264, 129, 0,
+    assert_int_not_equal(
+        ni_cuda_gemm_stream(o, NULL, NULL, NULL, x, m, b, 1, 264, 129, 0, NI_CUDA_BF16, NULL, NULL),
+        0);
+    assert_int_not_equal(ni_cuda_gemm_stream(o, NULL, NULL, NULL, x, m, b, 1, 264, 129, 0,
                                              (ni_cuda_dtype)7, &ok, NULL),
                          0);
     static const size_t bad[][4] = {/* IC, blocks, parts, with ws and counters */
@@ -744,15 +665,14 @@ static void test_gemm_stream_args(void **state) {
         ni_cuda_gemm_stream_plan p = ok;
         p.blocks = bad[k][1], p.parts = bad[k][2];
         const int with = (int)bad[k][3];
-        if (ni_cuda_gemm_stream(o, with ? c.dws : NULL, with ? c.dcnt : NULL, NULL, x, m, NULL, b,
-                                1, bad[k][0], 129, 0, NI_CUDA_BF16, &p, NULL) == 0)
+        if (ni_cuda_gemm_stream(o, with ? c.dws : NULL, with ? c.dcnt : NULL, NULL, x, m, b, 1,
+                                bad[k][0], 129, 0, NI_CUDA_BF16, &p, NULL) == 0)
             fail_msg("gemm_stream: bad share %zu (IC %zu, %zu blocks, %zu parts, workspace %zu) "
                      "taken",
                      k, bad[k][0], bad[k][1], bad[k][2], bad[k][3]);
     }
     CK(cudaMemset(c.dout, 0xFF, 129 * 2));
-    CK(ni_cuda_gemm_stream(o, NULL, NULL, NULL, x, m, NULL, b, 0, 264, 129, 0, NI_CUDA_BF16, &ok,
-                           NULL));
+    CK(ni_cuda_gemm_stream(o, NULL, NULL, NULL, x, m, b, 0, 264, 129, 0, NI_CUDA_BF16, &ok, NULL));
     uint16_t h[129];
     CK(cudaMemcpy(h, c.dout, sizeof h, cudaMemcpyDeviceToHost));
     for (size_t i = 0; i < 129; i++) assert_int_equal(h[i], 0xFFFF);
@@ -1210,8 +1130,8 @@ static void test_bench(void **state) {
                                      NI_OK);
                 else
                     CK(ni_cuda_gemm_stream(out, mm.stream_ws, mm.stream_counters, NULL, x,
-                                           dmaps + j * 128, w + j * (IC * OC), b, N, IC, OC,
-                                           shapes[k].gelu, NI_CUDA_BF16, &plan, NULL));
+                                           dmaps + j * 128, b, N, IC, OC, shapes[k].gelu,
+                                           NI_CUDA_BF16, &plan, NULL));
                 CK(cudaEventRecord(ev[2 * i + 1], NULL));
             }
             CK(cudaDeviceSynchronize());
@@ -1290,7 +1210,6 @@ int main(void) {
         cmocka_unit_test(test_gemm_stream_small_grid),
         cmocka_unit_test(test_gemm_stream_kv),
         cmocka_unit_test(test_gemm_stream_batch_invariance),
-        cmocka_unit_test(test_gemm_stream_rows),
         cmocka_unit_test(test_gemm_stream_sums_to_layernorm),
         cmocka_unit_test(test_sample_greedy_and_invalid),
         cmocka_unit_test(test_sample_matches_cpu),
