@@ -243,6 +243,19 @@ __global__ void residual_add_kernel(float *x,               // (n)
     }
 }
 
+/* The LayerNorm's launch for type D: the instance that adds partial sums where sm has them. */
+template <typename D>
+static cudaError_t ln_launch(dim3 grid, dim3 block, size_t smem, cudaStream_t st, ni_half16 *out,
+                             float *x, const ni_half16 *delta, ln_sums sm, const ni_half16 *w,
+                             const ni_half16 *b, const int32_t *rows, size_t C, float eps, int vec,
+                             int cached) {
+    if (sm.ws)
+        return ni_launch_pdl(residual_layernorm_kernel<D, true>, grid, block, smem, st, out, x,
+                             delta, sm, w, b, rows, C, eps, vec, cached);
+    return ni_launch_pdl(residual_layernorm_kernel<D, false>, grid, block, smem, st, out, x, delta,
+                         sm, w, b, rows, C, eps, vec, cached);
+}
+
 /* With both rows and delta (or sums), the listed rows must be distinct (each adds its delta
  * once). */
 extern "C" int ni_cuda_residual_layernorm(ni_half16 *out, float *x, const ni_half16 *delta,
@@ -270,17 +283,10 @@ extern "C" int ni_cuda_residual_layernorm(ni_half16 *out, float *x, const ni_hal
     size_t smem = cached ? C * sizeof(float) : 0;
     dim3 grid((unsigned int)N), block((unsigned int)nt);
     cudaStream_t st = (cudaStream_t)s;
-    cudaError_t e;
-    if (dt == NI_CUDA_F16)
-        e = sm.ws ? ni_launch_pdl(residual_layernorm_kernel<ni_dt_f16, true>, grid, block, smem, st,
-                                  out, x, delta, sm, w, b, rows, C, eps, vec, cached)
-                  : ni_launch_pdl(residual_layernorm_kernel<ni_dt_f16, false>, grid, block, smem,
-                                  st, out, x, delta, sm, w, b, rows, C, eps, vec, cached);
-    else
-        e = sm.ws ? ni_launch_pdl(residual_layernorm_kernel<ni_dt_bf16, true>, grid, block, smem,
-                                  st, out, x, delta, sm, w, b, rows, C, eps, vec, cached)
-                  : ni_launch_pdl(residual_layernorm_kernel<ni_dt_bf16, false>, grid, block, smem,
-                                  st, out, x, delta, sm, w, b, rows, C, eps, vec, cached);
+    cudaError_t e = dt == NI_CUDA_F16 ? ln_launch<ni_dt_f16>(grid, block, smem, st, out, x, delta,
+                                                             sm, w, b, rows, C, eps, vec, cached)
+                                      : ln_launch<ni_dt_bf16>(grid, block, smem, st, out, x, delta,
+                                                              sm, w, b, rows, C, eps, vec, cached);
     return ni_launch_status(e);
 }
 
