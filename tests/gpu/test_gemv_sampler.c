@@ -757,6 +757,151 @@ static void test_gemm_stream_sums_to_layernorm(void **state) {
     }
 }
 
+/* ---- the decode MLP in one kernel (ni_cuda_mlp_decode) against a double reference ----------- */
+
+static double mlp_gelu(double x) {
+    return 0.5 * x * (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
+}
+
+/* The features h = 16-bit(GELU(x w_fc^T + b_fc)) may round to a neighbouring 16-bit value where
+ * the kernel's f32 sums (another order than the reference's) fall near a rounding boundary: for
+ * each feature, the spread of the rounded GELU over the pre-activation's error interval (the
+ * GEMV's bound, 1e-5 * A + 1e-6, widened by tanhf's last bits), which the tolerance of every
+ * output then allows times |w_proj|. Outputs: |gpu - ref| <= 1e-5 * sum |w_proj h| + 1e-6 +
+ * sum_j |w_proj[o][j]| spread_j. A lost or doubled feature (|w h| ~ 0.3) is far outside it. */
+static void mlp_case(size_t C, size_t H, ni_cuda_dtype dt, uint64_t seed) {
+    const size_t R = ni_cuda_mlp_decode_rows(C, H);
+    if (R == 0) fail_msg("C=%zu H=%zu: the decode MLP kernel does not apply", C, H);
+    uint64_t s = seed;
+    ni_half16 *x = hmalloc(R * C * 2), *wf = hmalloc(H * C * 2), *bf = hmalloc(H * 2);
+    ni_half16 *wp = hmalloc(C * H * 2), *bp = hmalloc(C * 2);
+    const float sc = 2.0f / sqrtf((float)C); /* pre-activations of a few units */
+    for (size_t i = 0; i < R * C; i++) x[i] = h16_from(dt, rng_uniform(&s));
+    for (size_t i = 0; i < H * C; i++) wf[i] = h16_from(dt, sc * rng_uniform(&s));
+    for (size_t i = 0; i < H; i++) bf[i] = h16_from(dt, 0.5f * rng_uniform(&s));
+    for (size_t i = 0; i < C * H; i++) wp[i] = h16_from(dt, rng_uniform(&s));
+    for (size_t i = 0; i < C; i++) bp[i] = h16_from(dt, rng_uniform(&s));
+    double *h = hmalloc(R * H * sizeof *h), *spread = hmalloc(R * H * sizeof *spread);
+    for (size_t n = 0; n < R; n++)
+        for (size_t j = 0; j < H; j++) {
+            double pre = h16_to(dt, bf[j]), a = fabs(pre);
+            for (size_t k = 0; k < C; k++) {
+                const double p = (double)h16_to(dt, x[n * C + k]) * h16_to(dt, wf[j * C + k]);
+                pre += p;
+                a += fabs(p);
+            }
+            const double d = 1.13 * (1e-5 * a + 1e-6) + 1e-6 + 5e-7 * fabs(pre);
+            double lo = 1e30, hi = -1e30;
+            const double pts[4] = {pre - d, pre, pre + d, -0.7517916};
+            for (int q = 0; q < 4; q++) {
+                if (q == 3 && !(pre - d < pts[3] && pts[3] < pre + d)) continue; /* the minimum */
+                const double v = h16_to(dt, h16_from(dt, (float)mlp_gelu(pts[q])));
+                lo = v < lo ? v : lo;
+                hi = v > hi ? v : hi;
+            }
+            h[n * H + j] = h16_to(dt, h16_from(dt, (float)mlp_gelu(pre)));
+            spread[n * H + j] = hi - lo;
+        }
+    ni_half16 *dx = dmalloc(R * C * 2), *dwf = dmalloc(H * C * 2), *dbf = dmalloc(H * 2);
+    ni_half16 *dwp = dmalloc(C * H * 2), *dbp = dmalloc(C * 2);
+    CK(cudaMemcpy(dx, x, R * C * 2, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dwf, wf, H * C * 2, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dbf, bf, H * 2, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dwp, wp, C * H * 2, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dbp, bp, C * 2, cudaMemcpyHostToDevice));
+    const size_t ws_floats = (size_t)1 << 20;
+    float *dws = dmalloc(ws_floats * 4), *parts = hmalloc(ws_floats * 4);
+    float *row0 = NULL; /* row 0's parts at N = 1, for the invariance check */
+    size_t P = 0;
+    for (size_t N = 1; N <= R; N++) {
+        CK(cudaMemset(dws, 0xFF, ws_floats * 4));
+        ni_cuda_partial_sums sums;
+        memset(&sums, 0, sizeof sums);
+        CK(ni_cuda_mlp_decode(&sums, dws, ws_floats, dx, dwf, dbf, dwp, dbp, N, C, H, dt, NULL));
+        CK(cudaDeviceSynchronize());
+        assert_ptr_equal(sums.ws, dws);
+        assert_ptr_equal(sums.bias, dbp);
+        assert_int_equal(sums.rows, N);
+        assert_int_equal(sums.stride, C);
+        assert_true(sums.parts >= 1 && sums.parts * N * C < ws_floats);
+        P = sums.parts;
+        CK(cudaMemcpy(parts, dws, ws_floats * 4, cudaMemcpyDeviceToHost));
+        uint32_t guard;
+        memcpy(&guard, &parts[P * N * C], 4);
+        if (guard != 0xFFFFFFFFu) fail_msg("C=%zu N=%zu: wrote past its parts", C, N);
+        double worst = 0.0;
+        for (size_t n = 0; n < N; n++)
+            for (size_t o = 0; o < C; o++) {
+                float got = 0.0f;
+                for (size_t p = 0; p < P; p++) got += parts[(p * N + n) * C + o];
+                double ref = 0.0, a = 0.0, sp = 0.0;
+                for (size_t j = 0; j < H; j++) {
+                    const double w = h16_to(dt, wp[o * H + j]);
+                    ref += w * h[n * H + j];
+                    a += fabs(w * h[n * H + j]);
+                    sp += fabs(w) * spread[n * H + j];
+                }
+                const double tol = 1e-5 * a + 1e-6 + sp, err = fabs(got - ref);
+                if (!(err <= tol))
+                    fail_msg("%s C=%zu H=%zu N=%zu row %zu out %zu: %.7g, reference %.7g (tol "
+                             "%.3g)",
+                             dt_name(dt), C, H, N, n, o, got, ref, tol);
+                worst = err / tol > worst ? err / tol : worst;
+            }
+        if (N == 1) {
+            row0 = hmalloc(P * C * 4);
+            memcpy(row0, parts, P * C * 4);
+        } else {
+            for (size_t p = 0; p < P; p++)
+                if (memcmp(row0 + p * C, parts + p * N * C, C * 4) != 0)
+                    fail_msg("%s C=%zu N=%zu: row 0's part %zu differs from its bits at N = 1",
+                             dt_name(dt), C, N, p);
+        }
+        if (N == 1 || N == R)
+            printf("  mlp_decode %s C=%-4zu H=%-4zu N=%zu: %zu parts, worst error %.2f of its "
+                   "bound\n",
+                   dt_name(dt), C, H, N, P, worst);
+    }
+    /* more rows than the kernel takes, or none: refused, nothing written */
+    ni_cuda_partial_sums sums;
+    assert_int_not_equal(
+        ni_cuda_mlp_decode(&sums, dws, ws_floats, dx, dwf, dbf, dwp, dbp, R + 1, C, H, dt, NULL),
+        0);
+    assert_int_not_equal(
+        ni_cuda_mlp_decode(&sums, dws, ws_floats, dx, dwf, dbf, dwp, dbp, 0, C, H, dt, NULL), 0);
+    assert_int_not_equal(
+        ni_cuda_mlp_decode(&sums, dws, P * C - 1, dx, dwf, dbf, dwp, dbp, 1, C, H, dt, NULL), 0);
+    cudaGetLastError();
+    free(x);
+    free(wf);
+    free(bf);
+    free(wp);
+    free(bp);
+    free(h);
+    free(spread);
+    free(parts);
+    free(row0);
+    cudaFree(dx);
+    cudaFree(dwf);
+    cudaFree(dbf);
+    cudaFree(dwp);
+    cudaFree(dbp);
+    cudaFree(dws);
+}
+
+static void test_mlp_decode(void **state) {
+    (void)state;
+    CK(ni_cuda_mlp_decode_setup());
+    assert_int_equal(ni_cuda_mlp_decode_rows(1600, 6400 + 32), 0); /* H % 64 */
+    assert_int_equal(ni_cuda_mlp_decode_rows(1600 + 8, 6400), 0);  /* C % 64 */
+    mlp_case(768, 3072, NI_CUDA_BF16, 11);  /* gpt2: 48 blocks, clusters of 8 */
+    mlp_case(1280, 5120, NI_CUDA_BF16, 12); /* gpt2-large: 80, clusters of 8 */
+    mlp_case(1600, 6400, NI_CUDA_BF16, 13); /* gpt2-xl: 100, clusters of 5 */
+    mlp_case(1600, 6400, NI_CUDA_F16, 14);
+    mlp_case(1024, 4096, NI_CUDA_F16, 15);
+    mlp_case(64, 384, NI_CUDA_BF16, 16); /* 6 blocks in clusters of 2: 3 parts */
+}
+
 static void test_gemv_args(void **state) {
     (void)state;
     /* N > NI_CUDA_GEMV_MAX_ROWS is refused without a launch; N = 0 is a no-op; an unknown type
@@ -1090,6 +1235,51 @@ static void test_bench(void **state) {
         cudaFree(outf);
     }
 
+    /* the decode MLP: one kernel (ni_cuda_mlp_decode) against the two GEMVs */
+    {
+        const size_t C = 1600, H = 6400, wbytes = 2 * C * H * 2;
+        const size_t nbuf = (512u << 20) / wbytes + 1;
+        ni_half16 *w = dmalloc(nbuf * wbytes), *x = dmalloc(8 * C * 2), *b = dmalloc(H * 2);
+        ni_half16 *hid = dmalloc(8 * H * 2), *out = dmalloc(8 * C * 2);
+        float *ws = dmalloc((size_t)4 << 20);
+        CK(cudaMemset(w, 0x3C, nbuf * wbytes));
+        CK(cudaMemset(x, 0x3C, 8 * C * 2));
+        CK(cudaMemset(b, 0, H * 2));
+        CK(ni_cuda_mlp_decode_setup());
+        printf("  decode MLP (gpt2-xl, weights rotated past L2, median of %d):\n", RUNS);
+        static const size_t mNs[] = {1, 4};
+        for (size_t ni = 0; ni < 2; ni++)
+            for (int fused = 0; fused < 2; fused++) {
+                const size_t N = mNs[ni];
+                for (size_t i = 0; i < RUNS + WARM; i++) {
+                    const ni_half16 *wf = w + (i % nbuf) * (2 * C * H), *wp = wf + C * H;
+                    CK(cudaEventRecord(ev[2 * i], NULL));
+                    if (fused) {
+                        ni_cuda_partial_sums sums;
+                        CK(ni_cuda_mlp_decode(&sums, ws, (size_t)1 << 20, x, wf, b, wp, b, N, C, H,
+                                              NI_CUDA_BF16, NULL));
+                    } else {
+                        CK(ni_cuda_gemv(hid, NULL, x, wf, b, N, C, H, 1, NI_CUDA_BF16, NULL));
+                        CK(ni_cuda_gemv(out, NULL, hid, wp, b, N, H, C, 0, NI_CUDA_BF16, NULL));
+                    }
+                    CK(cudaEventRecord(ev[2 * i + 1], NULL));
+                }
+                CK(cudaDeviceSynchronize());
+                for (size_t i = 0; i < RUNS; i++)
+                    CK(cudaEventElapsedTime(&ms[i], ev[2 * (i + WARM)], ev[2 * (i + WARM) + 1]));
+                const double t = median(ms, RUNS) * 1e-3;
+                printf("    %-22s N=%-2zu %8.2f us %7.0f GB/s\n",
+                       fused ? "mlp_decode" : "gemv fc + gemv fcproj", N, t * 1e6,
+                       (double)wbytes / t * 1e-9);
+            }
+        cudaFree(w);
+        cudaFree(x);
+        cudaFree(b);
+        cudaFree(hid);
+        cudaFree(out);
+        cudaFree(ws);
+    }
+
     /* at 32 rows (a 32-token prefill): gemm_stream against cuBLASLt (ni_matmul without a
      * tensor map), the same rotated weights */
     size_t sms = 0;
@@ -1211,6 +1401,7 @@ int main(void) {
         cmocka_unit_test(test_gemm_stream_kv),
         cmocka_unit_test(test_gemm_stream_batch_invariance),
         cmocka_unit_test(test_gemm_stream_sums_to_layernorm),
+        cmocka_unit_test(test_mlp_decode),
         cmocka_unit_test(test_sample_greedy_and_invalid),
         cmocka_unit_test(test_sample_matches_cpu),
         cmocka_unit_test(test_sample_chi_square),
