@@ -25,7 +25,7 @@ from collections import OrderedDict
 
 TAGS = {1: "embedding", 2: "layernorm", 3: "gemv", 4: "attn_chunk", 5: "attn_whole",
         6: "attn_merge", 7: "sampler", 8: "advance", 9: "gemm_stream", 10: "attn_prefill",
-        11: "kv_append", 12: "residual_add", 13: "mlp"}
+        11: "kv_append", 12: "residual_add"}
 PREFILL_TAGS = {9, 10, 11}
 
 

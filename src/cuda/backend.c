@@ -107,7 +107,6 @@ struct ni_backend_ctx {
     int went_fused;                  /* the last forward pass was the fused kernel */
     int graph_state_pending;         /* cuda_graphs: a prefill ran, init_graph_state not yet */
     int attn_preload;                /* NI_ATTN_PRELOAD (default 1) */
-    size_t mlp_rows; /* decode steps of up to this many rows run the MLP as one kernel */
     double trace_ns[8];
     size_t trace_runs;
     void *sample_ws, *lt_ws;
@@ -374,15 +373,6 @@ static ni_status cuda_create(ni_model *m, const ni_engine_opts *o, ni_backend_ct
      * the qkv product lets it launch early (to compare both on one binary) */
     b->attn_preload = 1;
     if (ni_env_int("NI_ATTN_PRELOAD", 0, 1, NULL, 0, &env)) b->attn_preload = (int)env;
-    /* the decode MLP as one kernel (mlp_decode.cu), opt-in (NI_MLP_DECODE=1): measured slower
-     * than the two GEMVs on the H200 (docs/engines.md) */
-    b->mlp_rows = 0;
-    if (ni_env_int("NI_MLP_DECODE", 0, 1, NULL, 0, &env) && env == 1)
-        b->mlp_rows = ni_cuda_mlp_decode_rows(b->cfg->n_embd, 4 * b->cfg->n_embd);
-    if (b->mlp_rows && ni_cuda_mlp_decode_setup() != 0) {
-        cudaGetLastError(); /* not available: the GEMVs */
-        b->mlp_rows = 0;
-    }
     size_t S = b->max_batch, T = b->max_seq, V = b->cfg->vocab_size;
     /* a chunk holds a whole decode step; 4096 tokens bound prefill activations */
     b->chunk = S * T < 4096 ? S * T : 4096;
@@ -530,13 +520,6 @@ static ni_status enqueue_layers(ni_backend_ctx *b, const layer_args *a) {
         NI_CUDA_TRY(ni_cuda_residual_layernorm(b->ln, b->x, delta_of(b, 1), sums_of(b, 1), y->ln2_w,
                                                y->ln2_b, NULL, N, C, eps, b->dt, st),
                     "layernorm kernel (ln_2)");
-        if (a->single && N <= b->mlp_rows) { /* one kernel; its parts go to the LayerNorm */
-            NI_CUDA_TRY(ni_cuda_mlp_decode(&b->delta_sums, b->mm.stream_ws, b->mm.stream_ws_floats,
-                                           b->ln, y->fc_w, y->fc_b, y->fcproj_w, y->fcproj_b, N, C,
-                                           4 * C, b->dt, st),
-                        "mlp_decode kernel");
-            continue;
-        }
         NI_TRY(ni_matmul(&b->mm, b->fc, NULL, b->ln, y->fc_w, weight_tmap(b, 4 * l + 2), y->fc_b, N,
                          C, 4 * C, 1, b->dt, b->stream));
         /* where gemm_stream splits it, its parts' sums go to the next LayerNorm unadded */

@@ -124,23 +124,6 @@ int ni_cuda_gemv(ni_half16 *out, float *out_f32, const ni_half16 *inp, const ni_
  * takes any N <= 32). */
 size_t ni_cuda_gemv_rows(size_t OC);
 
-/* ---- the decode step's MLP in one kernel (mlp_decode.cu) ------------------------------------ */
-
-/* sums := the partial sums of gelu(inp @ w_fc^T + b_fc) @ w_proj^T (+ b_proj, which the reader
- * adds: ni_cuda_partial_sums), for N rows up to ni_cuda_mlp_decode_rows(C, H); inp (N, C),
- * w_fc (H, C), w_proj (C, H) 16-bit, 16-byte aligned; the parts go to ws (ws_floats floats,
- * 16-byte aligned), where they stay for the next kernel. A row's bits do not depend on N. Needs
- * ni_cuda_mlp_decode_setup() once per device. */
-int ni_cuda_mlp_decode(ni_cuda_partial_sums *sums, float *ws, size_t ws_floats,
-                       const ni_half16 *inp, const ni_half16 *w_fc, const ni_half16 *b_fc,
-                       const ni_half16 *w_proj, const ni_half16 *b_proj, size_t N, size_t C,
-                       size_t H, ni_cuda_dtype dt, ni_stream s);
-/* The most rows the kernel takes for these sizes on the current device (its shared memory), at
- * most NI_CUDA_MLP_DECODE_MAX_ROWS; 0 where it does not apply (C % 64 or H % 64 not 0). */
-size_t ni_cuda_mlp_decode_rows(size_t C, size_t H);
-int ni_cuda_mlp_decode_setup(void);
-#define NI_CUDA_MLP_DECODE_MAX_ROWS 8
-
 /* ---- weights streamed by TMA (tensor_maps.cu) --------------------------------------------- */
 
 /* One layer's weights on the device. */

@@ -21,7 +21,6 @@ int ni_tl_set_embedding(void *buf, unsigned long long *count, unsigned long long
 int ni_tl_set_gemm_stream(void *buf, unsigned long long *count, unsigned long long cap);
 int ni_tl_set_kv_append(void *buf, unsigned long long *count, unsigned long long cap);
 int ni_tl_set_sample_rejection(void *buf, unsigned long long *count, unsigned long long cap);
-int ni_tl_set_mlp_decode(void *buf, unsigned long long *count, unsigned long long cap);
 static const ni_tl_setter ni_tl_setters[] = {
     ni_tl_set_gemv,
     ni_tl_set_layernorm,
@@ -32,7 +31,6 @@ static const ni_tl_setter ni_tl_setters[] = {
     ni_tl_set_gemm_stream,
     ni_tl_set_kv_append,
     ni_tl_set_sample_rejection,
-    ni_tl_set_mlp_decode,
 };
 
 #define NI_TL_CAP ((size_t)16 << 20)

@@ -29,8 +29,7 @@ enum {
     NI_TL_GEMM_STREAM,
     NI_TL_ATTN_PREFILL,
     NI_TL_KV_APPEND,
-    NI_TL_RESIDUAL_ADD,
-    NI_TL_MLP
+    NI_TL_RESIDUAL_ADD
 };
 
 static_assert(sizeof(ni_tl_record) == 48, "tools/timeline.py reads 48-byte records");
