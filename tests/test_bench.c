@@ -116,12 +116,61 @@ static void test_bench_rejects_bad_options(void **state) {
     assert_int_equal(st, 0);
     assert_non_null(strstr(out, "--batch-sizes"));
     free(out);
+    /* each bad option named as such, before any run */
+    static const struct {
+        const char *args, *says;
+    } bad[] = {{"--backend gpu", "cpu or cuda"},
+               {"--bogus", "unknown option '--bogus'"},
+               {"--top-p 1.5", "--top-p"},
+               {"--quick=no", "takes no value"}};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        snprintf(cmd, sizeof cmd, "%s bench %s 2>&1", NI_CLI_PATH, bad[i].args);
+        out = ni_test_run(cmd, &st);
+        if (st != 2 || !strstr(out, bad[i].says))
+            fail_msg("bench %s: exit %d, '%s' (want 2 and '%s')", bad[i].args, st, out,
+                     bad[i].says);
+        free(out);
+    }
+}
+
+/* A sweep in which no configuration runs (every prompt past the context) fails as a whole, and
+ * --quick leaves the options given explicitly as they are. */
+static void test_bench_exit_and_quick(void **state) {
+    (void)state;
+    char tmp[256], model[512], cmd[2048], path[512];
+    ni_test_tmpdir(tmp, sizeof tmp);
+    ni_test_path(model, sizeof model, "models/tiny-f16");
+    int st;
+    snprintf(cmd, sizeof cmd,
+             "%s bench --model %s --engines kv_cache --batch-sizes 1 --prompt-len 200 "
+             "--max-new-tokens 2 --runs 1 --warmup 0 --out %s/none 2>&1",
+             NI_CLI_PATH, model, tmp);
+    char *out = ni_test_run(cmd, &st);
+    if (st != 1 || !strstr(out, "no configuration ran"))
+        fail_msg("a sweep with nothing run: exit %d, '%s'", st, out);
+    free(out);
+    snprintf(cmd, sizeof cmd,
+             "%s bench --quick --model %s --engines kv_cache --batch-sizes 1,2,3 --prompt-len 4 "
+             "--max-new-tokens 2 --runs 3 --warmup 0 --out %s/q 2>/dev/null",
+             NI_CLI_PATH, model, tmp);
+    free(ni_test_run(cmd, &st));
+    assert_int_equal(st, 0);
+    snprintf(path, sizeof path, "%s/q/bench.json", tmp);
+    json_error_t err;
+    json_t *root = json_load_file(path, 0, &err);
+    if (!root) fail_msg("%s: %s", path, err.text);
+    json_t *run = json_object_get(root, "run");
+    assert_int_equal(json_integer_value(json_object_get(run, "runs")), 3);
+    assert_int_equal(json_integer_value(json_object_get(run, "warmup")), 0);
+    assert_int_equal(json_array_size(json_object_get(root, "results")), 3); /* batches 1, 2, 3 */
+    json_decref(root);
 }
 
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_quick_sweep_json_csv_plot),
         cmocka_unit_test(test_bench_rejects_bad_options),
+        cmocka_unit_test(test_bench_exit_and_quick),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

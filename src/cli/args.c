@@ -85,6 +85,12 @@ int cli_is(const char *arg, const char *name) {
     return strncmp(arg, name, n) == 0 && (arg[n] == '\0' || arg[n] == '=');
 }
 
+int cli_flag_check(const char *arg) {
+    const char *eq = strchr(arg, '=');
+    if (!eq) return 0;
+    return cli_usage_error("%.*s takes no value (given '%s')", (int)(eq - arg), arg, eq + 1);
+}
+
 const char *cli_value(int argc, char **argv, int *i, const char *name) {
     const char *eq = strchr(argv[*i], '=');
     if (eq) return eq + 1;

@@ -22,6 +22,8 @@ int cli_parse_ids(const char *s, int32_t **ids, size_t *n);
 const char *cli_value(int argc, char **argv, int *i, const char *name);
 /* True when argv[i] is the option name (alone or as name=value). */
 int cli_is(const char *arg, const char *name);
+/* For an option that takes no value: 2 (message printed) when given as name=value, else 0. */
+int cli_flag_check(const char *arg);
 
 /* Options shared by model-running commands. */
 typedef struct {

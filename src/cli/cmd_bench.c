@@ -29,7 +29,8 @@ static const char bench_help[] =
     "  --threads N          CPU threads\n"
     "  --model-seed N       seed of the random weights\n"
     "  --out DIR            where bench.json and bench.csv go (default out/bench)\n"
-    "  --quick              a short run: 1 warm-up, 2 timed runs, fewer batch sizes\n"
+    "  --quick              a short run: 1 warm-up, 2 timed runs, every other batch size\n"
+    "                       (options given explicitly stay as given)\n"
     "  --default-sweep      the sweep `make run` shows: gpt2-xl on a GPU when there is one,\n"
     "                       else gpt2 on the CPU, sized to finish in a few minutes\n";
 
@@ -83,7 +84,10 @@ int cmd_bench(int argc, char **argv) {
         if (cli_is(argv[i], "--backend")) {
             const char *v =
                 strchr(argv[i], '=') ? strchr(argv[i], '=') + 1 : (i + 1 < argc ? argv[i + 1] : "");
-            if (strcmp(v, "cuda") == 0) backend = NI_BACKEND_CUDA;
+            if (strcmp(v, "cuda") == 0)
+                backend = NI_BACKEND_CUDA;
+            else if (strcmp(v, "cpu") != 0)
+                return cli_usage_error("--backend takes cpu or cuda, not '%s'", v);
         }
     }
     if (sweep) {
@@ -109,14 +113,23 @@ int cmd_bench(int argc, char **argv) {
         }
     }
     const char *out_dir = "out/bench", *v;
+    static const char *const valued[] = {
+        "--model", "--engines",    "--batch-sizes", "--prompt-len", "--max-new-tokens",
+        "--runs",  "--warmup",     "--temperature", "--top-k",      "--top-p",
+        "--seed",  "--model-seed", "--threads",     "--dtype",      "--out"};
+    int runs_set = 0, warmup_set = 0, batches_set = 0; /* what --quick must leave alone */
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (cli_is(a, "--help") || cli_is(a, "-h")) {
             fputs(bench_help, stdout);
             return 0;
         }
-        if (cli_is(a, "--default-sweep")) continue;
+        if (cli_is(a, "--default-sweep")) {
+            if (cli_flag_check(a)) return 2;
+            continue;
+        }
         if (cli_is(a, "--quick")) {
+            if (cli_flag_check(a)) return 2;
             quick = 1;
             continue;
         }
@@ -124,6 +137,9 @@ int cmd_bench(int argc, char **argv) {
             if (!cli_value(argc, argv, &i, a)) return 2;
             continue;
         }
+        int known = 0;
+        for (size_t k = 0; k < sizeof valued / sizeof *valued; k++) known |= cli_is(a, valued[k]);
+        if (!known) return cli_usage_error("unknown option '%s'", a);
         if (!(v = cli_value(argc, argv, &i, a))) return 2;
         size_t n;
         float f;
@@ -135,6 +151,7 @@ int cmd_bench(int argc, char **argv) {
             if (parse_list(v, o.batch_sizes, &o.n_batch_sizes))
                 return cli_usage_error("--batch-sizes takes up to %d positive counts",
                                        NI_BENCH_MAX);
+            batches_set = 1;
         } else if (cli_is(a, "--prompt-len")) {
             if (parse_list(v, o.prompt_lens, &o.n_prompt_lens))
                 return cli_usage_error("--prompt-len takes positive counts");
@@ -144,9 +161,11 @@ int cmd_bench(int argc, char **argv) {
         } else if (cli_is(a, "--runs")) {
             if (cli_parse_size(v, &o.runs) || o.runs == 0 || o.runs > 1000)
                 return cli_usage_error("--runs takes a count from 1 to 1000");
+            runs_set = 1;
         } else if (cli_is(a, "--warmup")) {
             if (cli_parse_size(v, &o.warmup) || o.warmup > 1000)
                 return cli_usage_error("--warmup takes a count up to 1000");
+            warmup_set = 1;
         } else if (cli_is(a, "--temperature")) {
             if (cli_parse_float(v, &o.sampling.temperature) || o.sampling.temperature < 0)
                 return cli_usage_error("--temperature takes a number >= 0");
@@ -154,7 +173,8 @@ int cmd_bench(int argc, char **argv) {
             if (cli_parse_size(v, &o.sampling.top_k))
                 return cli_usage_error("--top-k takes a count");
         } else if (cli_is(a, "--top-p")) {
-            if (cli_parse_float(v, &f) || !(f > 0)) return cli_usage_error("--top-p takes (0, 1]");
+            if (cli_parse_float(v, &f) || !(f > 0 && f <= 1))
+                return cli_usage_error("--top-p takes (0, 1]");
             o.sampling.top_p = f;
         } else if (cli_is(a, "--seed")) {
             if (cli_parse_u64(v, &o.sampling.seed)) return cli_usage_error("--seed takes a number");
@@ -178,13 +198,15 @@ int cmd_bench(int argc, char **argv) {
             return cli_usage_error("unknown option '%s'", a);
         }
     }
-    if (quick) {
-        o.runs = 2;
-        o.warmup = 1;
-        size_t keep = 0;
-        for (size_t i = 0; i < o.n_batch_sizes; i++)
-            if (i % 2 == 0) o.batch_sizes[keep++] = o.batch_sizes[i];
-        o.n_batch_sizes = keep;
+    if (quick) { /* shorter defaults; what was given explicitly stays */
+        if (!runs_set) o.runs = 2;
+        if (!warmup_set) o.warmup = 1;
+        if (!batches_set) {
+            size_t keep = 0;
+            for (size_t i = 0; i < o.n_batch_sizes; i++)
+                if (i % 2 == 0) o.batch_sizes[keep++] = o.batch_sizes[i];
+            o.n_batch_sizes = keep;
+        }
     }
     if (mkdir_p(out_dir) != 0) {
         fprintf(stderr, "nanoinfer: cannot create %s: %s\n", out_dir, strerror(errno));
@@ -194,6 +216,8 @@ int cmd_bench(int argc, char **argv) {
     ni_status s = ni_bench_run(&o, &r);
     if (s != NI_OK) return cli_runtime_error("bench", s);
     ni_bench_print_table(stdout, &o, &r);
+    size_t ran = 0;
+    for (size_t i = 0; i < r.n_rows; i++) ran += r.rows[i].error[0] == '\0';
     char path[1100];
     snprintf(path, sizeof path, "%s/bench.json", out_dir);
     s = ni_bench_write_json(path, &o, &r);
@@ -206,5 +230,10 @@ int cmd_bench(int argc, char **argv) {
     printf("\nresults: %s/bench.json and %s/bench.csv (%.0f s); plot them with\n"
            "  python3 tools/plot_bench.py %s/bench.json\n",
            out_dir, out_dir, r.wall_s, out_dir);
+    if (ran == 0) {
+        fprintf(stderr, "nanoinfer: bench: no configuration ran (the table gives each one's "
+                        "reason)\n");
+        return 1;
+    }
     return 0;
 }
