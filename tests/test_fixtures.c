@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model/safetensors.h"
+#include "model_writer.h"
 #include "test_util.h"
 
 static const char *const fixture_models[] = {"tiny-f32-prefix", "tiny-f16", "tiny-bf16",
@@ -205,6 +207,27 @@ static void test_cli_logits_and_generate(void **state) {
     out = ni_test_run(cmd, &st);
     assert_int_equal(st, 2);
     free(out);
+    /* a count that would wrap the context check around; options that take no value or (0, 1];
+     * a directory as the prompt file; output that cannot be written */
+    static const struct {
+        const char *args, *says;
+        int status;
+    } bad[] = {{"--tokens 1,2,3 --max-new-tokens 18446744073709551615", "context", 1},
+               {"--tokens 1,2 --greedy=no", "takes no value", 2},
+               {"--tokens 1,2 --ignore-eos=0", "takes no value", 2},
+               {"--tokens 1,2 --top-p 1.5", "--top-p", 2},
+               {"--prompt-file /tmp", "cannot read", 1},
+               {"--tokens 1,2 --max-new-tokens 2 --greedy >/dev/full", "cannot write", 1}};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        /* stderr to the pipe first, so that a redirection of stdout in args leaves it there */
+        snprintf(cmd, sizeof cmd, "%s generate 2>&1 --model %s %s", NI_CLI_PATH, f.dir,
+                 bad[i].args);
+        out = ni_test_run(cmd, &st);
+        if (st != bad[i].status || !strstr(out, bad[i].says))
+            fail_msg("generate %s: exit %d, '%s' (want %d and '%s')", bad[i].args, st, out,
+                     bad[i].status, bad[i].says);
+        free(out);
+    }
     snprintf(cmd, sizeof cmd, "%s info --model %s/nope 2>&1", NI_CLI_PATH, f.dir);
     out = ni_test_run(cmd, &st);
     assert_int_equal(st, 1);
@@ -281,12 +304,80 @@ static void test_cli_score_and_text(void **state) {
     free(out);
 }
 
+/* Sets n floats of tensor `name` in dir/model.safetensors (F32) from element `at` to v. */
+static void patch_tensor(const char *dir, const char *name, size_t at, size_t n, float v) {
+    char path[700];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    ni_safetensors *st = NULL;
+    assert_int_equal(ni_st_open(path, &st), NI_OK);
+    const ni_st_tensor *t = ni_st_find(st, name);
+    assert_non_null(t);
+    assert_true(at + n <= t->numel);
+    const long off = (long)(t->data - (const uint8_t *)st->map) + (long)(at * sizeof(float));
+    ni_st_close(st);
+    FILE *f = fopen(path, "r+b");
+    assert_non_null(f);
+    assert_int_equal(fseek(f, off, SEEK_SET), 0);
+    for (size_t i = 0; i < n; i++) assert_int_equal(fwrite(&v, sizeof v, 1, f), 1);
+    assert_int_equal(fclose(f), 0);
+}
+
+/* A model whose vocabulary is padded past the tokenizer's 50,257 entries (as some exported
+ * checkpoints are), made to pick id 50260 greedily (ln_f gives every position the vector of
+ * ones, and only that row of the tied embedding is all ones): the id the tokenizer lacks is
+ * shown as "<|id 50260|>" in the text, not dropped. */
+static void test_cli_padded_vocabulary(void **state) {
+    (void)state;
+    char tmp[256], src[512], cmd[2048];
+    ni_test_tmpdir(tmp, sizeof tmp);
+    const tm_spec spec = {.n_layer = 1,
+                          .n_head = 2,
+                          .n_embd = 16,
+                          .vocab_size = 50264,
+                          .n_ctx = 16,
+                          .dtype = "F32",
+                          .seed = 3,
+                          .scale = 0.1f};
+    assert_int_equal(tm_write_model(tmp, &spec), 0);
+    patch_tensor(tmp, "ln_f.weight", 0, 16, 0.0f);
+    patch_tensor(tmp, "ln_f.bias", 0, 16, 1.0f);
+    patch_tensor(tmp, "wte.weight", (size_t)50260 * 16, 16, 1.0f);
+    ni_test_path(src, sizeof src, "models/gpt2-vocab");
+    snprintf(cmd, sizeof cmd, "cp %s/vocab.json %s/merges.txt %s/", src, src, tmp);
+    int st;
+    free(ni_test_run(cmd, &st));
+    assert_int_equal(st, 0);
+    snprintf(cmd, sizeof cmd,
+             "%s generate --model %s --prompt Hello --max-new-tokens 2 --greedy --output json",
+             NI_CLI_PATH, tmp);
+    char *out = ni_test_run(cmd, &st);
+    assert_int_equal(st, 0);
+    json_error_t err;
+    json_t *o = json_loads(out, JSON_DISABLE_EOF_CHECK, &err);
+    if (!o) fail_msg("not JSON: %s", out);
+    assert_int_equal(json_integer_value(json_array_get(json_object_get(o, "tokens"), 0)), 50260);
+    const char *text = json_string_value(json_object_get(o, "text"));
+    if (!text || strcmp(text, "<|id 50260|><|id 50260|>") != 0)
+        fail_msg("text of the padded ids: %s", out);
+    json_decref(o);
+    free(out);
+    /* streamed as it is generated, the same */
+    snprintf(cmd, sizeof cmd,
+             "%s generate --model %s --prompt Hello --max-new-tokens 2 --greedy 2>/dev/null",
+             NI_CLI_PATH, tmp);
+    out = ni_test_run(cmd, &st);
+    assert_int_equal(st, 0);
+    if (!strstr(out, "Hello<|id 50260|><|id 50260|>")) fail_msg("streamed as '%s'", out);
+    free(out);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_logits_match_transformers),
         cmocka_unit_test(test_greedy_matches_transformers),
         cmocka_unit_test(test_cli_logits_and_generate),
         cmocka_unit_test(test_cli_score_and_text),
+        cmocka_unit_test(test_cli_padded_vocabulary),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -45,7 +45,8 @@ static int collect(void *user, size_t seq, size_t step, int32_t token) {
     if (c->stream && seq == 0) {
         const char *text;
         size_t len;
-        if (ni_tokenizer_stream_push(c->stream, token, &text, &len) == NI_OK && len) {
+        char marker[CLI_TOKEN_MARKER];
+        if (cli_stream_text(c->stream, token, marker, &text, &len) == NI_OK && len) {
             fwrite(text, 1, len, stdout);
             fflush(stdout);
         }
@@ -126,6 +127,7 @@ static int parse(generate_args *g, int argc, char **argv) {
                 cli_parse_size(v, &g->sampling.max_new_tokens))
                 return cli_usage_error("--max-new-tokens takes a count");
         } else if (cli_is(a, "--greedy")) {
+            if (cli_flag_check(a)) return 2;
             g->sampling.temperature = 0.0f;
         } else if (cli_is(a, "--temperature")) {
             if (!(v = cli_value(argc, argv, &i, a)) ||
@@ -136,7 +138,7 @@ static int parse(generate_args *g, int argc, char **argv) {
                 return cli_usage_error("--top-k takes a count");
         } else if (cli_is(a, "--top-p")) {
             if (!(v = cli_value(argc, argv, &i, a)) || cli_parse_float(v, &g->sampling.top_p) ||
-                !(g->sampling.top_p > 0.0f))
+                !(g->sampling.top_p > 0.0f && g->sampling.top_p <= 1.0f))
                 return cli_usage_error("--top-p takes a number in (0, 1]");
         } else if (cli_is(a, "--min-p")) {
             if (!(v = cli_value(argc, argv, &i, a)) || cli_parse_float(v, &g->sampling.min_p) ||
@@ -146,6 +148,7 @@ static int parse(generate_args *g, int argc, char **argv) {
             if (!(v = cli_value(argc, argv, &i, a)) || cli_parse_u64(v, &g->sampling.seed))
                 return cli_usage_error("--seed takes a number");
         } else if (cli_is(a, "--ignore-eos")) {
+            if (cli_flag_check(a)) return 2;
             g->sampling.ignore_eos = 1;
         } else if (cli_is(a, "--output")) {
             if (!(v = cli_value(argc, argv, &i, a))) return 2;
@@ -251,9 +254,13 @@ int cmd_generate(int argc, char **argv) {
         }
     if (rc == 0) {
         size_t max_seq = 0;
-        for (size_t s = 0; s < g.n_seq; s++)
-            if (g.lens[s] + g.sampling.max_new_tokens > max_seq)
-                max_seq = g.lens[s] + g.sampling.max_new_tokens;
+        for (size_t s = 0; s < g.n_seq; s++) {
+            /* saturating: an absurd count must reach the context check, not wrap around */
+            const size_t need = g.sampling.max_new_tokens > SIZE_MAX - g.lens[s]
+                                    ? SIZE_MAX
+                                    : g.lens[s] + g.sampling.max_new_tokens;
+            if (need > max_seq) max_seq = need;
+        }
         /* Sized to the request; a request beyond the model's context is refused here. */
         rc = cli_open(&g.model, g.n_seq, max_seq, &m, &e);
     }

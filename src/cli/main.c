@@ -52,7 +52,15 @@ int main(int argc, char **argv) {
         return argc < 2 ? 2 : 0;
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        if (strcmp(argv[1], commands[i].name) == 0) return commands[i].run(argc - 2, argv + 2);
+        if (strcmp(argv[1], commands[i].name) == 0) {
+            int rc = commands[i].run(argc - 2, argv + 2);
+            /* output lost (a full disk, a closed pipe) is a failure, not a success */
+            if (fflush(stdout) != 0 || ferror(stdout)) {
+                fprintf(stderr, "nanoinfer: %s: cannot write its output\n", argv[1]);
+                if (rc == 0) rc = 1;
+            }
+            return rc;
+        }
     fprintf(stderr, "nanoinfer: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
     return 2;

@@ -28,8 +28,12 @@ char *cli_read_file(const char *path, size_t *len) {
         if (got == 0) break;
         n += got;
     }
+    const int failed = ferror(f); /* a directory, an I/O error: not an empty text */
     if (f != stdin) fclose(f);
-    if (!buf) return NULL;
+    if (!buf || failed) {
+        free(buf);
+        return NULL;
+    }
     buf[n] = '\0';
     if (len) *len = n;
     return buf;
@@ -57,6 +61,18 @@ int cli_open_tokenizer(const char *dir, const char *model, ni_tokenizer **out) {
     return 0;
 }
 
+ni_status cli_stream_text(ni_tokenizer_stream *st, int32_t id, char marker[CLI_TOKEN_MARKER],
+                          const char **text, size_t *len) {
+    ni_status s = ni_tokenizer_stream_push(st, id, text, len);
+    if (s != NI_ERR_INVALID_ARG) return s;
+    /* an id past the tokenizer's table (a model whose vocabulary is padded beyond it): shown,
+     * not dropped */
+    int n = snprintf(marker, CLI_TOKEN_MARKER, "<|id %d|>", (int)id);
+    *text = marker;
+    *len = n > 0 ? (size_t)n : 0;
+    return NI_OK;
+}
+
 char *cli_decode_text(const ni_tokenizer *t, const int32_t *ids, size_t n) {
     ni_tokenizer_stream *st;
     if (ni_tokenizer_stream_new(t, &st) != NI_OK) return NULL;
@@ -65,7 +81,8 @@ char *cli_decode_text(const ni_tokenizer *t, const int32_t *ids, size_t n) {
     for (size_t i = 0; out && i <= n; i++) {
         const char *piece;
         size_t plen;
-        ni_status s = i < n ? ni_tokenizer_stream_push(st, ids[i], &piece, &plen)
+        char marker[CLI_TOKEN_MARKER];
+        ni_status s = i < n ? cli_stream_text(st, ids[i], marker, &piece, &plen)
                             : ni_tokenizer_stream_flush(st, &piece, &plen);
         if (s != NI_OK) {
             free(out);
