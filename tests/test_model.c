@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "model/model.h"
 #include "model_writer.h"
@@ -28,6 +30,30 @@ static void write_small(char *dir, size_t cap, const tm_spec *spec) {
 }
 
 /* ---- named configs ----------------------------------------------------------------------- */
+
+/* A model directory named like a config ("gpt2" in the working directory) is the model, as in
+ * Hugging Face's loaders; without its config.json the name is the named config. */
+static void test_directory_before_name(void **state) {
+    (void)state;
+    char dir[256], sub[300], cwd[1024];
+    ni_test_tmpdir(dir, sizeof dir);
+    assert_true(dir[0] != '\0');
+    snprintf(sub, sizeof sub, "%s/gpt2", dir);
+    assert_int_equal(mkdir(sub, 0755), 0);
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    assert_int_equal(chdir(dir), 0);
+    ni_model *m = NULL;
+    assert_int_equal(ni_model_open("gpt2", NULL, &m), NI_OK); /* an empty folder: the name */
+    assert_null(ni_model_dir(m));
+    ni_model_close(m);
+    assert_int_equal(tm_write_model(sub, &small), 0);
+    m = NULL;
+    assert_int_equal(ni_model_open("gpt2", NULL, &m), NI_OK);
+    assert_non_null(ni_model_dir(m));
+    assert_int_equal(ni_model_config(m)->n_layer, 2);
+    ni_model_close(m);
+    assert_int_equal(chdir(cwd), 0);
+}
 
 static void test_named_param_counts(void **state) {
     (void)state;
@@ -256,10 +282,26 @@ static void test_malformed_config(void **state) {
     write_config(dir, "{\"n_layer\": 2, \"n_head\": 4, \"n_embd\": 32, \"vocab_size\": 97, "
                       "\"n_positions\": 48, \"activation_function\": \"relu\"}");
     expect_open_error(dir, NI_ERR_UNSUPPORTED, "config.json", "relu");
+    /* optional fields, when given, must hold what they say: no silent default or wrap-around */
+    write_config(dir, "{\"n_layer\": 2, \"n_head\": 4, \"n_embd\": 32, \"vocab_size\": 97, "
+                      "\"n_positions\": 48, \"eos_token_id\": 4294967301}");
+    expect_open_error(dir, NI_ERR_FORMAT, "config.json", "eos_token_id");
+    write_config(dir, "{\"n_layer\": 2, \"n_head\": 4, \"n_embd\": 32, \"vocab_size\": 97, "
+                      "\"n_positions\": 48, \"eos_token_id\": \"5\"}");
+    expect_open_error(dir, NI_ERR_FORMAT, "config.json", "eos_token_id");
+    write_config(dir, "{\"n_layer\": 2, \"n_head\": 4, \"n_embd\": 32, \"vocab_size\": 97, "
+                      "\"n_positions\": 48, \"layer_norm_epsilon\": 1e39}");
+    expect_open_error(dir, NI_ERR_FORMAT, "config.json", "layer_norm_epsilon");
+    write_config(dir, "{\"n_layer\": 2, \"n_head\": 4, \"n_embd\": 32, \"vocab_size\": 97, "
+                      "\"n_positions\": 48, \"layer_norm_epsilon\": \"abc\"}");
+    expect_open_error(dir, NI_ERR_FORMAT, "config.json", "layer_norm_epsilon");
     /* a config that disagrees with the tensors */
     write_config(dir, "{\"n_layer\": 3, \"n_head\": 4, \"n_embd\": 32, \"vocab_size\": 97, "
                       "\"n_positions\": 48}");
     expect_open_error(dir, NI_ERR_FORMAT, "missing tensor", "h.2.");
+    write_config(dir, "{\"n_layer\": 1, \"n_head\": 4, \"n_embd\": 32, \"vocab_size\": 97, "
+                      "\"n_positions\": 48}");
+    expect_open_error(dir, NI_ERR_FORMAT, "h.1.", "n_layer 1");
     write_config(dir, "{\"n_layer\": 2, \"n_head\": 4, \"n_embd\": 32, \"vocab_size\": 98, "
                       "\"n_positions\": 48}");
     expect_open_error(dir, NI_ERR_FORMAT, "wte.weight", "(97, 32)");
@@ -522,6 +564,7 @@ static void test_generation_errors_and_eos(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_named_param_counts),
+        cmocka_unit_test(test_directory_before_name),
         cmocka_unit_test(test_random_init_statistics),
         cmocka_unit_test(test_load_dtypes_and_prefixes),
         cmocka_unit_test(test_malformed_safetensors),

@@ -21,8 +21,10 @@ const ni_preset_flags *ni_preset_get(ni_preset p) {
 }
 
 ni_status ni_fail_invalid_logits(size_t seq) {
-    return ni_fail(NI_ERR_INTERNAL,
-                   "sequence %zu: the logits hold NaN or no finite value; nothing to sample", seq);
+    return ni_fail(NI_ERR_FORMAT,
+                   "sequence %zu: the logits hold NaN or no finite value, nothing to sample (are "
+                   "the model's weights finite?)",
+                   seq);
 }
 
 const char *ni_preset_name(ni_preset p) {

@@ -92,12 +92,27 @@ ni_status ni_config_from_json(const char *path, ni_config *out) {
     if (s == NI_OK) s = get_size(root, "vocab_size", NULL, path, &c.vocab_size);
     if (s == NI_OK) s = get_size(root, "n_positions", "n_ctx", path, &c.n_ctx);
     if (s == NI_OK) {
+        /* optional, but when given they must be what they say: no silent defaults */
         json_t *eps = json_object_get(root, "layer_norm_epsilon");
-        c.ln_eps = eps && json_is_number(eps) ? (float)json_number_value(eps) : 1e-5f;
+        c.ln_eps = 1e-5f;
+        if (eps && !json_is_null(eps)) {
+            const double e = json_is_number(eps) ? json_number_value(eps) : -1.0;
+            if (!(e > 0.0 && e < 1.0))
+                s = ni_fail(NI_ERR_FORMAT, "%s: \"layer_norm_epsilon\" must be a number in (0, 1)",
+                            path);
+            c.ln_eps = (float)e;
+        }
         json_t *eos = json_object_get(root, "eos_token_id");
-        c.eos_id = eos && json_is_integer(eos) ? (int32_t)json_integer_value(eos)
-                                               : (int32_t)(c.vocab_size - 1);
-        json_t *act = json_object_get(root, "activation_function");
+        c.eos_id = (int32_t)(c.vocab_size - 1);
+        if (s == NI_OK && eos && !json_is_null(eos)) {
+            const json_int_t v = json_is_integer(eos) ? json_integer_value(eos) : -1;
+            if (v < 0 || (size_t)v >= c.vocab_size)
+                s = ni_fail(NI_ERR_FORMAT,
+                            "%s: \"eos_token_id\" must be a token id below vocab_size %zu", path,
+                            c.vocab_size);
+            c.eos_id = (int32_t)v;
+        }
+        json_t *act = s == NI_OK ? json_object_get(root, "activation_function") : NULL;
         const char *a = act && json_is_string(act) ? json_string_value(act) : "gelu_new";
         if (strcmp(a, "gelu_new") != 0 && strcmp(a, "gelu_pytorch_tanh") != 0)
             s = ni_fail(NI_ERR_UNSUPPORTED,

@@ -106,10 +106,23 @@ static void weight_name(const ni_model *m, ni_weight_kind k, size_t layer, char 
     snprintf(buf, cap, "%s%s", m->prefix, base);
 }
 
-/* Checks that the file holds every weight with the right dtype and shape. */
+/* Checks that the file holds every weight with the right dtype and shape, and no layer past
+ * config.json's n_layer (which would otherwise be dropped without a word). */
 static ni_status check_tensors(ni_model *m) {
     const char *path = m->st->path;
     m->prefix = ni_st_find(m->st, "transformer.wte.weight") ? "transformer." : "";
+    for (size_t i = 0; i < m->st->n_tensors; i++) {
+        const char *nm = m->st->tensors[i].name;
+        if (strncmp(nm, "transformer.", 12) == 0) nm += 12;
+        if (strncmp(nm, "h.", 2) != 0 || nm[2] < '0' || nm[2] > '9') continue;
+        char *end;
+        const unsigned long l = strtoul(nm + 2, &end, 10);
+        if (*end == '.' && l >= m->cfg.n_layer)
+            return ni_fail(NI_ERR_FORMAT,
+                           "%s: tensor '%s' belongs to layer %lu, but config.json has n_layer "
+                           "%zu",
+                           path, m->st->tensors[i].name, l, m->cfg.n_layer);
+    }
     for (int k = 0; k < NI_W_KIND_COUNT; k++) {
         ni_weight_info wi;
         ni_weight_info_get(&m->cfg, (ni_weight_kind)k, &wi);
@@ -189,9 +202,13 @@ ni_status ni_model_open(const char *name_or_path, const ni_model_opts *opts, ni_
     m->prefix = "";
     ni_status s;
     struct stat sb;
-    if (ni_config_named(name_or_path, &m->cfg) == NI_OK) {
+    char cfg_path[PATH_MAX];
+    snprintf(cfg_path, sizeof cfg_path, "%s/config.json", name_or_path);
+    const int is_dir = stat(name_or_path, &sb) == 0 && S_ISDIR(sb.st_mode);
+    /* a model directory of that name first (as Hugging Face's loaders do), then a named config */
+    if (!(is_dir && stat(cfg_path, &sb) == 0) && ni_config_named(name_or_path, &m->cfg) == NI_OK) {
         s = NI_OK;
-    } else if (stat(name_or_path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+    } else if (is_dir) {
         m->dir = strdup(name_or_path);
         s = m->dir ? open_dir(m, name_or_path) : ni_fail(NI_ERR_NO_MEMORY, "out of memory");
     } else {
