@@ -103,7 +103,8 @@ const char *cli_value(int argc, char **argv, int *i, const char *name) {
 
 const char cli_model_help[] =
     "  --model M          a named random-weight model (gpt2, gpt2-medium, gpt2-large, gpt2-xl,\n"
-    "                     empty-1B ... empty-16B) or a Hugging Face model directory\n"
+    "                     empty-1B ... empty-16B) or a Hugging Face model directory (a\n"
+    "                     directory with a config.json is taken before a name it shares)\n"
     "  --backend B        cpu or cuda (default cpu)\n"
     "  --engine E         baseline, kv_cache, sampling or cuda_graphs (default: sampling on\n"
     "                     the cpu, cuda_graphs on cuda)\n"
