@@ -353,9 +353,7 @@ static void cuda_destroy(ni_backend_ctx *b) {
 }
 
 static ni_status cuda_create(ni_model *m, const ni_engine_opts *o, ni_backend_ctx **out) {
-    int n_dev = 0;
-    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0)
-        return ni_fail(NI_ERR_UNSUPPORTED, "the cuda backend needs a CUDA GPU; none was found");
+    NI_TRY(ni_cuda_require_gpu());
     ni_backend_ctx *b = calloc(1, sizeof *b);
     if (!b) return ni_fail(NI_ERR_NO_MEMORY, "out of memory");
     /* bf16 unless fp16 is asked for (NI_DTYPE_F32, the zero of the options, means the default) */

@@ -44,13 +44,17 @@ static ni_status measure_copy(double *bytes_per_s) {
     return s;
 }
 
+ni_status ni_cuda_require_gpu(void) {
+    int n_dev = 0;
+    if (cudaGetDeviceCount(&n_dev) == cudaSuccess && n_dev > 0) return NI_OK;
+    cudaGetLastError();
+    return ni_fail(NI_ERR_UNSUPPORTED, "the cuda backend needs a CUDA GPU; none was found");
+}
+
 ni_status ni_cuda_device_query(int measure_bandwidth, ni_device_info *out) {
-    int dev = 0, drv = 0, rt = 0, n_dev = 0;
+    int dev = 0, drv = 0, rt = 0;
     struct cudaDeviceProp p;
-    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
-        cudaGetLastError();
-        return ni_fail(NI_ERR_UNSUPPORTED, "the cuda backend needs a CUDA GPU; none was found");
-    }
+    NI_TRY(ni_cuda_require_gpu());
     NI_CUDA_TRY(cudaGetDevice(&dev), "cudaGetDevice");
     NI_CUDA_TRY(cudaGetDeviceProperties(&p, dev), "cudaGetDeviceProperties");
     cudaDriverGetVersion(&drv);

@@ -78,6 +78,10 @@ ni_status ni_matmul_qkv(ni_matmul_ctx *m, ni_half16 *out16, const ni_cuda_kv_des
                         const ni_half16 *bias, size_t N, size_t IC, size_t OC, ni_cuda_dtype dt,
                         cudaStream_t stream);
 
+/* NI_OK where the process sees a CUDA GPU, else NI_ERR_UNSUPPORTED saying there is none
+ * (device_info.c). */
+ni_status ni_cuda_require_gpu(void);
+
 /* Turns a CUDA error code into an ni_status naming the call (NI_OK for cudaSuccess). */
 ni_status ni_cuda_status(int err, const char *what);
 #define NI_CUDA_TRY(call, what)                                                                    \
